@@ -1,0 +1,1 @@
+"""The manager bot: the Telegram chat that deploys and runs agents."""

@@ -1,0 +1,1 @@
+"""The agent runtime: the lean AI chat bot that runs in every agent pod."""

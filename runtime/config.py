@@ -1,0 +1,63 @@
+"""The runtime's settings: the runtime environment contract of ARCHITECTURE.md."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class RuntimeSettings(BaseSettings):
+    """Configuration of `python -m runtime`, read from the environment."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", hide_input_in_errors=True)
+
+    bot_token: SecretStr = Field(description="the agent bot's Telegram token")
+    agent_id: str = Field(
+        description="the agent's id (route /webhook/{AGENT_ID})", pattern=r"^[a-z0-9-]{1,40}$"
+    )
+    llm_model: str = Field(description="model name sent to the LLM")
+    llm_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible base URL (Azure: the resource endpoint)"
+    )
+    llm_api_key: SecretStr | None = Field(default=None, description="the LLM provider's key")
+    llm_provider: Literal["openai", "azure"] = Field(
+        default="openai", description="openai (any compatible endpoint) or azure"
+    )
+    llm_api_version: str = Field(default="2024-10-21", description="Azure OpenAI API version")
+    system_prompt: str = Field(default="You are a helpful assistant.", description="system prompt")
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="X-Telegram-Bot-Api-Secret-Token expected on webhooks"
+    )
+    mode: Literal["webhook", "polling"] = Field(default="webhook", description="webhook or polling")
+    port: int = Field(default=8080, ge=1, le=65535, description="HTTP port")
+    telegram_api_url: str = Field(default="https://api.telegram.org", description="Bot API base URL")
+    history_limit: int = Field(default=20, ge=0, le=500, description="turns of history kept per chat")
+    allowed_user_ids: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="comma-separated user ids; empty = everyone"
+    )
+
+    @field_validator("allowed_user_ids", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("telegram_api_url", "llm_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _secret_for_webhooks(self) -> RuntimeSettings:
+        if self.mode == "webhook" and self.webhook_secret is None:
+            raise ValueError("WEBHOOK_SECRET is required when MODE=webhook")
+        if self.llm_provider == "azure" and not self.llm_base_url:
+            raise ValueError("LLM_BASE_URL (the Azure endpoint) is required when LLM_PROVIDER=azure")
+        return self

@@ -1,0 +1,5 @@
+"""Fixtures for every test: the fakes in tests/fakes are loaded as plugins."""
+
+pytest_plugins = [
+    "tests.fakes.databases",
+]
