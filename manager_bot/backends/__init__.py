@@ -1,0 +1,1 @@
+"""Where agents run: one interface (base.Backend), two implementations."""

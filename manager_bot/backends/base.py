@@ -1,0 +1,110 @@
+"""The backend contract: what an agent is to a backend, and what a backend sees.
+
+Backends know nothing of chats or users: they get an `AgentSpec`, make it so
+idempotently, and report `Observed` state. Every method may be retried.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from pydantic import SecretStr
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "hatchbot"
+AGENT_ID_LABEL = "hatchbot.io/agent-id"
+RUNTIME_PORT = 8080
+
+
+def object_name(agent_id: str) -> str:
+    """Every object of one agent is called `agent-<agent_id>`."""
+    return f"agent-{agent_id}"
+
+
+@dataclass(frozen=True)
+class AgentSecrets:
+    """What must never be logged: reaches pods only through a Kubernetes Secret or env."""
+
+    bot_token: SecretStr
+    webhook_secret: SecretStr
+    llm_api_key: SecretStr | None = None
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """Everything a backend needs to run one agent (the runtime env contract, typed)."""
+
+    agent_id: str
+    secrets: AgentSecrets
+    llm_model: str
+    system_prompt: str
+    llm_base_url: str | None = None
+    llm_provider: str = "openai"
+    llm_api_version: str | None = None
+    telegram_api_url: str = "https://api.telegram.org"
+    history_limit: int = 20
+    allowed_user_ids: tuple[int, ...] = ()
+    # False keeps the workload at zero replicas / no process: re-applying a
+    # stopped agent (reconcile) must not resume it.
+    running: bool = True
+    # Bumped on every change of prompt/model/key; part of the pod template, so
+    # an edit is a rolling update and a re-apply of the same revision a no-op.
+    revision: int = 1
+
+
+class ObservedState(enum.StrEnum):
+    RUNNING = "running"
+    STARTING = "starting"
+    CRASH_LOOPING = "crash-looping"
+    STOPPED = "stopped"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a backend sees of one agent right now."""
+
+    agent_id: str
+    state: ObservedState
+    reason: str | None = None
+    restarts: int = 0
+    since: datetime | None = None
+    # Where the runtime's /readyz and /metrics answer (Service DNS or 127.0.0.1:port).
+    probe_url: str | None = None
+    details: dict[str, str] = field(default_factory=dict)
+
+
+class BackendError(Exception):
+    """A backend operation failed; `retryable` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Backend(Protocol):
+    """One interface, two implementations (kubernetes.py, local.py). All idempotent."""
+
+    async def apply(self, spec: AgentSpec) -> None:
+        """Create or update everything the agent needs; the same spec twice changes nothing."""
+
+    async def restart(self, agent_id: str) -> None:
+        """Restart the agent's process/pods (a rolling restart on Kubernetes)."""
+
+    async def stop(self, agent_id: str) -> None:
+        """Keep the agent's objects but run nothing."""
+
+    async def delete(self, agent_id: str) -> None:
+        """Remove every object of the agent; deleting what is gone is fine."""
+
+    async def logs(self, agent_id: str, lines: int = 100) -> str:
+        """The last `lines` lines of the agent's log (empty if none)."""
+
+    async def observe_all(self) -> dict[str, Observed]:
+        """Observed state of every agent this backend knows of, at a constant cost."""
+
+    async def close(self) -> None:
+        """Release clients and background tasks (local processes keep running)."""
