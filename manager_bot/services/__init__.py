@@ -1,0 +1,1 @@
+"""Use cases: each service owns one, and handlers only call them."""
