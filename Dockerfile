@@ -9,7 +9,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY manager_bot ./manager_bot
 COPY runtime ./runtime
-RUN pip install --no-compile .
+# Dependencies only: the code itself is copied to /app below, beside migrations/.
+RUN pip install --no-compile . && pip uninstall -y hatchbot
 
 FROM python:3.11.11-slim-bookworm
 ENV PATH=/opt/venv/bin:$PATH \
