@@ -2,4 +2,5 @@
 
 pytest_plugins = [
     "tests.fakes.databases",
+    "tests.fakes.telegram_api",
 ]
