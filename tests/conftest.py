@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fakes.databases",
     "tests.fakes.telegram_api",
+    "tests.fakes.openai_api",
 ]

@@ -96,6 +96,8 @@ def test_help_lists_settings_without_secret_values(module: str) -> None:
     assert result.returncode == 0
     assert "TELEGRAM_API_URL" in result.stdout
     assert SECRET not in result.stdout
-    names = ManagerSettings.model_fields if module == "manager_bot" else RuntimeSettings.model_fields
+    names = (
+        ManagerSettings.model_fields if module == "manager_bot" else RuntimeSettings.model_fields
+    )
     for name in names:
         assert name.upper() in result.stdout

@@ -1,0 +1,227 @@
+"""A fake OpenAI-compatible server on 127.0.0.1, driven through the real `openai` SDK.
+
+Chat completions (plain and SSE streaming, with usage), `/v1/models`, the Azure
+deployment path, and injectable failures (401/429/500 with OpenAI-shaped
+bodies) and latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+JsonDict = dict[str, Any]
+Reply = str | Callable[[list[JsonDict]], str]
+
+_ERRORS = {
+    401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
+    429: ("rate_limit_exceeded", "rate_limit_exceeded", "Rate limit reached for requests."),
+    500: ("server_error", None, "The server had an error while processing your request."),
+    503: ("server_error", None, "The engine is currently overloaded."),
+}
+
+
+@dataclass
+class RecordedRequest:
+    path: str
+    headers: dict[str, str]  # authorization values left out
+    body: JsonDict
+    at: float
+
+
+@dataclass
+class _Failure:
+    status: int
+    times: int
+    body: JsonDict | None
+
+
+@dataclass
+class FakeOpenAI:
+    """State and behaviour of the fake; `url` is the SDK's `base_url` (ends in /v1)."""
+
+    expected_key: str | None = None
+    latency: float = 0.0
+    models: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o")
+    requests: list[RecordedRequest] = field(default_factory=list)
+    url: str = ""
+    root_url: str = ""
+    _reply: Reply = "echo"
+    _failures: list[_Failure] = field(default_factory=list)
+    _runner: web.AppRunner | None = None
+    in_flight: int = 0
+
+    def reply_with(self, reply: Reply) -> None:
+        """A fixed text, or a function of the request's messages."""
+        self._reply = reply
+
+    def fail_next(self, status: int, *, times: int = 1, body: JsonDict | None = None) -> None:
+        self._failures.append(_Failure(status, times, body))
+
+    def chat_requests(self) -> list[JsonDict]:
+        return [r.body for r in self.requests if r.path.endswith("/chat/completions")]
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.root_url = f"http://127.0.0.1:{port}"
+        self.url = f"{self.root_url}/v1"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> FakeOpenAI:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- handlers ----------------------------------------------------------------
+
+    def _authorised(self, request: web.Request) -> web.Response | None:
+        if self.expected_key is None:
+            return None
+        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if self.expected_key in (bearer, request.headers.get("api-key")):
+            return None
+        return _error(401)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        denied = self._authorised(request)
+        if denied is not None:
+            return denied
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in ("authorization", "api-key")
+        }
+        self.requests.append(RecordedRequest(request.path, headers, body, time.monotonic()))
+        denied = self._authorised(request)
+        if denied is not None:
+            return denied
+        failure = self._next_failure()
+        if failure is not None:
+            return _error(failure.status, failure.body)
+        self.in_flight += 1
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            text = self._answer(body.get("messages", []))
+            if body.get("stream"):
+                return await self._stream(request, body, text)
+            return web.json_response(_completion(body, text))
+        finally:
+            self.in_flight -= 1
+
+    def _next_failure(self) -> _Failure | None:
+        for failure in self._failures:
+            if failure.times > 0:
+                failure.times -= 1
+                return failure
+        return None
+
+    def _answer(self, messages: list[JsonDict]) -> str:
+        if callable(self._reply):
+            return self._reply(messages)
+        if self._reply != "echo":
+            return self._reply
+        last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+        return f"echo: {last_user.get('content', '')}"
+
+    async def _stream(self, request: web.Request, body: JsonDict, text: str) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        ident, model = f"chatcmpl-{uuid.uuid4().hex[:12]}", body.get("model", "")
+        words = text.split(" ")
+        for index, word in enumerate(words):
+            piece = word if index == 0 else " " + word
+            delta: JsonDict = {"content": piece}
+            if index == 0:
+                delta["role"] = "assistant"
+            await _send_event(response, _chunk(ident, model, delta, None))
+        await _send_event(response, _chunk(ident, model, {}, "stop"))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage_chunk = _chunk(ident, model, None, None)
+            usage_chunk["choices"] = []
+            usage_chunk["usage"] = _usage(body, text)
+            await _send_event(response, usage_chunk)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+def _error(status: int, body: JsonDict | None = None) -> web.Response:
+    kind, code, message = _ERRORS.get(status, ("server_error", None, "error"))
+    payload = body or {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    headers = {"retry-after": "0"} if status == 429 else None
+    return web.json_response(payload, status=status, headers=headers)
+
+
+def _usage(body: JsonDict, text: str) -> JsonDict:
+    prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+    completion = len(text.split())
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _completion(body: JsonDict, text: str) -> JsonDict:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", ""),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": _usage(body, text),
+    }
+
+
+def _chunk(ident: str, model: str, delta: JsonDict | None, finish: str | None) -> JsonDict:
+    return {
+        "id": ident,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}],
+    }
+
+
+async def _send_event(response: web.StreamResponse, payload: JsonDict) -> None:
+    await response.write(f"data: {json.dumps(payload)}\n\n".encode())
+
+
+@pytest.fixture
+async def openai_server() -> AsyncIterator[FakeOpenAI]:
+    """A started fake OpenAI-compatible server; stopped after the test."""
+    async with FakeOpenAI() as fake:
+        yield fake
