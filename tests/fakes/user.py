@@ -267,6 +267,24 @@ class SimUser(_ChatParticipant):
     def callback_answers(self) -> list[JsonDict]:
         return list(self.bot.callback_answers)
 
+    async def wait_for_answer(self, *, text_contains: str = "", timeout: float = 5.0) -> JsonDict:
+        """The bot's answerCallbackQuery (toast or alert) containing `text_contains`."""
+
+        def match() -> JsonDict | None:
+            for answer in self.bot.callback_answers:
+                if text_contains in str(answer.get("text") or ""):
+                    return answer
+            return None
+
+        try:
+            async with self.bot.changed:
+                return await asyncio.wait_for(self.bot.changed.wait_for(match), timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"no callback answer containing {text_contains!r} within {timeout}s; "
+                f"answers: {[a.get('text') for a in self.bot.callback_answers]}"
+            ) from None
+
     def deleted_own_messages(self) -> list[int]:
         return [mid for chat, mid in self.bot.deleted if chat == self.chat_id]
 
