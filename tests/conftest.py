@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fakes.databases",
     "tests.fakes.telegram_api",
     "tests.fakes.openai_api",
+    "tests.fakes.kubernetes_api",
 ]
