@@ -20,7 +20,9 @@ def _split_commas(value: object) -> object:
 class ManagerSettings(BaseSettings):
     """Configuration of `python -m manager_bot`, read from the environment."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", hide_input_in_errors=True)
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", hide_input_in_errors=True
+    )
 
     manager_bot_token: SecretStr = Field(description="the manager bot's token")
     admin_ids: Annotated[list[int], NoDecode] = Field(
@@ -35,7 +37,9 @@ class ManagerSettings(BaseSettings):
         default_factory=list,
         description="comma-separated Fernet keys; the first encrypts, all decrypt",
     )
-    backend: Literal["local", "kubernetes"] = Field(default="local", description="local or kubernetes")
+    backend: Literal["local", "kubernetes"] = Field(
+        default="local", description="local or kubernetes"
+    )
     telegram_api_url: str = Field(
         default="https://api.telegram.org", description="Bot API base URL"
     )
@@ -46,7 +50,9 @@ class ManagerSettings(BaseSettings):
     k8s_router: Literal["istio", "gateway-api", "none"] = Field(
         default="istio", description="istio, gateway-api or none"
     )
-    agent_image: str = Field(default=DEFAULT_AGENT_IMAGE, description="runtime image for agent pods")
+    agent_image: str = Field(
+        default=DEFAULT_AGENT_IMAGE, description="runtime image for agent pods"
+    )
     redis_url: SecretStr | None = Field(
         default=None, description="optional: FSM storage in Redis instead of the database"
     )
@@ -56,7 +62,9 @@ class ManagerSettings(BaseSettings):
     openai_base_url: str | None = Field(
         default=None, description="OpenAI-compatible base URL for the OpenAI provider"
     )
-    anthropic_api_key: SecretStr | None = Field(default=None, description="platform key for Anthropic")
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, description="platform key for Anthropic"
+    )
     gemini_api_key: SecretStr | None = Field(default=None, description="platform key for Gemini")
     azure_openai_api_key: SecretStr | None = Field(
         default=None, description="platform key for Azure OpenAI"
@@ -87,10 +95,14 @@ class ManagerSettings(BaseSettings):
     def _async_driver(cls, value: SecretStr) -> SecretStr:
         url = value.get_secret_value()
         if "://" not in url:
-            raise ValueError("must be an SQLAlchemy URL such as sqlite+aiosqlite:///data/hatchbot.db")
+            raise ValueError(
+                "must be an SQLAlchemy URL such as sqlite+aiosqlite:///data/hatchbot.db"
+            )
         scheme = url.split("://", 1)[0]
         if scheme in ("sqlite", "postgresql", "postgres"):
-            raise ValueError("must name an async driver: sqlite+aiosqlite:// or postgresql+asyncpg://")
+            raise ValueError(
+                "must name an async driver: sqlite+aiosqlite:// or postgresql+asyncpg://"
+            )
         return value
 
     @model_validator(mode="after")

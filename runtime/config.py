@@ -11,7 +11,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 class RuntimeSettings(BaseSettings):
     """Configuration of `python -m runtime`, read from the environment."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", hide_input_in_errors=True)
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", hide_input_in_errors=True
+    )
 
     bot_token: SecretStr = Field(description="the agent bot's Telegram token")
     agent_id: str = Field(
@@ -32,8 +34,12 @@ class RuntimeSettings(BaseSettings):
     )
     mode: Literal["webhook", "polling"] = Field(default="webhook", description="webhook or polling")
     port: int = Field(default=8080, ge=1, le=65535, description="HTTP port")
-    telegram_api_url: str = Field(default="https://api.telegram.org", description="Bot API base URL")
-    history_limit: int = Field(default=20, ge=0, le=500, description="turns of history kept per chat")
+    telegram_api_url: str = Field(
+        default="https://api.telegram.org", description="Bot API base URL"
+    )
+    history_limit: int = Field(
+        default=20, ge=0, le=500, description="turns of history kept per chat"
+    )
     allowed_user_ids: Annotated[list[int], NoDecode] = Field(
         default_factory=list, description="comma-separated user ids; empty = everyone"
     )
@@ -59,5 +65,7 @@ class RuntimeSettings(BaseSettings):
         if self.mode == "webhook" and self.webhook_secret is None:
             raise ValueError("WEBHOOK_SECRET is required when MODE=webhook")
         if self.llm_provider == "azure" and not self.llm_base_url:
-            raise ValueError("LLM_BASE_URL (the Azure endpoint) is required when LLM_PROVIDER=azure")
+            raise ValueError(
+                "LLM_BASE_URL (the Azure endpoint) is required when LLM_PROVIDER=azure"
+            )
         return self

@@ -1,0 +1,201 @@
+"""The runtime's process: HTTP endpoints, webhook or polling intake, graceful shutdown.
+
+Webhook mode (pods): Telegram POSTs to `/webhook/{AGENT_ID}`; an update is
+acknowledged at once and handled in the background, because Telegram retries
+any update not answered quickly. Polling mode (the local backend): getUpdates
+long polling, with the same HTTP server for health and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+
+from aiohttp import web
+
+from runtime.chat import Conversations, Identity
+from runtime.config import RuntimeSettings
+from runtime.llm import Llm, build_client
+from runtime.metrics import Metrics
+from runtime.redaction import install_redaction
+from runtime.telegram import BotApi, TelegramApiError
+
+log = logging.getLogger("runtime")
+
+DRAIN_SECONDS = 10.0
+POLL_TIMEOUT = 25
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+
+
+class Runtime:
+    """One agent: its Telegram client, LLM, conversations, and HTTP app."""
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.api = BotApi(
+            api_url=settings.telegram_api_url, token=settings.bot_token.get_secret_value()
+        )
+        self.llm = Llm(client=build_client(settings), model=settings.llm_model)
+        self.conversations = Conversations(
+            api=self.api,
+            llm=self.llm,
+            metrics=self.metrics,
+            system_prompt=settings.system_prompt,
+            history_limit=settings.history_limit,
+            allowed_user_ids=frozenset(settings.allowed_user_ids),
+        )
+        self.draining = False
+        self.token_rejected = False
+        self._secret = (
+            settings.webhook_secret.get_secret_value().encode() if settings.webhook_secret else b""
+        )
+        self._background: list[asyncio.Task[None]] = []
+
+    @property
+    def ready(self) -> bool:
+        return self.conversations.me is not None and bool(self.settings.llm_model)
+
+    def web_app(self) -> web.Application:
+        app = web.Application(client_max_size=1024 * 1024)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        if self.settings.mode == "webhook":
+            app.router.add_post("/webhook/{agent_id}", self._webhook)
+        return app
+
+    async def start(self) -> None:
+        await self.api.start()
+        self._background.append(asyncio.create_task(self._identify()))
+        if self.settings.mode == "polling":
+            self._background.append(asyncio.create_task(self._poll()))
+
+    async def stop(self) -> None:
+        """Stop taking updates, finish replies in flight (bounded), release clients."""
+        self.draining = True
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.conversations.drain(DRAIN_SECONDS)
+        await self.llm.close()
+        await self.api.close()
+
+    # -- start-up --------------------------------------------------------------------
+
+    async def _identify(self) -> None:
+        """getMe until it answers: readiness means the token works."""
+        delay = 0.5
+        while True:
+            try:
+                me = await self.api.call("getMe")
+            except TelegramApiError as error:
+                if error.code == 401:
+                    self.token_rejected = True
+                    log.error("Telegram rejected the bot token; the agent stays not ready")
+                    return
+                log.warning("getMe failed (%s); retrying", error.code or error.description)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15)
+                continue
+            self.conversations.me = Identity(
+                id=int(me["id"]),
+                username=str(me.get("username", "")),
+                first_name=str(me["first_name"]),
+            )
+            log.info("agent %s ready as @%s", self.settings.agent_id, me.get("username"))
+            return
+
+    async def _poll(self) -> None:
+        offset = 0
+        delay = 1.0
+        while not self.draining:
+            try:
+                updates = await self.api.call(
+                    "getUpdates",
+                    http_timeout=POLL_TIMEOUT + 10,
+                    offset=offset or None,
+                    timeout=POLL_TIMEOUT,
+                    allowed_updates=["message"],
+                )
+            except TelegramApiError as error:
+                if error.code == 401:
+                    log.error("Telegram rejected the bot token; polling stops")
+                    return
+                # 409: a webhook is set (the manager clears it); others: network trouble.
+                log.warning("getUpdates failed (%s); retrying", error.code or error.description)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30)
+                continue
+            delay = 1.0
+            for update in updates or []:
+                offset = max(offset, int(update.get("update_id", 0)) + 1)
+                self.conversations.accept(update)
+
+    # -- HTTP --------------------------------------------------------------------------
+
+    async def _webhook(self, request: web.Request) -> web.Response:
+        if request.match_info["agent_id"] != self.settings.agent_id:
+            return web.Response(status=404)
+        offered = request.headers.get(SECRET_HEADER, "").encode()
+        if not self._secret or not hmac.compare_digest(offered, self._secret):
+            return web.Response(status=401, text="unauthorized")
+        if self.draining:
+            return web.Response(status=503, text="shutting down")  # Telegram retries later
+        try:
+            update = await request.json()
+        except ValueError:
+            return web.Response(status=400, text="bad update")
+        if not isinstance(update, dict):
+            return web.Response(status=400, text="bad update")
+        self.conversations.accept(update)
+        return web.Response(text="ok")
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self.ready and not self.draining:
+            return web.Response(text="ready")
+        reason = "token rejected" if self.token_rejected else "starting"
+        return web.Response(status=503, text=reason)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
+
+
+async def run(settings: RuntimeSettings, *, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or `stop` is set)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    runtime = Runtime(settings)
+    runner = web.AppRunner(runtime.web_app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "0.0.0.0", settings.port)  # every interface: the pod's port
+    await site.start()
+    await runtime.start()
+    log.info(
+        "agent %s serving on port %s (%s mode)", settings.agent_id, settings.port, settings.mode
+    )
+    await stop.wait()
+    log.info("stopping: finishing replies in flight")
+    await runtime.stop()
+    await runner.cleanup()
+
+
+def serve(settings: RuntimeSettings) -> int:
+    secrets = [settings.bot_token.get_secret_value()]
+    for optional in (settings.llm_api_key, settings.webhook_secret):
+        if optional is not None:
+            secrets.append(optional.get_secret_value())
+    install_redaction(secrets)
+    asyncio.run(run(settings))
+    return 0

@@ -1,0 +1,339 @@
+"""The conversation: what an agent does with each update.
+
+Updates of one chat are handled in order by that chat's worker; different
+chats run concurrently. Each chat keeps a bounded history (turns and
+characters, oldest dropped first). While the LLM works the chat shows
+"typing"; private chats see the reply grow as a draft, then get a real
+message. Whatever fails, the user gets an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.llm import Llm, LlmError, Usage
+from runtime.metrics import Metrics
+from runtime.telegram import BotApi, TelegramApiError
+
+log = logging.getLogger(__name__)
+JsonDict = dict[str, Any]
+
+MAX_MESSAGE = 4096
+HISTORY_CHAR_BUDGET = 24_000
+MAX_CHATS_REMEMBERED = 10_000
+SEEN_UPDATES = 10_000
+DRAFT_INTERVAL = 0.5
+TYPING_INTERVAL = 4.0
+
+TEXTS = {
+    "start": "Hi! I'm {name}. Send me a message and I'll answer.",
+    "help": (
+        "Just write to me and I'll answer.\n"
+        "/reset — forget our conversation so far\n"
+        "/help — this message"
+    ),
+    "reset": "Done — I've forgotten our conversation. Let's start fresh.",
+    "text_only": "Sorry, I can only read text messages for now.",
+    "not_allowed": "Sorry, this bot is private and only answers its owner's chosen users.",
+    "auth": "I can't reach my AI model right now: its API key was rejected. "
+    "My owner has been told and needs to update it.",
+    "rate_limit": "I'm getting too many requests right now. Please try again in a minute.",
+    "other": "Sorry, something went wrong while I was thinking. Please try again.",
+    "empty": "I have no answer to that, sorry.",
+}
+
+
+def split_message(text: str, limit: int = MAX_MESSAGE) -> list[str]:
+    """Split at paragraph, then line, then sentence, then word boundaries; never above `limit`."""
+    parts: list[str] = []
+    rest = text.strip()
+    while len(rest) > limit:
+        window = rest[:limit]
+        cut = -1
+        for separator in ("\n\n", "\n", ". ", "! ", "? ", " "):
+            index = window.rfind(separator)
+            if index > limit // 4:
+                cut = index + len(separator)
+                break
+        if cut <= 0:
+            cut = limit
+        parts.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest:
+        parts.append(rest)
+    return parts
+
+
+@dataclass
+class History:
+    """Per-chat turns, bounded by count and characters, oldest dropped first."""
+
+    limit_turns: int
+    char_budget: int = HISTORY_CHAR_BUDGET
+    _chats: OrderedDict[int, deque[dict[str, str]]] = field(default_factory=OrderedDict)
+
+    def messages(self, chat_id: int) -> list[dict[str, str]]:
+        return list(self._chats.get(chat_id, ()))
+
+    def add_turn(self, chat_id: int, user: str, assistant: str) -> None:
+        if self.limit_turns == 0:
+            return
+        turns = self._chats.setdefault(chat_id, deque())
+        self._chats.move_to_end(chat_id)
+        turns.append({"role": "user", "content": user})
+        turns.append({"role": "assistant", "content": assistant})
+        while len(turns) > 2 * self.limit_turns or (
+            len(turns) > 2 and sum(len(m["content"]) for m in turns) > self.char_budget
+        ):
+            turns.popleft()
+            turns.popleft()
+        while len(self._chats) > MAX_CHATS_REMEMBERED:
+            self._chats.popitem(last=False)
+
+    def reset(self, chat_id: int) -> None:
+        self._chats.pop(chat_id, None)
+
+
+@dataclass(frozen=True)
+class Identity:
+    id: int
+    username: str
+    first_name: str
+
+
+class Conversations:
+    """Accepts updates (deduplicated), runs one ordered worker per chat."""
+
+    def __init__(
+        self,
+        *,
+        api: BotApi,
+        llm: Llm,
+        metrics: Metrics,
+        system_prompt: str,
+        history_limit: int,
+        allowed_user_ids: frozenset[int] = frozenset(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._api = api
+        self._llm = llm
+        self._metrics = metrics
+        self._system_prompt = system_prompt
+        self._history = History(limit_turns=history_limit)
+        self._allowed = allowed_user_ids
+        self._clock = clock
+        self._seen: OrderedDict[int, None] = OrderedDict()
+        self._queues: dict[int, asyncio.Queue[JsonDict]] = {}
+        self._workers: dict[int, asyncio.Task[None]] = {}
+        self.me: Identity | None = None
+
+    # -- intake --------------------------------------------------------------------
+
+    def accept(self, update: JsonDict) -> bool:
+        """Queue an update for its chat; False if it was seen before (Telegram retried)."""
+        update_id = update.get("update_id")
+        if isinstance(update_id, int):
+            if update_id in self._seen:
+                return False
+            self._seen[update_id] = None
+            while len(self._seen) > SEEN_UPDATES:
+                self._seen.popitem(last=False)
+        self._metrics.updates_received.inc()
+        message = update.get("message")
+        if not isinstance(message, dict) or not isinstance(message.get("chat"), dict):
+            return True  # nothing an agent answers (edits, member changes...)
+        chat_id = message["chat"].get("id")
+        if not isinstance(chat_id, int):
+            return True
+        queue = self._queues.setdefault(chat_id, asyncio.Queue())
+        queue.put_nowait(message)
+        worker = self._workers.get(chat_id)
+        if worker is None or worker.done():
+            self._workers[chat_id] = asyncio.create_task(self._work(chat_id, queue))
+        return True
+
+    @property
+    def busy(self) -> bool:
+        return any(not worker.done() for worker in self._workers.values())
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for in-flight replies (SIGTERM), at most `timeout` seconds."""
+        pending = [worker for worker in self._workers.values() if not worker.done()]
+        if pending:
+            _, still_running = await asyncio.wait(pending, timeout=timeout)
+            for worker in still_running:
+                worker.cancel()
+
+    async def _work(self, chat_id: int, queue: asyncio.Queue[JsonDict]) -> None:
+        while not queue.empty():
+            message = queue.get_nowait()
+            try:
+                await self._handle(message)
+            except Exception:  # one bad update must not stop the chat's worker
+                log.exception("handling an update of chat %s failed", chat_id)
+        self._queues.pop(chat_id, None)
+        self._workers.pop(chat_id, None)
+
+    # -- one message -----------------------------------------------------------------
+
+    async def _handle(self, message: JsonDict) -> None:
+        chat = message["chat"]
+        chat_id: int = chat["id"]
+        private = chat.get("type") == "private"
+        sender = message.get("from") or {}
+        text = message.get("text")
+        if not private and not self._addressed(message):
+            return
+        if self._allowed and sender.get("id") not in self._allowed:
+            await self._reply(chat_id, TEXTS["not_allowed"], message)
+            return
+        if not isinstance(text, str) or not text.strip():
+            await self._reply(chat_id, TEXTS["text_only"], message)
+            return
+        text = self._without_mention(text)
+        command = self._command(text)
+        if command == "start":
+            name = self.me.first_name if self.me else "your assistant"
+            await self._reply(chat_id, TEXTS["start"].format(name=name), message)
+        elif command == "help":
+            await self._reply(chat_id, TEXTS["help"], message)
+        elif command == "reset":
+            self._history.reset(chat_id)
+            await self._reply(chat_id, TEXTS["reset"], message)
+        else:
+            await self._answer(chat_id, text, message, private=private)
+
+    def _addressed(self, message: JsonDict) -> bool:
+        """In groups an agent speaks only when mentioned or replied to."""
+        if self.me is None:
+            return False
+        replied = (message.get("reply_to_message") or {}).get("from") or {}
+        if replied.get("id") == self.me.id:
+            return True
+        text = str(message.get("text") or message.get("caption") or "")
+        entities = message.get("entities") or message.get("caption_entities") or []
+        mention = f"@{self.me.username}".lower()
+        for entity in entities:
+            if entity.get("type") in ("mention", "bot_command"):
+                piece = _utf16_slice(text, entity.get("offset", 0), entity.get("length", 0))
+                if piece.lower() == mention or piece.lower().endswith(mention):
+                    return True
+        return False
+
+    def _without_mention(self, text: str) -> str:
+        if self.me is None:
+            return text
+        cleaned = re.sub(rf"@{re.escape(self.me.username)}\b", "", text, flags=re.IGNORECASE)
+        return cleaned.strip() or text
+
+    def _command(self, text: str) -> str | None:
+        match = re.match(r"^/([A-Za-z0-9_]+)(?:@([A-Za-z0-9_]+))?(?:\s|$)", text)
+        if match is None:
+            return None
+        addressee = match.group(2)
+        if addressee and self.me and addressee.lower() != self.me.username.lower():
+            return None
+        return match.group(1).lower()
+
+    async def _answer(self, chat_id: int, text: str, message: JsonDict, *, private: bool) -> None:
+        started = self._clock()
+        prompt = [
+            {"role": "system", "content": self._system_prompt},
+            *self._history.messages(chat_id),
+            {"role": "user", "content": text},
+        ]
+        usage = Usage()
+        typing = asyncio.create_task(self._keep_typing(chat_id))
+        try:
+            reply = await self._generate(chat_id, prompt, usage, stream_drafts=private)
+        except LlmError as error:
+            self._metrics.llm_failed(error.kind)
+            log.warning("LLM call failed (%s) for chat %s", error.kind, chat_id)
+            await self._reply(chat_id, TEXTS[error.kind], message)
+            return
+        finally:
+            typing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await typing
+        self._metrics.llm_latency.observe(usage.seconds)
+        self._metrics.prompt_tokens.inc(usage.prompt_tokens)
+        self._metrics.completion_tokens.inc(usage.completion_tokens)
+        reply = reply.strip() or TEXTS["empty"]
+        sent_at = self._clock()
+        await self._reply(chat_id, reply, message, formatted=True)
+        self._history.add_turn(chat_id, text, reply)
+        own_time = (sent_at - started - usage.seconds) + (self._clock() - sent_at)
+        self._metrics.handling_overhead.observe(max(own_time, 0.0))
+
+    async def _generate(
+        self, chat_id: int, prompt: list[dict[str, str]], usage: Usage, *, stream_drafts: bool
+    ) -> str:
+        pieces: list[str] = []
+        draft_id = int(time.time() * 1000) % 2_000_000_000 + 1
+        last_draft, shown = 0.0, ""
+        async for piece in self._llm.stream(prompt, usage):
+            pieces.append(piece)
+            now = self._clock()
+            if stream_drafts and now - last_draft >= DRAFT_INTERVAL:
+                text = "".join(pieces)[:MAX_MESSAGE]
+                if text.strip() and text != shown:
+                    stream_drafts = await self._draft(chat_id, draft_id, text)
+                    last_draft, shown = now, text
+        return "".join(pieces)
+
+    async def _draft(self, chat_id: int, draft_id: int, text: str) -> bool:
+        """Show the reply so far; False stops drafting (drafts are a nicety, not a must)."""
+        try:
+            await self._api.call("sendMessageDraft", chat_id=chat_id, draft_id=draft_id, text=text)
+        except TelegramApiError as error:
+            log.info("draft not shown in chat %s: %s", chat_id, error.code)
+            return False
+        return True
+
+    async def _keep_typing(self, chat_id: int) -> None:
+        while True:
+            with contextlib.suppress(TelegramApiError):
+                await self._api.call("sendChatAction", chat_id=chat_id, action="typing")
+            await asyncio.sleep(TYPING_INTERVAL)
+
+    async def _reply(
+        self, chat_id: int, text: str, message: JsonDict, *, formatted: bool = False
+    ) -> None:
+        """Send `text` (split if long); formatting Telegram rejects falls back to plain text."""
+        private = message["chat"].get("type") == "private"
+        for part in split_message(text):
+            params: JsonDict = {"chat_id": chat_id, "text": part}
+            if not private:
+                params["reply_parameters"] = {
+                    "message_id": message.get("message_id"),
+                    "allow_sending_without_reply": True,
+                }
+            try:
+                if formatted:
+                    try:
+                        await self._api.call_with_retry(
+                            "sendMessage", parse_mode="Markdown", **params
+                        )
+                    except TelegramApiError as error:
+                        if not error.is_parse_error:
+                            raise
+                        await self._api.call_with_retry("sendMessage", **params)
+                else:
+                    await self._api.call_with_retry("sendMessage", **params)
+            except TelegramApiError as error:
+                log.warning("could not answer chat %s: %s", chat_id, error.code)
+                return
+            self._metrics.replies_sent.inc()
+
+
+def _utf16_slice(text: str, offset: int, length: int) -> str:
+    encoded = text.encode("utf-16-le")
+    return encoded[offset * 2 : (offset + length) * 2].decode("utf-16-le", errors="ignore")

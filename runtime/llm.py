@@ -1,0 +1,95 @@
+"""The LLM behind an agent, through the official openai SDK.
+
+Any OpenAI-compatible endpoint (OpenAI, Anthropic's and Gemini's compatible
+endpoints, Ollama, vLLM) or Azure OpenAI. Failures are reduced to a kind the
+user can be told about; the SDK's messages never leave this module because
+they can quote request details.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+
+from runtime.config import RuntimeSettings
+
+REQUEST_TIMEOUT = 60.0
+MAX_RETRIES = 2
+
+
+class LlmError(Exception):
+    """An LLM call failed; `kind` is auth, rate_limit or other."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+
+def build_client(settings: RuntimeSettings) -> openai.AsyncOpenAI:
+    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "unused"
+    if settings.llm_provider == "azure":
+        assert settings.llm_base_url is not None  # checked by the settings
+        return openai.AsyncAzureOpenAI(
+            azure_endpoint=settings.llm_base_url,
+            api_key=key,
+            api_version=settings.llm_api_version,
+            timeout=REQUEST_TIMEOUT,
+            max_retries=MAX_RETRIES,
+        )
+    return openai.AsyncOpenAI(
+        base_url=settings.llm_base_url,
+        api_key=key,
+        timeout=REQUEST_TIMEOUT,
+        max_retries=MAX_RETRIES,
+    )
+
+
+def classify(error: Exception) -> str:
+    if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
+        return "auth"
+    if isinstance(error, openai.RateLimitError):
+        return "rate_limit"
+    return "other"
+
+
+class Llm:
+    """Streams completions for a list of chat messages."""
+
+    def __init__(self, *, client: openai.AsyncOpenAI, model: str) -> None:
+        self._client = client
+        self._model = model
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def stream(self, messages: list[dict[str, str]], usage: Usage) -> AsyncIterator[str]:
+        """Yields text pieces as they arrive; fills `usage` when the stream ends."""
+        started = time.monotonic()
+        try:
+            stream: Any = await self._client.chat.completions.create(  # type: ignore[call-overload]
+                model=self._model,
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    usage.prompt_tokens = chunk.usage.prompt_tokens
+                    usage.completion_tokens = chunk.usage.completion_tokens
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+        except openai.OpenAIError as error:
+            raise LlmError(classify(error)) from None
+        finally:
+            usage.seconds = time.monotonic() - started
