@@ -49,7 +49,8 @@ class FakeOpenAI:
     """State and behaviour of the fake; `url` is the SDK's `base_url` (ends in /v1)."""
 
     expected_key: str | None = None
-    latency: float = 0.0
+    # Seconds before answering: a number, or a function of the request's messages.
+    latency: float | Callable[[list[JsonDict]], float] = 0.0
     models: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o")
     requests: list[RecordedRequest] = field(default_factory=list)
     url: str = ""
@@ -126,8 +127,10 @@ class FakeOpenAI:
             return _error(failure.status, failure.body)
         self.in_flight += 1
         try:
-            if self.latency:
-                await asyncio.sleep(self.latency)
+            messages = body.get("messages", [])
+            delay = self.latency(messages) if callable(self.latency) else self.latency
+            if delay:
+                await asyncio.sleep(delay)
             text = self._answer(body.get("messages", []))
             if body.get("stream"):
                 return await self._stream(request, body, text)

@@ -1,0 +1,133 @@
+"""The runtime as the real process a pod or the local backend runs."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import signal
+import sys
+
+from runtime.redaction import RedactingFilter, install_redaction
+from tests.fakes.openai_api import FakeOpenAI
+from tests.fakes.telegram_api import FakeTelegram
+from tests.runtime.conftest import LLM_KEY, agent_env, http_get, set_webhook, wait_until
+
+
+async def start_process(env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "runtime",
+        env={"PATH": os.environ.get("PATH", ""), **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+
+
+async def wait_ready(port: str) -> None:
+    async def ready() -> bool:
+        try:
+            return (await http_get(f"http://127.0.0.1:{port}/readyz"))[0] == 200
+        except OSError:
+            return False
+
+    await wait_until(ready, timeout=30)
+
+
+async def test_sigterm_finishes_the_reply_in_flight(
+    telegram: FakeTelegram, openai_server: FakeOpenAI
+) -> None:
+    openai_server.latency = 2.0
+    bot = telegram.add_bot(username="agent_bot")
+    env = agent_env(telegram, openai_server, bot)
+    process = await start_process(env)
+    try:
+        await wait_ready(env["PORT"])
+        await set_webhook(telegram, bot, f"http://127.0.0.1:{env['PORT']}/webhook/a1b2c3")
+        user = telegram.user(bot)
+        await user.send("still there?")
+
+        async def llm_busy() -> bool:
+            return openai_server.in_flight > 0
+
+        await wait_until(llm_busy)
+        process.send_signal(signal.SIGTERM)
+        await user.wait_for(text_contains="echo: still there?", timeout=10)
+        assert await asyncio.wait_for(process.wait(), timeout=15) == 0
+        output = (await process.stdout.read()).decode() if process.stdout else ""
+        assert bot.token not in output and LLM_KEY not in output
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_polling_mode_answers_without_a_webhook(
+    telegram: FakeTelegram, openai_server: FakeOpenAI
+) -> None:
+    bot = telegram.add_bot(username="local_bot")
+    env = agent_env(telegram, openai_server, bot, MODE="polling")
+    del env["WEBHOOK_SECRET"]
+    process = await start_process(env)
+    try:
+        await wait_ready(env["PORT"])
+        user = telegram.user(bot)
+        await user.send("over polling")
+        await user.wait_for(text_contains="echo: over polling", timeout=15)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=15) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def test_redaction_covers_every_logger_and_exceptions() -> None:
+    token = "123456789:AAHfakefakefakefakefakefakefakefake12"
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter(["my-webhook-secret-value"]))
+    logger = logging.getLogger("aiohttp.client.some.child")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("calling https://api.telegram.org/bot%s/getMe", token)
+        logger.warning("secret header was my-webhook-secret-value")
+        logger.warning("key %s", "sk-proj-abcdefghijklmnopqrstuvwxyz123456")
+        try:
+            raise RuntimeError(f"boom with {token}")
+        except RuntimeError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    output = stream.getvalue()
+    assert token not in output
+    assert "my-webhook-secret-value" not in output
+    assert "sk-proj-abcdefghijklmnopqrstuvwxyz" not in output
+    assert output.count("[redacted]") >= 4
+
+
+def test_install_redaction_filters_the_root_handlers() -> None:
+    root = logging.getLogger()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root.addHandler(handler)
+    try:
+        install_redaction(["super-secret-llm-key"])
+        logging.getLogger("openai._base_client").error("sending key super-secret-llm-key")
+    finally:
+        root.removeHandler(handler)
+    assert "super-secret-llm-key" not in stream.getvalue()
+    assert "[redacted]" in stream.getvalue()
+
+
+def test_the_runtime_does_not_import_aiogram() -> None:
+    import subprocess
+
+    probe = "import sys, runtime.app, runtime.__main__; print('aiogram' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "False", result.stderr
