@@ -35,6 +35,7 @@ class RecordedRequest:
     headers: dict[str, str]  # authorization values left out
     body: JsonDict
     at: float
+    finished_at: float | None = None
 
 
 @dataclass
@@ -118,7 +119,8 @@ class FakeOpenAI:
             for k, v in request.headers.items()
             if k.lower() not in ("authorization", "api-key")
         }
-        self.requests.append(RecordedRequest(request.path, headers, body, time.monotonic()))
+        recorded = RecordedRequest(request.path, headers, body, time.monotonic())
+        self.requests.append(recorded)
         denied = self._authorised(request)
         if denied is not None:
             return denied
@@ -137,6 +139,7 @@ class FakeOpenAI:
             return web.json_response(_completion(body, text))
         finally:
             self.in_flight -= 1
+            recorded.finished_at = time.monotonic()
 
     def _next_failure(self) -> _Failure | None:
         for failure in self._failures:

@@ -17,6 +17,7 @@ async def test_private_chat_streams_a_draft_then_sends_the_answer(
     telegram: FakeTelegram, openai_server: FakeOpenAI, start_agent
 ) -> None:
     openai_server.reply_with("Paris is the capital of France.")
+    openai_server.latency = 1.0  # slow enough for "typing" and a draft to show
     async with start_agent() as agent:
         user = telegram.user(agent.bot)
         await user.send("What is the capital of France?")
