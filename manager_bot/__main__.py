@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from manager_bot.config import ManagerSettings
 from runtime.settings_loading import (
@@ -25,8 +26,48 @@ def _run(settings: ManagerSettings) -> int:
     return 0
 
 
-COMMANDS: dict[str, tuple[str, Callable[[ManagerSettings], int]]] = {
-    "run": ("run the manager bot (default)", _run),
+def _migrate(settings: ManagerSettings) -> int:
+    from manager_bot.db.migrate import upgrade
+
+    asyncio.run(upgrade(settings.database_url.get_secret_value()))
+    print("database upgraded to the latest schema")
+    return 0
+
+
+def _keygen(settings: ManagerSettings | None) -> int:
+    from manager_bot.crypto import generate_key
+
+    print(generate_key())
+    return 0
+
+
+def _rotate_keys(settings: ManagerSettings) -> int:
+    from manager_bot.crypto import VaultError, load_vault
+    from manager_bot.db.secrets import rotate_secrets
+    from manager_bot.db.session import Database
+
+    async def rotate() -> int:
+        database = Database(settings.database_url.get_secret_value())
+        try:
+            return await rotate_secrets(database, load_vault(settings))
+        finally:
+            await database.close()
+
+    try:
+        count = asyncio.run(rotate())
+    except VaultError as error:
+        print(f"{PROGRAM}: {error}", file=sys.stderr)
+        return 1
+    print(f"re-encrypted {count} secrets with the first key of ENCRYPTION_KEYS")
+    return 0
+
+
+# name -> (help, function, needs settings)
+COMMANDS: dict[str, tuple[str, Callable[[Any], int], bool]] = {
+    "run": ("run the manager bot (default)", _run, True),
+    "migrate": ("upgrade the database to the latest schema", _migrate, True),
+    "keygen": ("print a new Fernet key for ENCRYPTION_KEYS", _keygen, False),
+    "rotate-keys": ("re-encrypt every stored secret with the first key", _rotate_keys, True),
 }
 
 
@@ -38,18 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="command")
-    for name, (summary, _) in COMMANDS.items():
+    for name, (summary, _, _) in COMMANDS.items():
         sub.add_parser(name, help=summary, description=summary)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _, command, needs_settings = COMMANDS[args.command or "run"]
+    if not needs_settings:
+        return command(None)
     try:
         settings = load_settings(ManagerSettings)
     except ConfigError as error:
         exit_with_config_error(PROGRAM, error)
-    _, command = COMMANDS[args.command or "run"]
     return command(settings)
 
 

@@ -1,0 +1,1 @@
+"""Durable state: models, sessions, repositories, migrations, FSM storage."""

@@ -1,0 +1,141 @@
+"""SQLAlchemy models: the desired state of every agent, its history and the audit log."""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import string
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names, so autogenerate and both databases agree.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_agent_id() -> str:
+    """10 characters, DNS-label safe: used in `agent-<id>` names and `/webhook/<id>`."""
+    return secrets.choice(string.ascii_lowercase) + "".join(
+        secrets.choice(_ID_ALPHABET) for _ in range(9)
+    )
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class DesiredState(enum.StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    DELETED = "deleted"
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    username: Mapped[str | None] = mapped_column(String(64))
+    first_name: Mapped[str] = mapped_column(String(128), default="")
+    language: Mapped[str | None] = mapped_column(String(16))
+    is_banned: Mapped[bool] = mapped_column(Boolean, default=False)
+    blocked_bot: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Agent(Base):
+    __tablename__ = "agents"
+    __table_args__ = (
+        Index("ix_agents_owner_id", "owner_id"),
+        Index("ix_agents_desired_state", "desired_state"),
+        Index("ix_agents_bot_id", "bot_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True, default=new_agent_id)
+    owner_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    bot_id: Mapped[int] = mapped_column(BigInteger)
+    bot_username: Mapped[str] = mapped_column(String(64))
+    managed: Mapped[bool] = mapped_column(Boolean, default=False)
+    token_encrypted: Mapped[str] = mapped_column(Text)
+    webhook_secret_encrypted: Mapped[str] = mapped_column(Text)
+    provider: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(128))
+    llm_api_key_encrypted: Mapped[str | None] = mapped_column(Text)
+    system_prompt: Mapped[str] = mapped_column(Text)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    desired_state: Mapped[str] = mapped_column(String(16), default=DesiredState.RUNNING.value)
+    observed_state: Mapped[str | None] = mapped_column(String(32))
+    observed_reason: Mapped[str | None] = mapped_column(String(256))
+    observed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    health: Mapped[str | None] = mapped_column(String(16))
+    health_reason: Mapped[str | None] = mapped_column(String(256))
+    health_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    muted_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class AgentRevision(Base):
+    """Every change of prompt, model or key; restoring n copies it as a new revision."""
+
+    __tablename__ = "agent_revisions"
+    __table_args__ = (UniqueConstraint("agent_id", "number", name="uq_agent_revisions_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    agent_id: Mapped[str] = mapped_column(String(16), ForeignKey("agents.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    provider: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(128))
+    system_prompt: Mapped[str] = mapped_column(Text)
+    llm_api_key_encrypted: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    actor_id: Mapped[int | None] = mapped_column(BigInteger)  # None: the system itself
+    action: Mapped[str] = mapped_column(String(64))
+    agent_id: Mapped[str | None] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(String(512))  # never a secret
+
+
+class FsmState(Base):
+    """aiogram FSM storage: a half-finished wizard survives a manager restart."""
+
+    __tablename__ = "fsm_states"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    state: Mapped[str | None] = mapped_column(String(255))
+    data: Mapped[str] = mapped_column(Text, default="{}")

@@ -1,0 +1,165 @@
+"""Queries behind intent-revealing names; no SQL lives outside manager_bot/db/."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from manager_bot.db.models import (
+    Agent,
+    AgentRevision,
+    AuditEntry,
+    DesiredState,
+    User,
+    utcnow,
+)
+
+ACTIVE = (DesiredState.RUNNING.value, DesiredState.STOPPED.value)
+
+
+class Users:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def upsert(self, *, user_id: int, username: str | None, first_name: str) -> User:
+        user = await self._session.get(User, user_id)
+        if user is None:
+            user = User(id=user_id, username=username, first_name=first_name)
+            self._session.add(user)
+        else:
+            user.username, user.first_name, user.last_seen_at = username, first_name, utcnow()
+        await self._session.flush()
+        return user
+
+    async def get(self, user_id: int) -> User | None:
+        return await self._session.get(User, user_id)
+
+
+class Agents:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, agent: Agent) -> Agent:
+        self._session.add(agent)
+        await self._session.flush()
+        return agent
+
+    async def get(self, agent_id: str) -> Agent | None:
+        return await self._session.get(Agent, agent_id)
+
+    async def get_owned(self, owner_id: int, agent_id: str) -> Agent | None:
+        """The agent if it exists, is not deleted and belongs to `owner_id`; else None."""
+        agent = await self._session.get(Agent, agent_id)
+        if agent is None or agent.owner_id != owner_id:
+            return None
+        return None if agent.desired_state == DesiredState.DELETED else agent
+
+    async def owned_by(self, owner_id: int) -> Sequence[Agent]:
+        query = (
+            select(Agent)
+            .where(Agent.owner_id == owner_id, Agent.desired_state.in_(ACTIVE))
+            .order_by(Agent.created_at)
+        )
+        return (await self._session.scalars(query)).all()
+
+    async def count_active(self, owner_id: int) -> int:
+        query = select(func.count()).where(
+            Agent.owner_id == owner_id, Agent.desired_state.in_(ACTIVE)
+        )
+        return int(await self._session.scalar(query) or 0)
+
+    async def by_bot_id(self, bot_id: int) -> Agent | None:
+        """The live agent running this Telegram bot, if any (one bot, one agent)."""
+        query = select(Agent).where(Agent.bot_id == bot_id, Agent.desired_state.in_(ACTIVE))
+        return (await self._session.scalars(query)).first()
+
+    async def all_active(self) -> Sequence[Agent]:
+        query = select(Agent).where(Agent.desired_state.in_(ACTIVE))
+        return (await self._session.scalars(query)).all()
+
+    async def all(self) -> Sequence[Agent]:
+        return (await self._session.scalars(select(Agent))).all()
+
+
+class Revisions:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def record(self, agent: Agent, *, created_by: int | None) -> AgentRevision:
+        """Snapshot the agent's current prompt/model/key as revision `agent.revision`."""
+        revision = AgentRevision(
+            agent_id=agent.id,
+            number=agent.revision,
+            provider=agent.provider,
+            model=agent.model,
+            system_prompt=agent.system_prompt,
+            llm_api_key_encrypted=agent.llm_api_key_encrypted,
+            created_by=created_by,
+        )
+        self._session.add(revision)
+        await self._session.flush()
+        return revision
+
+    async def get(self, agent_id: str, number: int) -> AgentRevision | None:
+        query = select(AgentRevision).where(
+            AgentRevision.agent_id == agent_id, AgentRevision.number == number
+        )
+        return (await self._session.scalars(query)).first()
+
+    async def of(self, agent_id: str) -> Sequence[AgentRevision]:
+        query = (
+            select(AgentRevision)
+            .where(AgentRevision.agent_id == agent_id)
+            .order_by(AgentRevision.number)
+        )
+        return (await self._session.scalars(query)).all()
+
+    async def all(self) -> Sequence[AgentRevision]:
+        return (await self._session.scalars(select(AgentRevision))).all()
+
+
+class Audit:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def record(
+        self,
+        *,
+        actor_id: int | None,
+        action: str,
+        outcome: str,
+        agent_id: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        self._session.add(
+            AuditEntry(
+                actor_id=actor_id,
+                action=action,
+                agent_id=agent_id,
+                outcome=outcome,
+                detail=detail[:512] if detail else None,
+            )
+        )
+        await self._session.flush()
+
+    async def recent(
+        self, limit: int = 20, *, since: datetime | None = None
+    ) -> Sequence[AuditEntry]:
+        query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+        if since is not None:
+            query = query.where(AuditEntry.at >= since)
+        return (await self._session.scalars(query)).all()
+
+
+class Repositories:
+    """All repositories over one session (one unit of work)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+        self.users = Users(session)
+        self.agents = Agents(session)
+        self.revisions = Revisions(session)
+        self.audit = Audit(session)

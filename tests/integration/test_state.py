@@ -1,0 +1,194 @@
+"""Durable state on SQLite and real PostgreSQL: migrations, repositories, FSM storage."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from aiogram.fsm.storage.base import StorageKey
+from sqlalchemy import inspect, text
+
+from manager_bot.crypto import Vault, generate_key
+from manager_bot.db.fsm_storage import SqlStorage, build_fsm_storage
+from manager_bot.db.migrate import downgrade, schema_differences, upgrade
+from manager_bot.db.models import Agent, DesiredState
+from manager_bot.db.repositories import Repositories
+from manager_bot.db.secrets import rotate_secrets
+from manager_bot.db.session import Database
+
+TABLES = {"users", "agents", "agent_revisions", "audit_log", "fsm_states"}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
+async def tables(url: str) -> set[str]:
+    database = Database(url)
+    try:
+        async with database.engine.connect() as connection:
+            names = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
+    finally:
+        await database.close()
+    return set(names) - {"alembic_version"}
+
+
+async def test_migrations_up_down_up_and_models_match(database_url: str) -> None:
+    await upgrade(database_url)
+    assert await tables(database_url) == TABLES
+    assert await schema_differences(database_url) == []
+    await downgrade(database_url)
+    assert await tables(database_url) == set()
+    await upgrade(database_url)
+    assert await tables(database_url) == TABLES
+    assert await schema_differences(database_url) == []
+
+
+async def seeded(url: str, vault: Vault) -> Database:
+    await upgrade(url)
+    database = Database(url)
+    async with database.session() as session:
+        repos = Repositories(session)
+        await repos.users.upsert(user_id=1, username="alice", first_name="Alice")
+        await repos.users.upsert(user_id=2, username="bob", first_name="Bob")
+        agent = await repos.agents.add(
+            Agent(
+                owner_id=1,
+                name="Helper",
+                bot_id=555,
+                bot_username="helper_bot",
+                token_encrypted=vault.encrypt("555:token"),
+                webhook_secret_encrypted=vault.encrypt("hook-secret"),
+                provider="openai",
+                model="gpt-4o-mini",
+                llm_api_key_encrypted=vault.encrypt("sk-user-key"),
+                system_prompt="Be kind.",
+            )
+        )
+        await repos.revisions.record(agent, created_by=1)
+        await repos.audit.record(actor_id=1, action="deploy", agent_id=agent.id, outcome="ok")
+    return database
+
+
+async def test_repositories_respect_ownership(database_url: str) -> None:
+    vault = Vault([generate_key()])
+    database = await seeded(database_url, vault)
+    try:
+        async with database.session() as session:
+            repos = Repositories(session)
+            (agent,) = await repos.agents.owned_by(1)
+            assert await repos.agents.get_owned(1, agent.id) is not None
+            assert await repos.agents.get_owned(2, agent.id) is None  # someone else's
+            assert await repos.agents.get_owned(1, "forged") is None
+            assert await repos.agents.count_active(1) == 1
+            assert (await repos.agents.by_bot_id(555)) is not None
+            agent.desired_state = DesiredState.DELETED.value
+        async with database.session() as session:
+            repos = Repositories(session)
+            assert await repos.agents.get_owned(1, agent.id) is None
+            assert await repos.agents.by_bot_id(555) is None
+            assert await repos.agents.count_active(1) == 0
+            assert [e.action for e in await repos.audit.recent()] == ["deploy"]
+            assert [r.number for r in await repos.revisions.of(agent.id)] == [1]
+    finally:
+        await database.close()
+
+
+async def test_fsm_state_survives_a_restart(sqlite_url: str) -> None:
+    await upgrade(sqlite_url)
+    key = StorageKey(bot_id=1, chat_id=2, user_id=2)
+    first = Database(sqlite_url)
+    storage = build_fsm_storage(database=first, redis_url=None)
+    assert isinstance(storage, SqlStorage)
+    await storage.set_state(key, "Deploy:prompt")
+    await storage.set_data(key, {"model": "gpt-4o-mini"})
+    await first.close()
+    second = Database(sqlite_url)  # a new manager process
+    storage = SqlStorage(second)
+    assert await storage.get_state(key) == "Deploy:prompt"
+    assert await storage.update_data(key, {"step": 3}) == {"model": "gpt-4o-mini", "step": 3}
+    await storage.set_state(key, None)
+    assert await storage.get_state(key) is None
+    await second.close()
+
+
+async def test_fsm_state_in_redis(redis_url: str, sqlite_url: str) -> None:
+    database = Database(sqlite_url)
+    key = StorageKey(bot_id=1, chat_id=2, user_id=2)
+    storage = build_fsm_storage(database=database, redis_url=redis_url)
+    try:
+        await storage.set_state(key, "Deploy:model")
+        await storage.set_data(key, {"a": 1})
+        await storage.close()
+        again = build_fsm_storage(database=database, redis_url=redis_url)
+        assert await again.get_state(key) == "Deploy:model"
+        assert await again.get_data(key) == {"a": 1}
+        await again.close()
+    finally:
+        await database.close()
+
+
+async def test_rotate_keys_reencrypts_everything(sqlite_url: str) -> None:
+    old, new = generate_key(), generate_key()
+    database = await seeded(sqlite_url, Vault([old]))
+    try:
+        assert await rotate_secrets(database, Vault([new, old])) == 4
+        only_new = Vault([new])
+        async with database.session() as session:
+            repos = Repositories(session)
+            (agent,) = await repos.agents.all()
+            assert only_new.decrypt(agent.token_encrypted) == "555:token"
+            assert only_new.decrypt(agent.webhook_secret_encrypted) == "hook-secret"
+            (revision,) = await repos.revisions.all()
+            assert only_new.decrypt(revision.llm_api_key_encrypted or "") == "sk-user-key"
+    finally:
+        await database.close()
+
+
+async def test_no_plaintext_secret_at_rest(database_url: str) -> None:
+    database = await seeded(database_url, Vault([generate_key()]))
+    await database.close()
+    if database_url.startswith("sqlite"):
+        path = Path(database_url.split(":///", 1)[1])
+        raw = b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+    else:
+        from sqlalchemy.engine import make_url
+
+        url = make_url(database_url)
+        raw = subprocess.run(
+            [
+                "pg_dump",
+                "-h",
+                url.host or "127.0.0.1",
+                "-U",
+                url.username or "postgres",
+                url.database or "",
+            ],
+            capture_output=True,
+            check=True,
+        ).stdout
+    assert b"helper_bot" in raw  # the dump is real...
+    for secret in (b"555:token", b"hook-secret", b"sk-user-key"):
+        assert secret not in raw  # ...and holds no secret in the clear
+
+
+async def test_sqlite_enforces_foreign_keys(sqlite_url: str) -> None:
+    await upgrade(sqlite_url)
+    database = Database(sqlite_url)
+    try:
+        with pytest.raises(Exception, match="FOREIGN KEY"):
+            async with database.session() as session:
+                await session.execute(
+                    text(
+                        "INSERT INTO agents (id, owner_id, name, bot_id, bot_username, managed, "
+                        "token_encrypted, webhook_secret_encrypted, provider, model, system_prompt, "
+                        "revision, desired_state, created_at, updated_at) VALUES ('x', 99, 'n', 1, "
+                        "'u', 0, 't', 's', 'p', 'm', 'sp', 1, 'running', '2026-01-01', '2026-01-01')"
+                    )
+                )
+    finally:
+        await database.close()
