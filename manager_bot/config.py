@@ -50,6 +50,18 @@ class ManagerSettings(BaseSettings):
     k8s_router: Literal["istio", "gateway-api", "none"] = Field(
         default="istio", description="istio, gateway-api or none"
     )
+    k8s_gateway: str = Field(
+        default="hatchbot-system/hatchbot-gateway",
+        description="namespace/name of the Istio or Gateway API Gateway that routes webhooks",
+    )
+    k8s_ingress_namespace: str = Field(
+        default="istio-system",
+        description="namespace of the ingress gateway pods (allowed in by NetworkPolicy)",
+    )
+    k8s_manager_namespace: str = Field(
+        default="hatchbot-system",
+        description="namespace the manager runs in (allowed in to probe agents)",
+    )
     agent_image: str = Field(
         default=DEFAULT_AGENT_IMAGE, description="runtime image for agent pods"
     )

@@ -381,7 +381,9 @@ class Store:
             merged["status"] = new.get("status", {})
             new = merged
         elif resource.status_subresource:
-            new["status"] = copy.deepcopy(old.get("status", {}))
+            new.pop("status", None)
+            if "status" in old:
+                new["status"] = copy.deepcopy(old["status"])
         metadata = new.setdefault("metadata", {})
         for fixed in ("uid", "creationTimestamp", "namespace", "name"):
             if fixed in old["metadata"]:

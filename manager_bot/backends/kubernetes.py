@@ -1,0 +1,334 @@
+"""KubernetesBackend: agents as Deployments, reached through the official client.
+
+Only I/O lives here; objects come from `manifests`. Every call runs off the
+event loop (the client is synchronous). Writes are server-side apply with one
+field manager, so re-applying the same spec is a no-op on the API server and
+an edit is a rolling update. Reads for health cost a constant number of list
+calls whatever the number of agents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from manager_bot.backends.base import (
+    AGENT_ID_LABEL,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    AgentSpec,
+    BackendError,
+    Observed,
+    ObservedState,
+    object_name,
+)
+from manager_bot.backends.manifests import SERVICE_PORT, ClusterConfig, agent_manifests
+from manager_bot.config import ManagerSettings
+
+log = logging.getLogger(__name__)
+JsonDict = dict[str, Any]
+T = TypeVar("T")
+
+APPLY = "application/apply-patch+yaml"
+MERGE = "application/merge-patch+json"
+REQUEST_TIMEOUT = (5, 30)  # connect, read
+MANAGED = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+# Waiting reasons that mean the pod will not come up by itself.
+STUCK_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+# (group/version path prefix, plural) per kind we create.
+PATHS: dict[str, tuple[str, str]] = {
+    "Secret": ("/api/v1", "secrets"),
+    "Deployment": ("/apis/apps/v1", "deployments"),
+    "Service": ("/api/v1", "services"),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
+    "VirtualService": ("/apis/networking.istio.io/v1", "virtualservices"),
+    "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
+}
+
+
+class KubernetesBackend:
+    """Implements `Backend` against one namespace of one cluster."""
+
+    def __init__(
+        self,
+        *,
+        api_client: k8s.ApiClient,
+        cluster: ClusterConfig,
+        field_manager: str = "hatchbot",
+        request_timeout: tuple[float, float] = REQUEST_TIMEOUT,
+    ) -> None:
+        self._api = api_client
+        self._cluster = cluster
+        self._manager = field_manager
+        self._timeout = request_timeout
+
+    @classmethod
+    def from_settings(cls, settings: ManagerSettings) -> KubernetesBackend:
+        """In-cluster service account, else KUBECONFIG / ~/.kube/config."""
+        configuration = k8s.Configuration()
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except k8s_config.ConfigException:
+            k8s_config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        cluster = ClusterConfig(
+            namespace=settings.k8s_namespace,
+            image=settings.agent_image,
+            router=settings.k8s_router,
+            public_url=settings.public_url or "",
+            gateway=settings.k8s_gateway,
+            ingress_namespace=settings.k8s_ingress_namespace,
+            manager_namespace=settings.k8s_manager_namespace,
+        )
+        return cls(api_client=k8s.ApiClient(configuration), cluster=cluster)
+
+    @property
+    def cluster(self) -> ClusterConfig:
+        return self._cluster
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._api.close)
+
+    # -- Backend ---------------------------------------------------------------------
+
+    async def apply(self, spec: AgentSpec) -> None:
+        for manifest in agent_manifests(spec, self._cluster):
+            await self._run(self._apply_one, manifest)
+
+    async def restart(self, agent_id: str) -> None:
+        """What `kubectl rollout restart` does: a new pod-template annotation."""
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "spec": {
+                "template": {
+                    "metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": stamp}}
+                }
+            }
+        }
+        path = self._object_path("Deployment", agent_id)
+        await self._run(self._request, "PATCH", path, body=body, content_type=MERGE)
+
+    async def stop(self, agent_id: str) -> None:
+        path = self._object_path("Deployment", agent_id) + "/scale"
+        body = {"spec": {"replicas": 0}}
+        await self._run(self._request, "PATCH", path, body=body, content_type=MERGE)
+
+    async def delete(self, agent_id: str) -> None:
+        for kind in (
+            "VirtualService",
+            "HTTPRoute",
+            "NetworkPolicy",
+            "Service",
+            "Deployment",
+            "Secret",
+        ):
+            if kind in ("VirtualService", "HTTPRoute") and not self._route_kind_installed(kind):
+                continue
+            await self._run(self._delete_ignoring_missing, self._object_path(kind, agent_id))
+
+    async def logs(self, agent_id: str, lines: int = 100) -> str:
+        pods = await self._run(
+            self._list, "/api/v1", "pods", f"{AGENT_ID_LABEL}={agent_id},{MANAGED}"
+        )
+        if not pods:
+            return ""
+        newest = max(pods, key=lambda pod: pod["metadata"].get("creationTimestamp", ""))
+        path = f"/api/v1/namespaces/{self._cluster.namespace}/pods/{newest['metadata']['name']}/log"
+        text: str = await self._run(
+            self._request, "GET", path, query=[("tailLines", str(lines))], raw=True
+        )
+        return text
+
+    async def observe_all(self) -> dict[str, Observed]:
+        """Three list calls (Deployments, Pods, Secrets), whatever the number of agents."""
+        deployments, pods, secrets = await asyncio.gather(
+            self._run(self._list, "/apis/apps/v1", "deployments", MANAGED),
+            self._run(self._list, "/api/v1", "pods", MANAGED),
+            self._run(self._list, "/api/v1", "secrets", MANAGED),
+        )
+        pods_by_agent: dict[str, list[JsonDict]] = {}
+        for pod in pods:
+            agent_id = pod["metadata"].get("labels", {}).get(AGENT_ID_LABEL)
+            if agent_id:
+                pods_by_agent.setdefault(agent_id, []).append(pod)
+        observed: dict[str, Observed] = {}
+        for deployment in deployments:
+            agent_id = deployment["metadata"].get("labels", {}).get(AGENT_ID_LABEL)
+            if agent_id:
+                observed[agent_id] = self._observe(
+                    agent_id, deployment, pods_by_agent.get(agent_id, [])
+                )
+        for secret in secrets:
+            agent_id = secret["metadata"].get("labels", {}).get(AGENT_ID_LABEL)
+            if agent_id and agent_id not in observed:
+                observed[agent_id] = Observed(
+                    agent_id=agent_id, state=ObservedState.MISSING, reason="no Deployment"
+                )
+        return observed
+
+    # -- mapping ---------------------------------------------------------------------
+
+    def _observe(self, agent_id: str, deployment: JsonDict, pods: list[JsonDict]) -> Observed:
+        spec, status = deployment.get("spec", {}), deployment.get("status", {})
+        probe_url = f"http://{object_name(agent_id)}.{self._cluster.namespace}.svc.cluster.local:{SERVICE_PORT}"
+        restarts = sum(
+            container.get("restartCount", 0)
+            for pod in pods
+            for container in pod.get("status", {}).get("containerStatuses", [])
+        )
+        since = _parse_time(deployment["metadata"].get("creationTimestamp"))
+
+        def seen(state: ObservedState, reason: str | None = None) -> Observed:
+            return Observed(
+                agent_id=agent_id,
+                state=state,
+                reason=reason,
+                restarts=restarts,
+                since=since,
+                probe_url=probe_url,
+            )
+
+        if spec.get("replicas", 1) == 0:
+            return seen(ObservedState.STOPPED)
+        if status.get("readyReplicas", 0) >= 1:
+            return seen(ObservedState.RUNNING)
+        stuck = _stuck_reason(pods)
+        if stuck is not None:
+            return seen(ObservedState.CRASH_LOOPING, stuck)
+        return seen(ObservedState.STARTING)
+
+    # -- I/O (sync, always called through _run) ----------------------------------------
+
+    async def _run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(function, *args, **kwargs)
+
+    def _object_path(self, kind: str, agent_id: str) -> str:
+        prefix, plural = PATHS[kind]
+        return f"{prefix}/namespaces/{self._cluster.namespace}/{plural}/{object_name(agent_id)}"
+
+    def _apply_one(self, manifest: JsonDict) -> None:
+        prefix, plural = PATHS[manifest["kind"]]
+        name = manifest["metadata"]["name"]
+        path = f"{prefix}/namespaces/{self._cluster.namespace}/{plural}/{name}"
+        query = [("fieldManager", self._manager), ("force", "true")]
+        self._request("PATCH", path, body=manifest, query=query, content_type=APPLY)
+
+    def _list(self, prefix: str, plural: str, selector: str) -> list[JsonDict]:
+        path = f"{prefix}/namespaces/{self._cluster.namespace}/{plural}"
+        body = self._request("GET", path, query=[("labelSelector", selector)])
+        items: list[JsonDict] = body.get("items", [])
+        return items
+
+    def _delete_ignoring_missing(self, path: str) -> None:
+        try:
+            self._request("DELETE", path)
+        except BackendError as error:
+            # 404: already gone, which is what delete wants.
+            if getattr(error, "status", None) != 404:
+                raise
+
+    def _route_kind_installed(self, kind: str) -> bool:
+        router = {"VirtualService": "istio", "HTTPRoute": "gateway-api"}[kind]
+        return self._cluster.router == router
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str | None = None,
+        raw: bool = False,
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        serialized = self._api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self._api.call_api(
+                *serialized[:2],
+                header_params=serialized[2],
+                body=serialized[3],
+                _request_timeout=self._timeout,
+            )
+            response.read()  # type: ignore[no-untyped-call]
+        except k8s.ApiException as error:
+            raise _api_error(method, path, error.status or 0, error.body) from None
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            raise KubernetesError(
+                f"cannot reach the Kubernetes API ({type(error).__name__})", status=0
+            ) from None
+        if response.status >= 400:
+            raise _api_error(method, path, response.status, response.data)
+        text = response.data.decode() if isinstance(response.data, bytes) else str(response.data)
+        return text if raw else json.loads(text or "{}")
+
+
+class KubernetesError(BackendError):
+    """The API answered with an error (`status`), or could not be reached (status 0)."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        retryable = status == 0 or status >= 500 or status in (409, 429)
+        super().__init__(message, retryable=retryable)
+        self.status = status
+
+
+def _api_error(method: str, path: str, status: int, body: Any) -> KubernetesError:
+    """A message from the Status' reason only: the body may echo a Secret we sent."""
+    reason = ""
+    try:
+        parsed = json.loads(body.decode() if isinstance(body, bytes) else body or "{}")
+        reason = str(parsed.get("reason") or "")
+    except (ValueError, AttributeError):
+        reason = ""
+    kind = path.rstrip("/").split("/")[-2] if path.count("/") > 2 else path
+    return KubernetesError(
+        f"Kubernetes API answered {status} {reason} to {method} {kind}".strip(), status=status
+    )
+
+
+def _stuck_reason(pods: list[JsonDict]) -> str | None:
+    for pod in pods:
+        for container in pod.get("status", {}).get("containerStatuses", []):
+            waiting = container.get("state", {}).get("waiting", {}).get("reason")
+            if waiting not in STUCK_REASONS:
+                continue
+            terminated = container.get("lastState", {}).get("terminated", {}).get("reason")
+            restarts = container.get("restartCount", 0)
+            reason = "OOMKilled" if terminated == "OOMKilled" else waiting
+            return f"{reason} (restarted {restarts} times)" if restarts else reason
+    return None
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
