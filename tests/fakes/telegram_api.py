@@ -181,6 +181,7 @@ class FakeTelegram:
         self._wakeups: dict[int, asyncio.Event] = {}
         self._chats: dict[int, JsonDict] = {}
         self._incoming: dict[tuple[int, int, int], JsonDict] = {}
+        self._closing = False
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -196,6 +197,10 @@ class FakeTelegram:
         self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
 
     async def stop(self) -> None:
+        # Release open long polls at once (the server would otherwise wait them out).
+        self._closing = True
+        for event in self._wakeups.values():
+            event.set()
         for task in self._deliveries.values():
             task.cancel()
         for task in self._deliveries.values():
@@ -421,7 +426,7 @@ class FakeTelegram:
         while True:
             ready = [u for u in bot.pending if _allowed(u, allowed)][:limit]
             remaining = deadline - time.monotonic()
-            if ready or remaining <= 0:
+            if ready or remaining <= 0 or self._closing:
                 return ready
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup(bot).wait(), remaining)
