@@ -1,0 +1,540 @@
+"""The deployer: every change to an agent's life goes through here.
+
+Order of work, always: validate, write the desired state and an audit entry,
+ask the backend to make it so (idempotently), point the bot's webhook, report.
+A failed first deploy is rolled back (objects removed, webhook cleared, agent
+marked deleted) so nobody is left with half an agent; whatever a rollback
+could not remove, `reconcile()` removes later because the database no longer
+wants it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pydantic import SecretStr
+
+from manager_bot.backends.base import (
+    AgentSecrets,
+    AgentSpec,
+    Backend,
+    BackendError,
+    Observed,
+    ObservedState,
+)
+from manager_bot.crypto import Vault
+from manager_bot.db.models import Agent, DesiredState, utcnow
+from manager_bot.db.repositories import Repositories
+from manager_bot.db.session import Database
+from manager_bot.services.errors import (
+    AgentNotFound,
+    BotAlreadyUsed,
+    DeployFailed,
+    InvalidAgentConfig,
+    InvalidBotToken,
+    NoPreviousRevision,
+    QuotaReached,
+)
+from manager_bot.services.providers import Provider, find_provider
+from manager_bot.services.telegram import AgentTelegram, AgentTokenError, BotIdentity
+from runtime.redaction import redact
+
+log = logging.getLogger(__name__)
+
+MAX_PROMPT_CHARS = 4000
+T = TypeVar("T")
+
+
+class DeployStep(enum.StrEnum):
+    SECRET = "secret"
+    WORKLOAD = "workload"
+    ROUTE = "route"
+    WEBHOOK = "webhook"
+    READY = "ready"
+
+
+Progress = Callable[[DeployStep], Awaitable[None]]
+
+
+async def no_progress(step: DeployStep) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class NewAgent:
+    """What the wizard collected; plaintext secrets live only in memory until encrypted."""
+
+    owner_id: int
+    bot_token: str
+    provider: str
+    model: str
+    system_prompt: str
+    llm_api_key: str | None = None
+    managed: bool = False
+
+
+@dataclass(frozen=True)
+class DeployerConfig:
+    # "webhook": the manager sets each agent's webhook (Kubernetes);
+    # "polling": it deletes it so the local runtime can poll.
+    mode: str
+    public_url: str | None
+    telegram_api_url: str
+    max_agents_per_user: int
+    ready_timeout: float = 90.0
+    ready_poll_interval: float = 0.5
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    applied: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+
+
+class Deployer:
+    """Use cases: deploy, change, revert, restart, stop, resume, delete, logs, reconcile."""
+
+    def __init__(
+        self,
+        *,
+        database: Database,
+        vault: Vault,
+        backend: Backend,
+        telegram: AgentTelegram,
+        providers: tuple[Provider, ...],
+        config: DeployerConfig,
+    ) -> None:
+        self._db = database
+        self._vault = vault
+        self._backend = backend
+        self._telegram = telegram
+        self._providers = providers
+        self._config = config
+
+    @property
+    def steps(self) -> tuple[DeployStep, ...]:
+        """The steps a deploy reports, in order (no route without a cluster)."""
+        if self._config.mode == "polling":
+            return (DeployStep.SECRET, DeployStep.WORKLOAD, DeployStep.WEBHOOK, DeployStep.READY)
+        return tuple(DeployStep)
+
+    def webhook_url(self, agent_id: str) -> str:
+        return f"{self._config.public_url}/webhook/{agent_id}"
+
+    # -- deploy ------------------------------------------------------------------------
+
+    async def check_token(self, token: str, *, owner_id: int) -> BotIdentity:
+        """getMe, plus: not already running as someone's agent."""
+        identity = await self._identify(token)
+        async with self._db.session() as session:
+            if await Repositories(session).agents.by_bot_id(identity.id) is not None:
+                raise BotAlreadyUsed(identity.username)
+        return identity
+
+    async def deploy(self, request: NewAgent, *, progress: Progress = no_progress) -> Agent:
+        """Creates and starts a new agent, reporting each step; rolls back on failure."""
+        provider = self._check_config(request.provider, request.model, request.llm_api_key)
+        prompt = self._check_prompt(request.system_prompt)
+        identity = await self._identify(request.bot_token)
+        async with self._db.session() as session:
+            repos = Repositories(session)
+            if (
+                await repos.agents.count_active(request.owner_id)
+                >= self._config.max_agents_per_user
+            ):
+                raise QuotaReached(self._config.max_agents_per_user)
+            if await repos.agents.by_bot_id(identity.id) is not None:
+                raise BotAlreadyUsed(identity.username)
+            agent = await repos.agents.add(
+                Agent(
+                    owner_id=request.owner_id,
+                    name=identity.first_name or identity.username,
+                    bot_id=identity.id,
+                    bot_username=identity.username,
+                    managed=request.managed,
+                    token_encrypted=self._vault.encrypt(request.bot_token),
+                    webhook_secret_encrypted=self._vault.encrypt(secrets.token_urlsafe(32)),
+                    provider=provider.name,
+                    model=request.model,
+                    llm_api_key_encrypted=self._encrypt_optional(request.llm_api_key),
+                    system_prompt=prompt,
+                    revision=1,
+                    desired_state=DesiredState.RUNNING.value,
+                )
+            )
+            await repos.revisions.record(agent, created_by=request.owner_id)
+            await repos.audit.record(
+                actor_id=request.owner_id, action="deploy", agent_id=agent.id, outcome="started"
+            )
+        await progress(DeployStep.SECRET)
+        try:
+            await self._start(agent, first_deploy=True, progress=progress)
+        except DeployFailed as failure:
+            await self._roll_back(agent, actor_id=request.owner_id, failure=failure)
+            raise
+        await self._audit(request.owner_id, "deploy", agent.id, "ok")
+        return await self._reload(agent.id)
+
+    async def _start(self, agent: Agent, *, first_deploy: bool, progress: Progress) -> None:
+        """Apply, point the webhook, wait for readiness; each failure names its step."""
+        spec = self.spec_for(agent)
+        try:
+            await self._backend.apply(spec)
+        except BackendError as error:
+            raise DeployFailed(DeployStep.WORKLOAD, str(error)) from None
+        await progress(DeployStep.WORKLOAD)
+        if DeployStep.ROUTE in self.steps:
+            await progress(DeployStep.ROUTE)
+        await self._point_webhook(agent.id, spec, drop_pending_updates=first_deploy)
+        await progress(DeployStep.WEBHOOK)
+        observed = await self._wait_until_ready(agent.id)
+        await self._store_observed(observed)
+        await progress(DeployStep.READY)
+
+    async def _roll_back(self, agent: Agent, *, actor_id: int, failure: DeployFailed) -> None:
+        """Leave nothing half-made: remove objects, clear the webhook, forget the agent."""
+        try:
+            await self._backend.delete(agent.id)
+        except BackendError as error:
+            log.warning("rollback of agent %s left objects for reconcile: %s", agent.id, error)
+        try:
+            await self._telegram.delete_webhook(self._vault.decrypt(agent.token_encrypted))
+        except AgentTokenError:
+            pass  # the token is the problem, or Telegram is away: nothing points at us
+        async with self._db.session() as session:
+            repos = Repositories(session)
+            stored = await repos.agents.get(agent.id)
+            if stored is not None:
+                stored.desired_state = DesiredState.DELETED.value
+                stored.observed_reason = f"deploy failed at {failure.step}"
+            await repos.audit.record(
+                actor_id=actor_id,
+                action="deploy",
+                agent_id=agent.id,
+                outcome="failed",
+                detail=f"{failure.step}: {failure.hint}",
+            )
+
+    # -- changes -----------------------------------------------------------------------
+
+    async def change(
+        self,
+        *,
+        owner_id: int,
+        agent_id: str,
+        system_prompt: str | None = None,
+        provider: str | None = None,
+        model: str | None = None,
+        llm_api_key: str | None = None,
+    ) -> Agent:
+        """A new revision (prompt, model or key) rolled out to the running agent."""
+        async with self._db.session() as session:
+            repos = Repositories(session)
+            agent = await self._owned(repos, owner_id, agent_id)
+            new_provider = provider or agent.provider
+            new_model = model or agent.model
+            key = llm_api_key
+            if key is None and new_provider == agent.provider and agent.llm_api_key_encrypted:
+                key = self._vault.decrypt(agent.llm_api_key_encrypted)
+            self._check_config(new_provider, new_model, key)
+            if system_prompt is not None:
+                agent.system_prompt = self._check_prompt(system_prompt)
+            agent.provider, agent.model = new_provider, new_model
+            agent.llm_api_key_encrypted = self._encrypt_optional(key)
+            agent.revision += 1
+            await repos.revisions.record(agent, created_by=owner_id)
+            await repos.audit.record(
+                actor_id=owner_id, action="change", agent_id=agent.id, outcome="ok",
+                detail=f"revision {agent.revision}",
+            )  # fmt: skip
+        await self._reapply(agent)
+        return await self._reload(agent.id)
+
+    async def revert(self, *, owner_id: int, agent_id: str) -> Agent:
+        """Restore the previous revision's prompt, model and key, as a new revision."""
+        async with self._db.session() as session:
+            repos = Repositories(session)
+            agent = await self._owned(repos, owner_id, agent_id)
+            previous = await repos.revisions.get(agent.id, agent.revision - 1)
+            if previous is None:
+                raise NoPreviousRevision(agent.id)
+            agent.provider, agent.model = previous.provider, previous.model
+            agent.system_prompt = previous.system_prompt
+            agent.llm_api_key_encrypted = previous.llm_api_key_encrypted
+            agent.revision += 1
+            await repos.revisions.record(agent, created_by=owner_id)
+            await repos.audit.record(
+                actor_id=owner_id, action="revert", agent_id=agent.id, outcome="ok",
+                detail=f"revision {previous.number} restored as {agent.revision}",
+            )  # fmt: skip
+        await self._reapply(agent)
+        return await self._reload(agent.id)
+
+    async def rotate_token(self, *, owner_id: int, agent_id: str, new_token: str) -> Agent:
+        """A new token for the same bot (Managed Bots' replaceManagedBotToken)."""
+        identity = await self._identify(new_token)
+        async with self._db.session() as session:
+            repos = Repositories(session)
+            agent = await self._owned(repos, owner_id, agent_id)
+            if identity.id != agent.bot_id:
+                raise InvalidBotToken("the new token belongs to another bot")
+            agent.token_encrypted = self._vault.encrypt(new_token)
+            await repos.audit.record(
+                actor_id=owner_id, action="rotate-token", agent_id=agent.id, outcome="ok"
+            )
+        await self._reapply(agent)
+        return await self._reload(agent.id)
+
+    async def restart(self, *, owner_id: int, agent_id: str) -> Agent:
+        agent = await self._act(owner_id, agent_id, "restart")
+        await self._backend_call(self._backend.restart(agent.id))
+        return agent
+
+    async def stop(self, *, owner_id: int, agent_id: str) -> Agent:
+        agent = await self._act(owner_id, agent_id, "stop", desired=DesiredState.STOPPED)
+        await self._backend_call(self._backend.stop(agent.id))
+        return await self._reload(agent.id)
+
+    async def resume(self, *, owner_id: int, agent_id: str) -> Agent:
+        agent = await self._act(owner_id, agent_id, "resume", desired=DesiredState.RUNNING)
+        await self._reapply(agent)
+        return await self._reload(agent.id)
+
+    async def delete(self, *, owner_id: int, agent_id: str) -> None:
+        agent = await self._act(owner_id, agent_id, "delete", desired=DesiredState.DELETED)
+        try:
+            await self._telegram.delete_webhook(self._vault.decrypt(agent.token_encrypted))
+        except AgentTokenError:
+            log.info("could not clear the webhook of deleted agent %s", agent.id)
+        try:
+            await self._backend.delete(agent.id)
+        except BackendError as error:
+            # The database already says deleted: reconcile finishes the job.
+            log.warning("deleting agent %s left objects for reconcile: %s", agent.id, error)
+
+    async def logs(self, *, owner_id: int, agent_id: str, lines: int = 100) -> str:
+        """The agent's recent log, with its secrets (and anything secret-shaped) redacted."""
+        async with self._db.session() as session:
+            agent = await self._owned(Repositories(session), owner_id, agent_id)
+        text = await self._backend_call(self._backend.logs(agent.id, lines))
+        return redact(text, self._secrets_of(agent))
+
+    async def agent(self, *, owner_id: int, agent_id: str) -> Agent:
+        async with self._db.session() as session:
+            return await self._owned(Repositories(session), owner_id, agent_id)
+
+    async def agents_of(self, owner_id: int) -> list[Agent]:
+        async with self._db.session() as session:
+            return list(await Repositories(session).agents.owned_by(owner_id))
+
+    # -- reconcile ----------------------------------------------------------------------
+
+    async def reconcile(self) -> ReconcileReport:
+        """Make the backend match the database: recreate the missing, remove the unwanted."""
+        async with self._db.session() as session:
+            wanted = {a.id: a for a in await Repositories(session).agents.all_active()}
+        observed = await self._backend.observe_all()
+        applied, removed, failed = [], [], []
+        for agent_id, agent in wanted.items():
+            seen = observed.get(agent_id)
+            should_run = agent.desired_state == DesiredState.RUNNING
+            if (
+                seen is None
+                or seen.state is ObservedState.MISSING
+                or (should_run and seen.state is ObservedState.STOPPED)
+            ):
+                try:
+                    await self._backend.apply(self.spec_for(agent))
+                    applied.append(agent_id)
+                except BackendError as error:
+                    log.warning("reconcile could not apply agent %s: %s", agent_id, error)
+                    failed.append(agent_id)
+        for agent_id in set(observed) - set(wanted):
+            try:
+                await self._backend.delete(agent_id)
+                removed.append(agent_id)
+            except BackendError as error:
+                log.warning("reconcile could not remove agent %s: %s", agent_id, error)
+                failed.append(agent_id)
+        if applied or removed:
+            await self._audit(
+                None, "reconcile", None, "ok", f"applied {applied}, removed {removed}"
+            )
+        return ReconcileReport(tuple(applied), tuple(sorted(removed)), tuple(failed))
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def spec_for(self, agent: Agent) -> AgentSpec:
+        provider = find_provider(self._providers, agent.provider)
+        key: SecretStr | None = None
+        if agent.llm_api_key_encrypted:
+            key = SecretStr(self._vault.decrypt(agent.llm_api_key_encrypted))
+        elif provider is not None and provider.platform_key is not None:
+            key = provider.platform_key
+        return AgentSpec(
+            agent_id=agent.id,
+            secrets=AgentSecrets(
+                bot_token=SecretStr(self._vault.decrypt(agent.token_encrypted)),
+                webhook_secret=SecretStr(self._vault.decrypt(agent.webhook_secret_encrypted)),
+                llm_api_key=key,
+            ),
+            llm_model=agent.model,
+            system_prompt=agent.system_prompt,
+            llm_base_url=provider.base_url if provider else None,
+            llm_provider=provider.runtime_provider if provider else "openai",
+            llm_api_version=provider.api_version if provider else None,
+            telegram_api_url=self._config.telegram_api_url,
+            running=agent.desired_state == DesiredState.RUNNING,
+            revision=agent.revision,
+        )
+
+    async def _reapply(self, agent: Agent) -> None:
+        spec = self.spec_for(agent)
+        try:
+            await self._backend.apply(spec)
+        except BackendError as error:
+            # The new desired state is stored; reconcile retries the rollout.
+            raise DeployFailed(DeployStep.WORKLOAD, str(error), rolled_back=False) from None
+        if spec.running:
+            await self._point_webhook(agent.id, spec, drop_pending_updates=False)
+
+    async def _point_webhook(
+        self, agent_id: str, spec: AgentSpec, *, drop_pending_updates: bool
+    ) -> None:
+        """Webhook mode: set and verify it. Polling mode: delete it so the runtime may poll."""
+        token = spec.secrets.bot_token.get_secret_value()
+        try:
+            if self._config.mode == "polling":
+                await self._telegram.delete_webhook(
+                    token, drop_pending_updates=drop_pending_updates
+                )
+                return
+            url = self.webhook_url(agent_id)
+            await self._telegram.set_webhook(
+                token,
+                url=url,
+                secret=spec.secrets.webhook_secret.get_secret_value(),
+                drop_pending_updates=drop_pending_updates,
+            )
+            status = await self._telegram.webhook_status(token)
+        except AgentTokenError as error:
+            raise DeployFailed(DeployStep.WEBHOOK, error.reason) from None
+        if status.url != url:
+            raise DeployFailed(DeployStep.WEBHOOK, "Telegram did not keep the webhook URL")
+
+    async def _wait_until_ready(self, agent_id: str) -> Observed:
+        """Poll the backend until the agent runs; a crash loop fails, slowness does not."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.ready_timeout
+        observed = Observed(agent_id=agent_id, state=ObservedState.STARTING)
+        while loop.time() < deadline:
+            try:
+                observed = (await self._backend.observe_all()).get(agent_id, observed)
+            except BackendError as error:
+                log.warning("observing agent %s failed: %s", agent_id, error)
+            if observed.state is ObservedState.RUNNING:
+                return observed
+            if observed.state is ObservedState.CRASH_LOOPING:
+                raise DeployFailed(DeployStep.READY, observed.reason or "the agent keeps crashing")
+            await asyncio.sleep(self._config.ready_poll_interval)
+        # Still starting (an image pull, a slow node): not a failure; health reports it later.
+        return observed
+
+    async def _store_observed(self, observed: Observed) -> None:
+        async with self._db.session() as session:
+            agent = await Repositories(session).agents.get(observed.agent_id)
+            if agent is not None:
+                agent.observed_state = observed.state.value
+                agent.observed_reason = observed.reason
+                agent.observed_at = utcnow()
+
+    async def _identify(self, token: str) -> BotIdentity:
+        try:
+            return await self._telegram.identify(token.strip())
+        except AgentTokenError as error:
+            raise InvalidBotToken(error.reason) from None
+
+    def _check_config(self, provider_name: str, model: str, key: str | None) -> Provider:
+        provider = find_provider(self._providers, provider_name)
+        if provider is None:
+            raise InvalidAgentConfig(f"unknown provider {provider_name!r}")
+        if model not in provider.models:
+            raise InvalidAgentConfig(f"unknown model {model!r} for {provider.label}")
+        if provider.needs_user_key and not key:
+            raise InvalidAgentConfig(f"{provider.label} needs your own API key")
+        return provider
+
+    @staticmethod
+    def _check_prompt(prompt: str) -> str:
+        prompt = prompt.strip()
+        if not prompt:
+            raise InvalidAgentConfig("the system prompt is empty")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise InvalidAgentConfig(
+                f"the system prompt is longer than {MAX_PROMPT_CHARS} characters"
+            )
+        return prompt
+
+    def _encrypt_optional(self, value: str | None) -> str | None:
+        return self._vault.encrypt(value) if value else None
+
+    def _secrets_of(self, agent: Agent) -> list[str]:
+        values = [
+            self._vault.decrypt(agent.token_encrypted),
+            self._vault.decrypt(agent.webhook_secret_encrypted),
+        ]
+        if agent.llm_api_key_encrypted:
+            values.append(self._vault.decrypt(agent.llm_api_key_encrypted))
+        return values
+
+    @staticmethod
+    async def _owned(repos: Repositories, owner_id: int, agent_id: str) -> Agent:
+        agent = await repos.agents.get_owned(owner_id, agent_id)
+        if agent is None:
+            raise AgentNotFound(agent_id)
+        return agent
+
+    async def _act(
+        self, owner_id: int, agent_id: str, action: str, *, desired: DesiredState | None = None
+    ) -> Agent:
+        async with self._db.session() as session:
+            repos = Repositories(session)
+            agent = await self._owned(repos, owner_id, agent_id)
+            if desired is not None:
+                agent.desired_state = desired.value
+            await repos.audit.record(
+                actor_id=owner_id, action=action, agent_id=agent.id, outcome="ok"
+            )
+        return agent
+
+    async def _backend_call(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except BackendError as error:
+            raise DeployFailed(DeployStep.WORKLOAD, str(error), rolled_back=False) from None
+
+    async def _audit(
+        self,
+        actor_id: int | None,
+        action: str,
+        agent_id: str | None,
+        outcome: str,
+        detail: str | None = None,
+    ) -> None:
+        async with self._db.session() as session:
+            await Repositories(session).audit.record(
+                actor_id=actor_id, action=action, agent_id=agent_id, outcome=outcome, detail=detail
+            )
+
+    async def _reload(self, agent_id: str) -> Agent:
+        async with self._db.session() as session:
+            agent = await Repositories(session).agents.get(agent_id)
+            assert agent is not None
+            return agent

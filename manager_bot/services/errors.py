@@ -1,0 +1,47 @@
+"""Domain errors: each says what failed and what the user can do about it."""
+
+from __future__ import annotations
+
+
+class HatchbotError(Exception):
+    """Base of the errors a handler turns into a helpful reply."""
+
+
+class AgentNotFound(HatchbotError):
+    """No such agent for this user: forged ids and other users' agents look the same."""
+
+
+class QuotaReached(HatchbotError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"agent quota of {limit} reached")
+        self.limit = limit
+
+
+class InvalidBotToken(HatchbotError):
+    """The token is malformed, revoked, or Telegram cannot be reached to check it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BotAlreadyUsed(HatchbotError):
+    """Another live agent already runs this bot (one token, one poller/webhook)."""
+
+
+class InvalidAgentConfig(HatchbotError):
+    """A provider, model, key or prompt the platform cannot accept."""
+
+
+class NoPreviousRevision(HatchbotError):
+    """Revert asked for, but the agent has only one revision."""
+
+
+class DeployFailed(HatchbotError):
+    """A step of a deploy or change failed; nothing half-made was left behind."""
+
+    def __init__(self, step: str, hint: str, *, rolled_back: bool = True) -> None:
+        super().__init__(f"{step}: {hint}")
+        self.step = step
+        self.hint = hint
+        self.rolled_back = rolled_back

@@ -1,0 +1,428 @@
+"""The deploy path end to end, without the chat layer: database, vault, backends, webhooks."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+from sqlalchemy.engine import make_url
+
+from manager_bot.backends.base import Backend
+from manager_bot.backends.kubernetes import KubernetesBackend
+from manager_bot.backends.local import LocalBackend
+from manager_bot.backends.manifests import ClusterConfig
+from manager_bot.config import ManagerSettings
+from manager_bot.crypto import Vault, generate_key
+from manager_bot.db.migrate import upgrade
+from manager_bot.db.models import DesiredState
+from manager_bot.db.repositories import Repositories
+from manager_bot.db.session import Database
+from manager_bot.services.deployer import Deployer, DeployerConfig, DeployStep, NewAgent
+from manager_bot.services.errors import (
+    AgentNotFound,
+    BotAlreadyUsed,
+    DeployFailed,
+    InvalidAgentConfig,
+    InvalidBotToken,
+    QuotaReached,
+)
+from manager_bot.services.providers import available_providers
+from manager_bot.services.telegram import AgentTelegram
+from runtime.settings_loading import load_settings
+from tests.fakes.kubernetes_api import FakeKubernetes
+from tests.fakes.openai_api import FakeOpenAI
+from tests.fakes.telegram_api import FakeTelegram
+
+PUBLIC_URL = "https://bots.example.com"
+USER_KEY = "sk-userownkeyuserownkey0000"
+OWNER, STRANGER = 1001, 2002
+LABELLED = "app.kubernetes.io/managed-by=hatchbot"
+KINDS = ("secrets", "deployments", "services", "networkpolicies", "virtualservices")
+
+
+@dataclass
+class World:
+    deployer: Deployer
+    database: Database
+    telegram: FakeTelegram
+    llm: FakeOpenAI
+    database_url: str
+
+
+def settings_for(telegram: FakeTelegram, llm: FakeOpenAI) -> ManagerSettings:
+    return load_settings(
+        ManagerSettings,
+        {
+            "MANAGER_BOT_TOKEN": "1:x",
+            "TELEGRAM_API_URL": telegram.url,
+            "OPENAI_API_KEY": "sk-platformkeyplatformkey00",
+            "OPENAI_BASE_URL": llm.url,
+        },
+    )
+
+
+async def build_world(
+    *, url: str, backend: Backend, telegram: FakeTelegram, llm: FakeOpenAI, mode: str
+) -> tuple[World, AgentTelegram]:
+    await upgrade(url)
+    database = Database(url)
+    agent_telegram = AgentTelegram(api_url=telegram.url)
+    deployer = Deployer(
+        database=database,
+        vault=Vault([generate_key()]),
+        backend=backend,
+        telegram=agent_telegram,
+        providers=available_providers(settings_for(telegram, llm)),
+        config=DeployerConfig(
+            mode=mode,
+            public_url=PUBLIC_URL,
+            telegram_api_url=telegram.url,
+            max_agents_per_user=2,
+            ready_timeout=20,
+            ready_poll_interval=0.05,
+        ),
+    )
+    async with database.session() as session:
+        for user_id in (OWNER, STRANGER):
+            await Repositories(session).users.upsert(user_id=user_id, username=None, first_name="U")
+    return World(deployer, database, telegram, llm, url), agent_telegram
+
+
+@pytest.fixture
+async def kube_world(
+    kubeconfig: Path,
+    kube: FakeKubernetes,
+    sqlite_url: str,
+    telegram: FakeTelegram,
+    openai_server: FakeOpenAI,
+) -> AsyncIterator[World]:
+    kube.auto_ready = True
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    backend = KubernetesBackend(
+        api_client=client.ApiClient(configuration),
+        cluster=ClusterConfig(
+            namespace="agents", image="hatchbot:test", router="istio", public_url=PUBLIC_URL
+        ),
+        request_timeout=(1, 1),
+    )
+    world, agent_telegram = await build_world(
+        url=sqlite_url, backend=backend, telegram=telegram, llm=openai_server, mode="webhook"
+    )
+    yield world
+    await agent_telegram.close()
+    await backend.close()
+    await world.database.close()
+
+
+def request(telegram: FakeTelegram, username: str = "helper_bot", **changes: str) -> NewAgent:
+    bot = telegram.add_bot(username=username, first_name="Helper")
+    fields = {
+        "owner_id": OWNER,
+        "bot_token": bot.token,
+        "provider": "openai",
+        "model": "gpt-4o-mini",
+        "system_prompt": "You are Helper.",
+    }
+    fields.update(changes)
+    return NewAgent(**fields)  # type: ignore[arg-type]
+
+
+def labelled(kube: FakeKubernetes) -> dict[str, list[str]]:
+    return {
+        kind: [o["metadata"]["name"] for o in kube.objects(kind, "agents", LABELLED)]
+        for kind in KINDS
+    }
+
+
+async def test_deploy_on_kubernetes_reports_steps_and_sets_the_webhook(
+    kube_world: World, kube: FakeKubernetes
+) -> None:
+    steps: list[DeployStep] = []
+
+    async def progress(step: DeployStep) -> None:
+        steps.append(step)
+
+    new = request(kube_world.telegram)
+    agent = await kube_world.deployer.deploy(new, progress=progress)
+    assert steps == list(DeployStep)
+    assert agent.observed_state == "running"
+    assert labelled(kube) == {kind: [f"agent-{agent.id}"] for kind in KINDS}
+    bot = kube_world.telegram.bot("helper_bot")
+    assert bot.webhook is not None
+    assert bot.webhook.url == f"{PUBLIC_URL}/webhook/{agent.id}"
+    assert bot.webhook.allowed_updates == ["message"]
+    assert bot.webhook.secret_token and len(bot.webhook.secret_token) >= 32
+    deployment = kube.get_object("deployments", "agents", f"agent-{agent.id}")
+    env = {
+        e["name"]: e["value"]
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["LLM_BASE_URL"] == kube_world.llm.url
+    assert new.bot_token not in str(deployment)
+    async with kube_world.database.session() as session:
+        entries = await Repositories(session).audit.recent()
+    assert [(e.action, e.outcome) for e in entries][:2] == [("deploy", "ok"), ("deploy", "started")]
+
+
+async def test_edit_revert_restart_stop_resume_delete(
+    kube_world: World, kube: FakeKubernetes
+) -> None:
+    deployer = kube_world.deployer
+    agent = await deployer.deploy(request(kube_world.telegram))
+    name = f"agent-{agent.id}"
+    generation = kube.get_object("deployments", "agents", name)["metadata"]["generation"]
+
+    changed = await deployer.change(owner_id=OWNER, agent_id=agent.id, system_prompt="Be terse.")
+    assert changed.revision == 2 and changed.system_prompt == "Be terse."
+    rolled = kube.get_object("deployments", "agents", name)
+    assert rolled["metadata"]["generation"] == generation + 1
+    reverted = await deployer.revert(owner_id=OWNER, agent_id=agent.id)
+    assert reverted.revision == 3 and reverted.system_prompt == "You are Helper."
+    async with kube_world.database.session() as session:
+        revisions = await Repositories(session).revisions.of(agent.id)
+    assert [(r.number, r.system_prompt) for r in revisions] == [
+        (1, "You are Helper."),
+        (2, "Be terse."),
+        (3, "You are Helper."),
+    ]
+
+    await deployer.restart(owner_id=OWNER, agent_id=agent.id)
+    annotations = kube.get_object("deployments", "agents", name)["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    assert "kubectl.kubernetes.io/restartedAt" in annotations
+    stopped = await deployer.stop(owner_id=OWNER, agent_id=agent.id)
+    assert stopped.desired_state == "stopped"
+    assert kube.get_object("deployments", "agents", name)["spec"]["replicas"] == 0
+    await deployer.resume(owner_id=OWNER, agent_id=agent.id)
+    assert kube.get_object("deployments", "agents", name)["spec"]["replicas"] == 1
+
+    await deployer.delete(owner_id=OWNER, agent_id=agent.id)
+    assert labelled(kube) == {kind: [] for kind in KINDS}
+    assert kube_world.telegram.bot("helper_bot").webhook is None
+    with pytest.raises(AgentNotFound):
+        await deployer.agent(owner_id=OWNER, agent_id=agent.id)
+
+
+async def test_other_users_and_forged_ids_get_not_found(kube_world: World) -> None:
+    agent = await kube_world.deployer.deploy(request(kube_world.telegram))
+    for call in (
+        kube_world.deployer.restart,
+        kube_world.deployer.stop,
+        kube_world.deployer.delete,
+        kube_world.deployer.logs,
+    ):
+        with pytest.raises(AgentNotFound):
+            await call(owner_id=STRANGER, agent_id=agent.id)
+    with pytest.raises(AgentNotFound):
+        await kube_world.deployer.stop(owner_id=OWNER, agent_id="../../etc")
+    assert (
+        await kube_world.deployer.agent(owner_id=OWNER, agent_id=agent.id)
+    ).desired_state == "running"
+
+
+async def test_bad_requests_are_refused_before_anything_is_made(
+    kube_world: World, kube: FakeKubernetes
+) -> None:
+    telegram = kube_world.telegram
+    with pytest.raises(InvalidBotToken):
+        await kube_world.deployer.deploy(request(telegram, bot_token="123:not-a-token"))
+    revoked = request(telegram, username="revoked_bot")
+    telegram.revoke(revoked.bot_token)
+    with pytest.raises(InvalidBotToken):
+        await kube_world.deployer.deploy(revoked)
+    with pytest.raises(InvalidAgentConfig):
+        await kube_world.deployer.deploy(request(telegram, username="a_bot", model="gpt-9"))
+    with pytest.raises(InvalidAgentConfig, match="own API key"):
+        await kube_world.deployer.deploy(
+            request(telegram, username="b_bot", provider="anthropic", model="claude-haiku-4-5")
+        )
+    with pytest.raises(InvalidAgentConfig):
+        await kube_world.deployer.deploy(
+            request(telegram, username="c_bot", system_prompt="x" * 4001)
+        )
+    assert labelled(kube) == {kind: [] for kind in KINDS}
+
+    first = request(telegram, username="one_bot")
+    await kube_world.deployer.deploy(first)
+    with pytest.raises(BotAlreadyUsed):
+        await kube_world.deployer.deploy(first)
+    with pytest.raises(BotAlreadyUsed):
+        await kube_world.deployer.check_token(first.bot_token, owner_id=STRANGER)
+    await kube_world.deployer.deploy(request(telegram, username="two_bot"))
+    with pytest.raises(QuotaReached):
+        await kube_world.deployer.deploy(request(telegram, username="three_bot"))
+
+
+@pytest.mark.parametrize(
+    ("fault", "resource"),
+    [
+        ({"status": 500}, "services"),
+        ({"status": 409}, "deployments"),
+        ({"status": None, "delay": 3}, "networkpolicies"),
+    ],
+)
+async def test_a_cluster_error_mid_deploy_leaves_nothing_half_made(
+    kube_world: World, kube: FakeKubernetes, fault: dict, resource: str
+) -> None:
+    kube.inject_fault(verb="patch", resource=resource, **fault)
+    new = request(kube_world.telegram)
+    with pytest.raises(DeployFailed) as caught:
+        await kube_world.deployer.deploy(new)
+    assert caught.value.step == DeployStep.WORKLOAD
+    assert new.bot_token not in str(caught.value)
+    assert labelled(kube) == {kind: [] for kind in KINDS}
+    assert kube_world.telegram.bot("helper_bot").webhook is None
+    async with kube_world.database.session() as session:
+        repos = Repositories(session)
+        (agent,) = await repos.agents.all()
+        assert agent.desired_state == DesiredState.DELETED
+        assert await repos.agents.count_active(OWNER) == 0
+        assert (await repos.audit.recent())[0].outcome == "failed"
+    # The same bot can be deployed again once the cluster is back.
+    await kube_world.deployer.deploy(NewAgent(**{**new.__dict__}))
+
+
+async def test_a_crash_looping_first_deploy_is_rolled_back_with_its_reason(
+    kube_world: World, kube: FakeKubernetes
+) -> None:
+    kube.auto_ready = False
+    deploying = asyncio.create_task(kube_world.deployer.deploy(request(kube_world.telegram)))
+    while not kube.objects("deployments", "agents"):
+        await asyncio.sleep(0.02)
+    name = kube.objects("deployments", "agents")[0]["metadata"]["name"]
+    kube.mark_oom_killed("agents", name, restarts=4)
+    with pytest.raises(DeployFailed) as caught:
+        await deploying
+    assert caught.value.step == DeployStep.READY
+    assert "OOMKilled" in caught.value.hint
+    assert labelled(kube) == {kind: [] for kind in KINDS}
+
+
+async def test_reconcile_repairs_drift_and_removes_orphans(
+    kube_world: World, kube: FakeKubernetes
+) -> None:
+    agent = await kube_world.deployer.deploy(request(kube_world.telegram))
+    kube.delete_object("deployments", "agents", f"agent-{agent.id}")
+    orphan_labels = {
+        "app.kubernetes.io/managed-by": "hatchbot",
+        "hatchbot.io/agent-id": "orphan0001",
+    }
+    kube.put_object(
+        "secrets",
+        {"metadata": {"name": "agent-orphan0001", "namespace": "agents", "labels": orphan_labels}},
+    )
+    report = await kube_world.deployer.reconcile()
+    assert report.applied == (agent.id,) and report.removed == ("orphan0001",)
+    assert kube.get_object("deployments", "agents", f"agent-{agent.id}") is not None
+    assert kube.get_object("secrets", "agents", "agent-orphan0001") is None
+    second = await kube_world.deployer.reconcile()
+    assert second.applied == () and second.removed == ()
+
+
+async def test_no_secret_in_the_database_after_a_deploy(
+    request_db: str, kube_world_factory
+) -> None:
+    world = await kube_world_factory(request_db)
+    new = request(world.telegram, llm_api_key=USER_KEY)
+    agent = await world.deployer.deploy(new)
+    webhook_secret = world.telegram.bot("helper_bot").webhook.secret_token  # type: ignore[union-attr]
+    await world.database.close()
+    if world.database_url.startswith("sqlite"):
+        path = Path(make_url(world.database_url).database or "")
+        raw = b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+    else:
+        url = make_url(world.database_url)
+        raw = subprocess.run(
+            [
+                "pg_dump",
+                "-h",
+                url.host or "127.0.0.1",
+                "-U",
+                url.username or "postgres",
+                url.database or "",
+            ],
+            capture_output=True,
+            check=True,
+        ).stdout
+    assert agent.bot_username.encode() in raw
+    for secret in (new.bot_token, USER_KEY, webhook_secret or "x" * 40):
+        assert secret.encode() not in raw
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def request_db(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue(
+        "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    )
+    return url
+
+
+@pytest.fixture
+async def kube_world_factory(
+    kubeconfig: Path, kube: FakeKubernetes, telegram: FakeTelegram, openai_server: FakeOpenAI
+) -> AsyncIterator[object]:
+    kube.auto_ready = True
+    made: list[tuple[AgentTelegram, KubernetesBackend]] = []
+
+    async def make(url: str) -> World:
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+        backend = KubernetesBackend(
+            api_client=client.ApiClient(configuration),
+            cluster=ClusterConfig(
+                namespace="agents", image="i", router="istio", public_url=PUBLIC_URL
+            ),
+        )
+        world, agent_telegram = await build_world(
+            url=url, backend=backend, telegram=telegram, llm=openai_server, mode="webhook"
+        )
+        made.append((agent_telegram, backend))
+        return world
+
+    yield make
+    for agent_telegram, backend in made:
+        await agent_telegram.close()
+        await backend.close()
+
+
+async def test_local_deploy_answers_through_the_fakes(
+    tmp_path: Path, sqlite_url: str, telegram: FakeTelegram, openai_server: FakeOpenAI
+) -> None:
+    backend = LocalBackend(data_dir=tmp_path, restart_backoff=(0.2,))
+    world, agent_telegram = await build_world(
+        url=sqlite_url, backend=backend, telegram=telegram, llm=openai_server, mode="polling"
+    )
+    try:
+        steps: list[DeployStep] = []
+
+        async def progress(step: DeployStep) -> None:
+            steps.append(step)
+
+        new = request(telegram)
+        agent = await world.deployer.deploy(new, progress=progress)
+        assert steps == [
+            DeployStep.SECRET,
+            DeployStep.WORKLOAD,
+            DeployStep.WEBHOOK,
+            DeployStep.READY,
+        ]
+        assert agent.observed_state == "running"
+        user = telegram.user(telegram.bot("helper_bot"))
+        await user.send("hello agent")
+        await user.wait_for(text_contains="echo: hello agent", timeout=15)
+        assert openai_server.chat_requests()[-1]["messages"][0]["content"] == "You are Helper."
+        logs = await world.deployer.logs(owner_id=OWNER, agent_id=agent.id, lines=50)
+        assert "ready as @helper_bot" in logs and new.bot_token not in logs
+        await world.deployer.delete(owner_id=OWNER, agent_id=agent.id)
+        assert agent.id not in await backend.observe_all()
+    finally:
+        await backend.shutdown_agents()
+        await agent_telegram.close()
+        await world.database.close()
