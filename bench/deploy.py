@@ -29,7 +29,10 @@ from manager_bot.backends.manifests import ClusterConfig, agent_manifests  # noq
 from tests.fakes.kubernetes_api import FakeKubernetes  # noqa: E402
 
 CLUSTER = ClusterConfig(
-    namespace="agents", image="hatchbot:bench", router="istio", public_url="https://bots.example.com"
+    namespace="agents",
+    image="hatchbot:bench",
+    router="istio",
+    public_url="https://bots.example.com",
 )
 
 
@@ -37,7 +40,9 @@ def spec(agent_id: str) -> AgentSpec:
     secrets = AgentSecrets(
         bot_token=SecretStr("7000000001:" + "A" * 35), webhook_secret=SecretStr("s" * 40)
     )
-    return AgentSpec(agent_id=agent_id, secrets=secrets, llm_model="gpt-4o-mini", system_prompt="Hi")
+    return AgentSpec(
+        agent_id=agent_id, secrets=secrets, llm_model="gpt-4o-mini", system_prompt="Hi"
+    )
 
 
 def populate(kube: FakeKubernetes, count: int) -> None:
@@ -57,8 +62,12 @@ async def main() -> dict[str, Any]:
                 kube.put_object("namespaces", {"metadata": {"name": "agents"}})
                 configuration = client.Configuration()
                 kubeconfig = kube.write_kubeconfig(Path(scratch) / "kubeconfig")
-                config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-                backend = KubernetesBackend(api_client=client.ApiClient(configuration), cluster=CLUSTER)
+                config.load_kube_config(
+                    config_file=str(kubeconfig), client_configuration=configuration
+                )
+                backend = KubernetesBackend(
+                    api_client=client.ApiClient(configuration), cluster=CLUSTER
+                )
                 if "api_calls_per_deploy" not in result:
                     kube.clear_requests()
                     await backend.apply(spec("newagent01"))

@@ -1,17 +1,30 @@
-"""Wiring: settings -> Telegram client -> Dispatcher with the feature routers."""
+"""Wiring: settings, database, vault, backend, services, Dispatcher; nothing else builds them."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 
+from manager_bot.backends.base import Backend
+from manager_bot.backends.kubernetes import KubernetesBackend
+from manager_bot.backends.local import LocalBackend
 from manager_bot.config import ManagerSettings
+from manager_bot.crypto import load_vault
+from manager_bot.db.fsm_storage import build_fsm_storage
+from manager_bot.db.migrate import upgrade
+from manager_bot.db.session import Database
 from manager_bot.handlers import start
+from manager_bot.services.deployer import Deployer, DeployerConfig
+from manager_bot.services.providers import available_providers
+from manager_bot.services.telegram import AgentTelegram
+from runtime.redaction import install_redaction
 
 log = logging.getLogger(__name__)
+DATA_DIR = Path("data")
 
 
 def build_bot(settings: ManagerSettings) -> Bot:
@@ -20,16 +33,66 @@ def build_bot(settings: ManagerSettings) -> Bot:
     return Bot(settings.manager_bot_token.get_secret_value(), session=session)
 
 
-def build_dispatcher(settings: ManagerSettings) -> Dispatcher:
-    dispatcher = Dispatcher(settings=settings)
-    dispatcher.include_routers(start.router)
-    return dispatcher
+def build_backend(settings: ManagerSettings) -> Backend:
+    if settings.backend == "kubernetes":
+        return KubernetesBackend.from_settings(settings)
+    return LocalBackend(data_dir=DATA_DIR)
+
+
+def _secrets(settings: ManagerSettings) -> list[str]:
+    values = [settings.manager_bot_token.get_secret_value()]
+    for optional in (
+        settings.openai_api_key,
+        settings.anthropic_api_key,
+        settings.gemini_api_key,
+        settings.azure_openai_api_key,
+        settings.redis_url,
+    ):
+        if optional is not None:
+            values.append(optional.get_secret_value())
+    values.extend(key.get_secret_value() for key in settings.encryption_keys)
+    return values
 
 
 async def run_manager(settings: ManagerSettings) -> None:
-    """Runs the manager until interrupted."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    """Upgrade the database, take over running agents, reconcile, then poll Telegram."""
+    install_redaction(_secrets(settings))
+    database_url = settings.database_url.get_secret_value()
+    await upgrade(database_url)
+    database = Database(database_url)
+    vault = load_vault(settings, data_dir=DATA_DIR)
+    backend = build_backend(settings)
+    if isinstance(backend, LocalBackend):
+        await backend.adopt()
+    agent_telegram = AgentTelegram(api_url=settings.telegram_api_url)
+    deployer = Deployer(
+        database=database,
+        vault=vault,
+        backend=backend,
+        telegram=agent_telegram,
+        providers=available_providers(settings),
+        config=DeployerConfig(
+            mode="webhook" if settings.backend == "kubernetes" else "polling",
+            public_url=settings.public_url,
+            telegram_api_url=settings.telegram_api_url,
+            max_agents_per_user=settings.max_agents_per_user,
+        ),
+    )
+    report = await deployer.reconcile()
+    log.info("reconciled: %d applied, %d removed", len(report.applied), len(report.removed))
+    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    dispatcher = Dispatcher(
+        storage=build_fsm_storage(database=database, redis_url=redis_url),
+        settings=settings,
+        deployer=deployer,
+    )
+    dispatcher.include_routers(start.router)
     bot = build_bot(settings)
-    dispatcher = build_dispatcher(settings)
-    async with bot:
-        await dispatcher.start_polling(bot, handle_signals=True)
+    try:
+        async with bot:
+            await dispatcher.start_polling(bot, handle_signals=True)
+    finally:
+        await dispatcher.storage.close()
+        await agent_telegram.close()
+        await backend.close()
+        await database.close()

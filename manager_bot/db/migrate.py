@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from manager_bot.db.models import Base
+from manager_bot.db.session import ensure_sqlite_directory
 
 # migrations/ sits beside the packages, in the repository and in the image (/app).
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -27,6 +28,7 @@ def alembic_config(url: str) -> Config:
 
 
 async def upgrade(url: str, revision: str = "head") -> None:
+    ensure_sqlite_directory(url)
     # env.py runs its own event loop, so Alembic goes to a thread.
     await asyncio.to_thread(command.upgrade, alembic_config(url), revision)
 

@@ -17,12 +17,18 @@ from sqlalchemy.ext.asyncio import (
 )
 
 
+def ensure_sqlite_directory(url: str) -> None:
+    """SQLite creates the file but not its folder (data/ on a fresh clone)."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.drivername.startswith("sqlite") and database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+
 def create_engine(url: str) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.drivername.startswith("sqlite"):
-        database = parsed.database or ""
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        ensure_sqlite_directory(url)
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine.sync_engine, "connect")

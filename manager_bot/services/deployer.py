@@ -11,6 +11,7 @@ wants it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import secrets
@@ -204,10 +205,9 @@ class Deployer:
             await self._backend.delete(agent.id)
         except BackendError as error:
             log.warning("rollback of agent %s left objects for reconcile: %s", agent.id, error)
-        try:
+        # The token may be the problem, or Telegram is away: then nothing points at us anyway.
+        with contextlib.suppress(AgentTokenError):
             await self._telegram.delete_webhook(self._vault.decrypt(agent.token_encrypted))
-        except AgentTokenError:
-            pass  # the token is the problem, or Telegram is away: nothing points at us
         async with self._db.session() as session:
             repos = Repositories(session)
             stored = await repos.agents.get(agent.id)

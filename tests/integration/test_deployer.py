@@ -37,6 +37,7 @@ from runtime.settings_loading import load_settings
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram
+from tests.fakes.waiting import wait_until
 
 PUBLIC_URL = "https://bots.example.com"
 USER_KEY = "sk-userownkeyuserownkey0000"
@@ -294,8 +295,11 @@ async def test_a_crash_looping_first_deploy_is_rolled_back_with_its_reason(
 ) -> None:
     kube.auto_ready = False
     deploying = asyncio.create_task(kube_world.deployer.deploy(request(kube_world.telegram)))
-    while not kube.objects("deployments", "agents"):
-        await asyncio.sleep(0.02)
+
+    async def created() -> bool:
+        return bool(kube.objects("deployments", "agents"))
+
+    await wait_until(created)
     name = kube.objects("deployments", "agents")[0]["metadata"]["name"]
     kube.mark_oom_killed("agents", name, restarts=4)
     with pytest.raises(DeployFailed) as caught:
@@ -339,7 +343,8 @@ async def test_no_secret_in_the_database_after_a_deploy(
         raw = b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
     else:
         url = make_url(world.database_url)
-        raw = subprocess.run(
+        raw = await asyncio.to_thread(
+            subprocess.run,
             [
                 "pg_dump",
                 "-h",
@@ -350,7 +355,8 @@ async def test_no_secret_in_the_database_after_a_deploy(
             ],
             capture_output=True,
             check=True,
-        ).stdout
+        )
+        raw = raw.stdout
     assert agent.bot_username.encode() in raw
     for secret in (new.bot_token, USER_KEY, webhook_secret or "x" * 40):
         assert secret.encode() not in raw

@@ -16,7 +16,7 @@ from manager_bot.backends.base import AgentSecrets, AgentSpec, ObservedState
 from manager_bot.backends.local import LocalBackend
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeBot, FakeTelegram
-from tests.runtime.conftest import wait_until
+from tests.fakes.waiting import wait_until
 
 
 def spec(bot: FakeBot, telegram: FakeTelegram, llm: FakeOpenAI, **changes: object) -> AgentSpec:

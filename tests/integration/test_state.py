@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 
@@ -159,7 +160,8 @@ async def test_no_plaintext_secret_at_rest(database_url: str) -> None:
         from sqlalchemy.engine import make_url
 
         url = make_url(database_url)
-        raw = subprocess.run(
+        raw = await asyncio.to_thread(
+            subprocess.run,
             [
                 "pg_dump",
                 "-h",
@@ -170,7 +172,8 @@ async def test_no_plaintext_secret_at_rest(database_url: str) -> None:
             ],
             capture_output=True,
             check=True,
-        ).stdout
+        )
+        raw = raw.stdout
     assert b"helper_bot" in raw  # the dump is real...
     for secret in (b"555:token", b"hook-secret", b"sk-user-key"):
         assert secret not in raw  # ...and holds no secret in the clear

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ from runtime.config import RuntimeSettings
 from runtime.settings_loading import load_settings
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeBot, FakeTelegram
+from tests.fakes.waiting import wait_until
 
 WEBHOOK_SECRET = "test_webhook_secret-123"
 LLM_KEY = "sk-testkeyforagent000000000000"
@@ -45,16 +45,6 @@ def agent_env(
     }
     env.update(overrides)
     return env
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0) -> None:
-    """Poll `check` until it holds; a bounded wait, not a timing assertion."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
 
 
 async def http_get(url: str) -> tuple[int, str]:

@@ -10,7 +10,8 @@ import aiohttp
 from runtime.chat import split_message
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram
-from tests.runtime.conftest import WEBHOOK_SECRET, http_get, wait_until
+from tests.fakes.waiting import wait_until
+from tests.runtime.conftest import WEBHOOK_SECRET, http_get
 
 
 async def test_private_chat_streams_a_draft_then_sends_the_answer(

@@ -12,7 +12,8 @@ import sys
 from runtime.redaction import RedactingFilter, install_redaction
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram
-from tests.runtime.conftest import LLM_KEY, agent_env, http_get, set_webhook, wait_until
+from tests.fakes.waiting import wait_until
+from tests.runtime.conftest import LLM_KEY, agent_env, http_get, set_webhook
 
 
 async def start_process(env: dict[str, str]) -> asyncio.subprocess.Process:
