@@ -6,18 +6,22 @@ import logging
 from pathlib import Path
 
 from aiogram import Bot, Dispatcher
+from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
+from aiogram.fsm.storage.base import BaseStorage
+from aiogram.types import BotCommand
 
 from manager_bot.backends.base import Backend
 from manager_bot.backends.kubernetes import KubernetesBackend
 from manager_bot.backends.local import LocalBackend
 from manager_bot.config import ManagerSettings
-from manager_bot.crypto import load_vault
+from manager_bot.crypto import Vault, load_vault
 from manager_bot.db.fsm_storage import build_fsm_storage
 from manager_bot.db.migrate import upgrade
 from manager_bot.db.session import Database
-from manager_bot.handlers import start
+from manager_bot.handlers import agents, common, deploy, start
+from manager_bot.middlewares import ThrottleMiddleware, UserMiddleware, on_error
 from manager_bot.services.deployer import Deployer, DeployerConfig
 from manager_bot.services.providers import available_providers
 from manager_bot.services.telegram import AgentTelegram
@@ -30,7 +34,55 @@ DATA_DIR = Path("data")
 def build_bot(settings: ManagerSettings) -> Bot:
     """A Bot that talks to `TELEGRAM_API_URL` (the real Bot API or a fake one)."""
     session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
-    return Bot(settings.manager_bot_token.get_secret_value(), session=session)
+    return Bot(
+        settings.manager_bot_token.get_secret_value(),
+        session=session,
+        default=DefaultBotProperties(parse_mode="HTML"),
+    )
+
+
+COMMANDS = [
+    BotCommand(command="deploy", description="Create a new AI bot"),
+    BotCommand(command="agents", description="Your bots"),
+    BotCommand(command="status", description="State of a bot"),
+    BotCommand(command="restart", description="Restart a bot"),
+    BotCommand(command="stop", description="Stop a bot"),
+    BotCommand(command="resume", description="Start a stopped bot"),
+    BotCommand(command="logs", description="A bot's recent log"),
+    BotCommand(command="delete", description="Delete a bot"),
+    BotCommand(command="cancel", description="Leave what you are doing"),
+    BotCommand(command="help", description="What I can do"),
+]
+
+
+def build_dispatcher(
+    *,
+    settings: ManagerSettings,
+    database: Database,
+    vault: Vault,
+    deployer: Deployer,
+    storage: BaseStorage,
+) -> Dispatcher:
+    """The Dispatcher with every feature Router and the services handlers ask for."""
+    dispatcher = Dispatcher(
+        storage=storage,
+        settings=settings,
+        deployer=deployer,
+        vault=vault,
+        providers=available_providers(settings),
+    )
+    for observer in (dispatcher.message, dispatcher.callback_query):
+        observer.outer_middleware(ThrottleMiddleware())
+        observer.outer_middleware(UserMiddleware(database))
+    dispatcher.errors.register(on_error)
+    dispatcher.include_routers(
+        common.cancel_router,
+        start.router,
+        deploy.router,
+        agents.router,
+        common.fallback_router,
+    )
+    return dispatcher
 
 
 def build_backend(settings: ManagerSettings) -> Backend:
@@ -81,15 +133,17 @@ async def run_manager(settings: ManagerSettings) -> None:
     report = await deployer.reconcile()
     log.info("reconciled: %d applied, %d removed", len(report.applied), len(report.removed))
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
-    dispatcher = Dispatcher(
-        storage=build_fsm_storage(database=database, redis_url=redis_url),
+    dispatcher = build_dispatcher(
         settings=settings,
+        database=database,
+        vault=vault,
         deployer=deployer,
+        storage=build_fsm_storage(database=database, redis_url=redis_url),
     )
-    dispatcher.include_routers(start.router)
     bot = build_bot(settings)
     try:
         async with bot:
+            await bot.set_my_commands(COMMANDS)
             await dispatcher.start_polling(bot, handle_signals=True)
     finally:
         await dispatcher.storage.close()

@@ -1,4 +1,10 @@
-"""Every word the manager bot says, in one place."""
+"""Every word the manager bot says, in one place (HTML parse mode)."""
+
+from __future__ import annotations
+
+from html import escape
+
+from manager_bot.db.models import Agent
 
 WELCOME = (
     "👋 Hi! I'm Hatchbot. I turn a prompt into a live AI bot on Telegram.\n"
@@ -9,6 +15,146 @@ WELCOME = (
 HELP = (
     "/deploy — create a new AI bot\n"
     "/agents — your bots\n"
-    "/status, /restart, /stop, /resume, /logs, /delete — manage one bot\n"
+    "/status, /restart, /stop, /resume, /logs, /delete — manage one bot "
+    "(add its name, or pick from a list)\n"
     "/cancel — leave what you are doing"
 )
+UNKNOWN = "I don't know that one. /help lists what I can do."
+CANCELLED = "Cancelled. Nothing was changed."
+NOTHING_TO_CANCEL = "There is nothing to cancel."
+NOT_FOUND = "Agent not found."
+SLOW_DOWN = "Easy there! Please wait a few seconds and try again."
+ERROR = "Sorry, something went wrong on my side. Reference: <code>{reference}</code>"
+
+# -- deploy wizard ----------------------------------------------------------------
+CREATE_BOT_BUTTON = "🤖 Create a new bot"
+HAVE_BOT_BUTTON = "🔑 I already have a bot"
+CANCEL_BUTTON = "✖️ Cancel"
+CHOOSE_BOT = (
+    "Let's make your AI bot.\n\n"
+    "Tap <b>Create a new bot</b>: Telegram creates it for you in two taps.\n"
+    "Already made one with @BotFather? Tap <b>I already have a bot</b>."
+)
+CHOOSE_BOT_HINT = "Please tap one of the buttons below, or /cancel."
+PASTE_TOKEN = (
+    "Paste the bot's token from @BotFather (it looks like <code>123456:ABC-DEF…</code>).\n"
+    "I delete your message right away."
+)
+TOKEN_SHAPE = "That doesn't look like a bot token. Copy it from @BotFather and paste it here."
+TOKEN_INVALID = (
+    "Telegram says this token is invalid or revoked. Get a fresh one with /token in "
+    "@BotFather and paste it here."
+)
+TOKEN_UNREACHABLE = (
+    "I couldn't reach Telegram to check the token. Please paste it again in a moment."
+)
+BOT_IN_USE = "@{username} already runs as an agent. Pick another bot, or /cancel."
+QUOTA = "You already have {limit} agents, the most allowed. Delete one in /agents first."
+BOT_READY = "Got it: @{username}. Now pick the AI model:"
+CHOOSE_MODEL_HINT = "Please pick a model with the buttons above, or /cancel."
+PASTE_KEY = (
+    "{provider} needs your own API key. Paste it here; I delete your message right away "
+    "and store the key encrypted."
+)
+KEY_REJECTED = "{provider} rejected that key. Check it and paste it again, or /cancel."
+KEY_UNREACHABLE = "I couldn't reach {provider} to check the key. Paste it again in a moment."
+KEY_HINT = "Please paste the API key as text, or /cancel."
+ASK_PROMPT = (
+    "Last step: tell me what your bot should do, in your own words "
+    "(up to {limit} characters), or pick a preset:"
+)
+PROMPT_TOO_LONG = "That's {length} characters; the limit is {limit}. Please shorten it."
+PROMPT_HINT = "Please send the instructions as a text message, or pick a preset."
+SUMMARY = (
+    "<b>Ready to deploy</b>\n"
+    "Bot: @{username}\n"
+    "Model: {model}\n"
+    "Instructions:\n<blockquote>{prompt}</blockquote>"
+)
+DEPLOY_BUTTON = "🚀 Deploy"
+EDIT_PROMPT_BUTTON = "✏️ Edit instructions"
+DEPLOY_HINT = "Tap Deploy, Edit or Cancel above."
+STEP_LABELS = {
+    "secret": "Secrets stored",
+    "workload": "Agent started",
+    "route": "Route created",
+    "webhook": "Webhook set",
+    "ready": "Agent ready",
+}
+DEPLOY_FAILED = (
+    "❌ Deploy failed at <b>{step}</b>: {hint}\n"
+    "Nothing was left behind. Try /deploy again in a moment."
+)
+DEPLOYED = "🎉 @{username} is live! Open it: https://t.me/{username}"
+
+PRESETS: tuple[tuple[str, str], ...] = (
+    ("Friendly assistant", "You are a friendly, concise assistant. Answer clearly and kindly."),
+    ("Translator", "Translate every message into English; if it is English, into Spanish."),
+    ("Tutor", "You are a patient tutor. Explain step by step and check understanding."),
+)
+
+# -- agents -----------------------------------------------------------------------
+NO_AGENTS = "You have no agents yet. /deploy creates one in a minute."
+AGENTS = "Your agents:"
+PICK_AGENT = "Which agent?"
+STATE_ICONS = {
+    "running": "🟢",
+    "starting": "🟡",
+    "crash-looping": "🔴",
+    "missing": "🔴",
+    "stopped": "⏸",
+}
+CONFIRM_DELETE = "Delete @{username}? The bot stops answering and its settings are removed."
+DELETE_BUTTON = "🗑 Delete"
+YES_DELETE_BUTTON = "Yes, delete"
+NO_BUTTON = "No"
+DELETED = "@{username} was deleted."
+RESTARTED = "🔄 @{username} is restarting."
+STOPPED = "⏸ @{username} is stopped."
+RESUMED = "▶️ @{username} is running again."
+REVERTED = "↩️ @{username} is back to its previous settings."
+NO_PREVIOUS = "There is no earlier version to go back to."
+NO_LOGS = "No log lines yet."
+ASK_NEW_PROMPT = "Send the new instructions for @{username} (up to {limit} characters), or /cancel."
+PROMPT_CHANGED = "✏️ @{username} has new instructions."
+MODEL_CHANGED = "🧠 @{username} now uses {model}."
+TOKEN_ROTATED = "🔑 @{username} has a fresh token; the old one no longer works."
+ACTION_FAILED = "That didn't work: {hint}. Please try again in a moment."
+
+
+def state_icon(agent: Agent) -> str:
+    if agent.desired_state == "stopped":
+        return STATE_ICONS["stopped"]
+    return STATE_ICONS.get(agent.observed_state or "starting", "🟡")
+
+
+def agent_button(agent: Agent) -> str:
+    return f"{state_icon(agent)} {agent.name} (@{agent.bot_username})"
+
+
+def agent_card(agent: Agent, *, usage: dict[str, float] | None) -> str:
+    state = "stopped" if agent.desired_state == "stopped" else agent.observed_state or "starting"
+    since = agent.observed_at.strftime("%Y-%m-%d %H:%M UTC") if agent.observed_at else "—"
+    lines = [
+        f"{state_icon(agent)} <b>{escape(agent.name)}</b> @{agent.bot_username}",
+        f"Model: {escape(agent.provider)} · {escape(agent.model)}",
+        f"State: {state} (since {since})",
+    ]
+    if agent.observed_reason and state != "running":
+        lines.append(f"Last error: {escape(agent.observed_reason)}")
+    if usage:
+        messages = int(usage.get("replies", 0))
+        tokens = int(usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0))
+        lines.append(f"Messages: {messages} · Tokens: {tokens}")
+    lines.append(f"Version: {agent.revision}")
+    return "\n".join(lines)
+
+
+def summary(*, username: str, model: str, prompt: str) -> str:
+    shown = prompt if len(prompt) <= 600 else prompt[:600] + "…"
+    return SUMMARY.format(username=username, model=escape(model), prompt=escape(shown))
+
+
+def progress(done: list[str], steps: list[str]) -> str:
+    rows = [("✅ " if step in done else "⏳ ") + STEP_LABELS[step] for step in steps]
+    return "Deploying…\n" + "\n".join(rows)

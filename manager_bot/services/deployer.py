@@ -126,6 +126,22 @@ class Deployer:
             return (DeployStep.SECRET, DeployStep.WORKLOAD, DeployStep.WEBHOOK, DeployStep.READY)
         return tuple(DeployStep)
 
+    @property
+    def max_agents_per_user(self) -> int:
+        return self._config.max_agents_per_user
+
+    async def quota_reached(self, owner_id: int) -> bool:
+        async with self._db.session() as session:
+            count = await Repositories(session).agents.count_active(owner_id)
+        return count >= self._config.max_agents_per_user
+
+    async def observed(self, agent_id: str) -> Observed | None:
+        """What the backend sees of one agent now (None if it cannot tell)."""
+        try:
+            return (await self._backend.observe_all()).get(agent_id)
+        except BackendError:
+            return None
+
     def webhook_url(self, agent_id: str) -> str:
         return f"{self._config.public_url}/webhook/{agent_id}"
 

@@ -1,0 +1,311 @@
+"""/deploy: the wizard from "no bot yet" to a live agent.
+
+Steps: get a bot (Managed Bots, or a pasted BotFather token), pick a model
+(and give a key if the platform has none for it), write the instructions,
+confirm. Secrets typed into the chat are deleted at once and kept in the wizard
+state only encrypted, because that state is stored in the database or Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from aiogram import Bot, F, Router
+from aiogram.exceptions import TelegramBadRequest
+from aiogram.filters import Command
+from aiogram.fsm.context import FSMContext
+from aiogram.fsm.state import State, StatesGroup
+from aiogram.types import CallbackQuery, Message, ReplyKeyboardRemove
+
+from manager_bot import keyboards, texts
+from manager_bot.crypto import Vault
+from manager_bot.handlers.agents import send_card
+from manager_bot.keyboards import ModelChoice, WizardAction
+from manager_bot.services.deployer import MAX_PROMPT_CHARS, Deployer, DeployStep, NewAgent
+from manager_bot.services.errors import (
+    BotAlreadyUsed,
+    DeployFailed,
+    InvalidAgentConfig,
+    InvalidBotToken,
+    QuotaReached,
+)
+from manager_bot.services.llm_keys import KeyCheck, check_key
+from manager_bot.services.providers import Provider, find_provider
+from manager_bot.services.telegram import AgentTokenError, looks_like_token
+
+log = logging.getLogger(__name__)
+router = Router(name="deploy")
+
+
+class Deploy(StatesGroup):
+    bot = State()
+    token = State()
+    model = State()
+    key = State()
+    prompt = State()
+    confirm = State()
+    deploying = State()
+
+
+async def _delete_quietly(message: Message) -> None:
+    """Remove a message that carried a secret; a failure must not keep the secret around."""
+    with contextlib.suppress(TelegramBadRequest):
+        await message.delete()
+
+
+@router.message(Command("deploy"))
+async def start_wizard(message: Message, state: FSMContext, deployer: Deployer) -> None:
+    """Starts the wizard, unless the user is at their quota."""
+    assert message.from_user is not None
+    if await deployer.quota_reached(message.from_user.id):
+        await message.answer(texts.QUOTA.format(limit=deployer.max_agents_per_user))
+        return
+    await state.clear()
+    await state.set_state(Deploy.bot)
+    await message.answer(
+        texts.CHOOSE_BOT, reply_markup=keyboards.choose_bot(first_name=message.from_user.first_name)
+    )
+
+
+@router.managed_bot()
+async def managed_bot_update(event: object) -> None:
+    """The `managed_bot` update; the service message in the chat drives the wizard."""
+    log.info("managed bot created")
+
+
+@router.message(Deploy.bot, F.managed_bot_created)
+async def managed_bot_created(
+    message: Message, state: FSMContext, bot: Bot, deployer: Deployer, vault: Vault,
+    providers: tuple[Provider, ...],
+) -> None:  # fmt: skip
+    """Telegram created the user's bot: fetch its token, no copy-paste needed."""
+    assert message.managed_bot_created is not None and message.from_user is not None
+    created = message.managed_bot_created.bot_user
+    token = await bot.get_managed_bot_token(user_id=created.id)
+    await _accept_token(
+        message,
+        state,
+        token=token,
+        managed=True,
+        deployer=deployer,
+        vault=vault,
+        providers=providers,
+    )
+
+
+@router.message(Deploy.bot, F.text == texts.HAVE_BOT_BUTTON)
+async def wants_to_paste(message: Message, state: FSMContext) -> None:
+    await state.set_state(Deploy.token)
+    await message.answer(texts.PASTE_TOKEN, reply_markup=ReplyKeyboardRemove())
+
+
+@router.message(Deploy.bot)
+async def bot_step_hint(message: Message) -> None:
+    await message.answer(texts.CHOOSE_BOT_HINT)
+
+
+@router.message(Deploy.token, F.text)
+async def pasted_token(
+    message: Message, state: FSMContext, deployer: Deployer, vault: Vault,
+    providers: tuple[Provider, ...],
+) -> None:  # fmt: skip
+    """Deletes the message first: whatever it is, it may be a secret."""
+    await _delete_quietly(message)
+    token = (message.text or "").strip()
+    if not looks_like_token(token):
+        await message.answer(texts.TOKEN_SHAPE)
+        return
+    await _accept_token(
+        message,
+        state,
+        token=token,
+        managed=False,
+        deployer=deployer,
+        vault=vault,
+        providers=providers,
+    )
+
+
+@router.message(Deploy.token)
+async def token_step_hint(message: Message) -> None:
+    await message.answer(texts.PASTE_TOKEN)
+
+
+async def _accept_token(
+    message: Message, state: FSMContext, *, token: str, managed: bool, deployer: Deployer,
+    vault: Vault, providers: tuple[Provider, ...],
+) -> None:  # fmt: skip
+    assert message.from_user is not None
+    try:
+        identity = await deployer.check_token(token, owner_id=message.from_user.id)
+    except InvalidBotToken as error:
+        unreachable = error.reason == AgentTokenError.UNREACHABLE
+        await message.answer(texts.TOKEN_UNREACHABLE if unreachable else texts.TOKEN_INVALID)
+        return
+    except BotAlreadyUsed as error:
+        await message.answer(texts.BOT_IN_USE.format(username=str(error)))
+        return
+    await state.update_data(token=vault.encrypt(token), managed=managed, username=identity.username)
+    await state.set_state(Deploy.model)
+    await message.answer(
+        texts.BOT_READY.format(username=identity.username), reply_markup=ReplyKeyboardRemove()
+    )
+    await message.answer("🧠", reply_markup=keyboards.models(providers))
+
+
+@router.callback_query(Deploy.model, ModelChoice.filter())
+async def picked_model(
+    query: CallbackQuery, callback_data: ModelChoice, state: FSMContext,
+    providers: tuple[Provider, ...],
+) -> None:  # fmt: skip
+    provider = find_provider(providers, callback_data.provider)
+    if provider is None or callback_data.model not in provider.models:
+        await query.answer(texts.NOT_FOUND, show_alert=True)  # forged or stale data
+        return
+    await query.answer()
+    await state.update_data(provider=provider.name, model=callback_data.model, key=None)
+    assert isinstance(query.message, Message)
+    if provider.needs_user_key:
+        await state.set_state(Deploy.key)
+        await query.message.answer(texts.PASTE_KEY.format(provider=provider.label))
+        return
+    await _ask_prompt(query.message, state)
+
+
+@router.message(Deploy.model)
+async def model_step_hint(message: Message) -> None:
+    await message.answer(texts.CHOOSE_MODEL_HINT)
+
+
+@router.message(Deploy.key, F.text)
+async def pasted_key(
+    message: Message, state: FSMContext, vault: Vault, providers: tuple[Provider, ...]
+) -> None:
+    await _delete_quietly(message)
+    data = await state.get_data()
+    provider = find_provider(providers, str(data.get("provider")))
+    if provider is None:
+        await state.clear()
+        await message.answer(texts.CANCELLED)
+        return
+    key = (message.text or "").strip()
+    verdict = await check_key(provider, key)
+    if verdict is KeyCheck.REJECTED:
+        await message.answer(texts.KEY_REJECTED.format(provider=provider.label))
+        return
+    if verdict is KeyCheck.UNREACHABLE:
+        await message.answer(texts.KEY_UNREACHABLE.format(provider=provider.label))
+        return
+    await state.update_data(key=vault.encrypt(key))
+    await _ask_prompt(message, state)
+
+
+@router.message(Deploy.key)
+async def key_step_hint(message: Message) -> None:
+    await message.answer(texts.KEY_HINT)
+
+
+async def _ask_prompt(message: Message, state: FSMContext) -> None:
+    await state.set_state(Deploy.prompt)
+    await message.answer(
+        texts.ASK_PROMPT.format(limit=MAX_PROMPT_CHARS), reply_markup=keyboards.presets()
+    )
+
+
+@router.message(Deploy.prompt, F.text, ~F.text.startswith("/"))
+async def typed_prompt(message: Message, state: FSMContext) -> None:
+    prompt = (message.text or "").strip()
+    if len(prompt) > MAX_PROMPT_CHARS:
+        await message.answer(
+            texts.PROMPT_TOO_LONG.format(length=len(prompt), limit=MAX_PROMPT_CHARS)
+        )
+        return
+    await _show_summary(message, state, prompt)
+
+
+@router.callback_query(Deploy.prompt, WizardAction.filter(F.action == "preset"))
+async def picked_preset(
+    query: CallbackQuery, callback_data: WizardAction, state: FSMContext
+) -> None:
+    if not 0 <= callback_data.value < len(texts.PRESETS):
+        await query.answer(texts.NOT_FOUND, show_alert=True)
+        return
+    await query.answer()
+    assert isinstance(query.message, Message)
+    await _show_summary(query.message, state, texts.PRESETS[callback_data.value][1])
+
+
+@router.message(Deploy.prompt)
+async def prompt_step_hint(message: Message) -> None:
+    await message.answer(texts.PROMPT_HINT)
+
+
+async def _show_summary(message: Message, state: FSMContext, prompt: str) -> None:
+    data = await state.update_data(prompt=prompt)
+    await state.set_state(Deploy.confirm)
+    await message.answer(
+        texts.summary(username=data["username"], model=data["model"], prompt=prompt),
+        reply_markup=keyboards.confirm_deploy(),
+    )
+
+
+@router.callback_query(Deploy.confirm, WizardAction.filter(F.action == "edit"))
+async def edit_prompt(query: CallbackQuery, state: FSMContext) -> None:
+    await query.answer()
+    assert isinstance(query.message, Message)
+    await _ask_prompt(query.message, state)
+
+
+@router.callback_query(Deploy.confirm, WizardAction.filter(F.action == "deploy"))
+async def deploy(query: CallbackQuery, state: FSMContext, deployer: Deployer, vault: Vault) -> None:
+    """Runs the deploy, editing one progress message as steps complete."""
+    await query.answer()
+    assert isinstance(query.message, Message)
+    await state.set_state(Deploy.deploying)
+    data = await state.get_data()
+    steps = [str(step) for step in deployer.steps]
+    done: list[str] = []
+    progress_message = await query.message.answer(texts.progress(done, steps))
+
+    async def report(step: DeployStep) -> None:
+        done.append(str(step))
+        with contextlib.suppress(TelegramBadRequest):
+            await progress_message.edit_text(texts.progress(done, steps))
+
+    request = NewAgent(
+        owner_id=query.from_user.id,
+        bot_token=vault.decrypt(data["token"]),
+        provider=data["provider"],
+        model=data["model"],
+        system_prompt=data["prompt"],
+        llm_api_key=vault.decrypt(data["key"]) if data.get("key") else None,
+        managed=bool(data.get("managed")),
+    )
+    await state.clear()
+    try:
+        agent = await deployer.deploy(request, progress=report)
+    except DeployFailed as failure:
+        await progress_message.edit_text(
+            texts.DEPLOY_FAILED.format(
+                step=texts.STEP_LABELS.get(failure.step, failure.step), hint=failure.hint
+            )
+        )
+        return
+    except (InvalidBotToken, InvalidAgentConfig) as error:
+        await progress_message.edit_text(texts.ACTION_FAILED.format(hint=str(error)))
+        return
+    except BotAlreadyUsed as error:
+        await progress_message.edit_text(texts.BOT_IN_USE.format(username=str(error)))
+        return
+    except QuotaReached as error:
+        await progress_message.edit_text(texts.QUOTA.format(limit=error.limit))
+        return
+    await query.message.answer(texts.DEPLOYED.format(username=agent.bot_username))
+    await send_card(query.message, agent, deployer=deployer)
+
+
+@router.message(Deploy.confirm)
+@router.message(Deploy.deploying)
+async def confirm_step_hint(message: Message) -> None:
+    await message.answer(texts.DEPLOY_HINT)

@@ -1,0 +1,134 @@
+"""Every keyboard the manager shows, with typed callback data (always under 64 bytes)."""
+
+from __future__ import annotations
+
+from aiogram.filters.callback_data import CallbackData
+from aiogram.types import (
+    InlineKeyboardMarkup,
+    KeyboardButton,
+    KeyboardButtonRequestManagedBot,
+    ReplyKeyboardMarkup,
+)
+from aiogram.utils.keyboard import InlineKeyboardBuilder
+
+from manager_bot import texts
+from manager_bot.db.models import Agent
+from manager_bot.services.providers import Provider
+
+
+class AgentAction(CallbackData, prefix="ag"):
+    action: str
+    agent_id: str
+
+
+class ModelChoice(CallbackData, prefix="md"):
+    provider: str
+    model: str
+
+
+class WizardAction(CallbackData, prefix="wz"):
+    action: str  # cancel | preset | deploy | edit
+    value: int = 0
+
+
+def choose_bot(*, first_name: str) -> ReplyKeyboardMarkup:
+    """Managed Bots first (two taps, no token to copy), the pasted token as fallback."""
+    base = "".join(c for c in first_name.lower() if c.isalnum())[:20] or "my"
+    request = KeyboardButtonRequestManagedBot(
+        request_id=1, suggested_name=f"{first_name[:40]}'s AI", suggested_username=f"{base}_ai_bot"
+    )
+    return ReplyKeyboardMarkup(
+        keyboard=[
+            [KeyboardButton(text=texts.CREATE_BOT_BUTTON, request_managed_bot=request)],
+            [KeyboardButton(text=texts.HAVE_BOT_BUTTON)],
+            [KeyboardButton(text=texts.CANCEL_BUTTON)],
+        ],
+        resize_keyboard=True,
+        one_time_keyboard=True,
+    )
+
+
+def cancel_only() -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    builder.button(text=texts.CANCEL_BUTTON, callback_data=WizardAction(action="cancel"))
+    return builder.as_markup()
+
+
+def models(providers: tuple[Provider, ...]) -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    for provider in providers:
+        for model in provider.models:
+            suffix = " 🔑" if provider.needs_user_key else ""
+            builder.button(
+                text=f"{provider.label} · {model}{suffix}",
+                callback_data=ModelChoice(provider=provider.name, model=model),
+            )
+    builder.button(text=texts.CANCEL_BUTTON, callback_data=WizardAction(action="cancel"))
+    builder.adjust(1)
+    return builder.as_markup()
+
+
+def presets() -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    for index, (label, _) in enumerate(texts.PRESETS):
+        builder.button(text=label, callback_data=WizardAction(action="preset", value=index))
+    builder.button(text=texts.CANCEL_BUTTON, callback_data=WizardAction(action="cancel"))
+    builder.adjust(1)
+    return builder.as_markup()
+
+
+def confirm_deploy() -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    builder.button(text=texts.DEPLOY_BUTTON, callback_data=WizardAction(action="deploy"))
+    builder.button(text=texts.EDIT_PROMPT_BUTTON, callback_data=WizardAction(action="edit"))
+    builder.button(text=texts.CANCEL_BUTTON, callback_data=WizardAction(action="cancel"))
+    builder.adjust(1, 2)
+    return builder.as_markup()
+
+
+def agent_list(agents: list[Agent], *, action: str = "open") -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    for agent in agents:
+        builder.button(
+            text=texts.agent_button(agent),
+            callback_data=AgentAction(action=action, agent_id=agent.id),
+        )
+    builder.adjust(1)
+    return builder.as_markup()
+
+
+def agent_card(agent: Agent) -> InlineKeyboardMarkup:
+    """Buttons that fit the agent's state."""
+    builder = InlineKeyboardBuilder()
+
+    def add(label: str, action: str) -> None:
+        builder.button(text=label, callback_data=AgentAction(action=action, agent_id=agent.id))
+
+    if agent.desired_state == "stopped":
+        add("▶️ Resume", "resume")
+    else:
+        add("🔄 Restart", "restart")
+        add("⏸ Stop", "stop")
+    add("📜 Logs", "logs")
+    add("✏️ Edit prompt", "prompt")
+    add("🧠 Change model", "model")
+    if agent.revision > 1:
+        add("↩️ Revert", "revert")
+    if agent.managed:
+        add("🔑 Rotate token", "rotate")
+    add(texts.DELETE_BUTTON, "delete")
+    add("⬅️ All agents", "list")
+    builder.adjust(2)
+    return builder.as_markup()
+
+
+def confirm_delete(agent: Agent) -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    builder.button(
+        text=texts.YES_DELETE_BUTTON,
+        callback_data=AgentAction(action="delete_yes", agent_id=agent.id),
+    )
+    builder.button(
+        text=texts.NO_BUTTON, callback_data=AgentAction(action="open", agent_id=agent.id)
+    )
+    return builder.as_markup()

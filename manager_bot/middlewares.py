@@ -1,0 +1,81 @@
+"""Per-update concerns: who the user is (recorded), how fast they may go, and errors."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiogram import BaseMiddleware
+from aiogram.types import CallbackQuery, ErrorEvent, Message, TelegramObject
+
+from manager_bot import texts
+from manager_bot.db.repositories import Repositories
+from manager_bot.db.session import Database
+
+log = logging.getLogger(__name__)
+Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
+
+
+class UserMiddleware(BaseMiddleware):
+    """Records (or refreshes) the sender, so agents always have an owner row."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        sender = getattr(event, "from_user", None)
+        if sender is not None and not sender.is_bot:
+            async with self._db.session() as session:
+                await Repositories(session).users.upsert(
+                    user_id=sender.id, username=sender.username, first_name=sender.first_name
+                )
+        return await handler(event, data)
+
+
+class ThrottleMiddleware(BaseMiddleware):
+    """At most `limit` updates per user per `window` seconds; the excess gets one polite note."""
+
+    def __init__(self, *, limit: int = 12, window: float = 10.0) -> None:
+        self._limit = limit
+        self._window = window
+        self._seen: dict[int, deque[float]] = defaultdict(deque)
+        self._warned: dict[int, float] = {}
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        sender = getattr(event, "from_user", None)
+        if sender is None:
+            return await handler(event, data)
+        now = time.monotonic()
+        recent = self._seen[sender.id]
+        while recent and now - recent[0] > self._window:
+            recent.popleft()
+        if len(recent) >= self._limit:
+            if now - self._warned.get(sender.id, 0.0) > self._window:
+                self._warned[sender.id] = now
+                if isinstance(event, Message):
+                    await event.answer(texts.SLOW_DOWN)
+                elif isinstance(event, CallbackQuery):
+                    await event.answer(texts.SLOW_DOWN, show_alert=True)
+            return None
+        recent.append(now)
+        return await handler(event, data)
+
+
+async def on_error(event: ErrorEvent) -> bool:
+    """Anything unexpected: a full log line with a reference, a short apology in the chat."""
+    reference = secrets.token_hex(4)
+    log.error("unhandled error ref=%s", reference, exc_info=event.exception)
+    update = event.update
+    chat_message = update.message or (
+        update.callback_query.message if update.callback_query is not None else None
+    )
+    if isinstance(chat_message, Message):
+        try:
+            await chat_message.answer(texts.ERROR.format(reference=reference))
+        except Exception:  # the apology itself failed: the log line above is what remains
+            log.warning("could not send the apology for ref=%s", reference)
+    return True

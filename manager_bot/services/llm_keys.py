@@ -1,0 +1,40 @@
+"""Checking a user's own LLM key with the cheapest call there is (listing models)."""
+
+from __future__ import annotations
+
+import enum
+
+import openai
+
+from manager_bot.services.providers import Provider
+
+
+class KeyCheck(enum.StrEnum):
+    OK = "ok"
+    REJECTED = "rejected"
+    UNREACHABLE = "unreachable"
+
+
+async def check_key(provider: Provider, key: str) -> KeyCheck:
+    """401/403 means the provider refused the key; anything else is not the user's fault."""
+    if provider.runtime_provider == "azure":
+        client: openai.AsyncOpenAI = openai.AsyncAzureOpenAI(
+            azure_endpoint=provider.base_url or "",
+            api_key=key,
+            api_version=provider.api_version or "2024-10-21",
+            timeout=10,
+            max_retries=0,
+        )
+    else:
+        client = openai.AsyncOpenAI(
+            base_url=provider.base_url, api_key=key, timeout=10, max_retries=0
+        )
+    try:
+        await client.models.list()
+    except (openai.AuthenticationError, openai.PermissionDeniedError):
+        return KeyCheck.REJECTED
+    except openai.OpenAIError:
+        return KeyCheck.UNREACHABLE
+    finally:
+        await client.close()
+    return KeyCheck.OK
