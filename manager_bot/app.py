@@ -21,7 +21,12 @@ from manager_bot.db.fsm_storage import build_fsm_storage
 from manager_bot.db.migrate import upgrade
 from manager_bot.db.session import Database
 from manager_bot.handlers import agents, common, deploy, start
-from manager_bot.middlewares import ThrottleMiddleware, UserMiddleware, on_error
+from manager_bot.middlewares import (
+    PerUserOrderMiddleware,
+    ThrottleMiddleware,
+    UserMiddleware,
+    on_error,
+)
 from manager_bot.services.deployer import Deployer, DeployerConfig
 from manager_bot.services.providers import available_providers
 from manager_bot.services.telegram import AgentTelegram
@@ -73,14 +78,15 @@ def build_dispatcher(
     )
     for observer in (dispatcher.message, dispatcher.callback_query):
         observer.outer_middleware(ThrottleMiddleware())
+        observer.outer_middleware(PerUserOrderMiddleware())
         observer.outer_middleware(UserMiddleware(database))
     dispatcher.errors.register(on_error)
     dispatcher.include_routers(
-        common.cancel_router,
-        start.router,
-        deploy.router,
-        agents.router,
-        common.fallback_router,
+        common.build_cancel_router(),
+        start.build_router(),
+        deploy.build_router(),
+        agents.build_router(),
+        common.build_fallback_router(),
     )
     return dispatcher
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -36,10 +37,30 @@ class UserMiddleware(BaseMiddleware):
         return await handler(event, data)
 
 
+class PerUserOrderMiddleware(BaseMiddleware):
+    """One user's updates are handled in order (a wizard step must not overtake the
+    previous one); different users still run concurrently. asyncio.Lock is FIFO."""
+
+    def __init__(self) -> None:
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        sender = getattr(event, "from_user", None)
+        if sender is None:
+            return await handler(event, data)
+        lock = self._locks.setdefault(sender.id, asyncio.Lock())
+        try:
+            async with lock:
+                return await handler(event, data)
+        finally:
+            if not lock.locked() and not lock._waiters:  # nobody queued: forget the lock
+                self._locks.pop(sender.id, None)
+
+
 class ThrottleMiddleware(BaseMiddleware):
     """At most `limit` updates per user per `window` seconds; the excess gets one polite note."""
 
-    def __init__(self, *, limit: int = 12, window: float = 10.0) -> None:
+    def __init__(self, *, limit: int = 30, window: float = 10.0) -> None:
         self._limit = limit
         self._window = window
         self._seen: dict[int, deque[float]] = defaultdict(deque)

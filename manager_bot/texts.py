@@ -50,7 +50,8 @@ TOKEN_UNREACHABLE = (
 )
 BOT_IN_USE = "@{username} already runs as an agent. Pick another bot, or /cancel."
 QUOTA = "You already have {limit} agents, the most allowed. Delete one in /agents first."
-BOT_READY = "Got it: @{username}. Now pick the AI model:"
+BOT_READY = "Got it: @{username}."
+PICK_MODEL = "Now pick the AI model (🔑 = bring your own key):"
 CHOOSE_MODEL_HINT = "Please pick a model with the buttons above, or /cancel."
 PASTE_KEY = (
     "{provider} needs your own API key. Paste it here; I delete your message right away "

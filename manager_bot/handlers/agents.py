@@ -32,7 +32,6 @@ from manager_bot.services.llm_keys import KeyCheck, check_key
 from manager_bot.services.providers import Provider, find_provider
 from manager_bot.services.usage import fetch_usage
 
-router = Router(name="agents")
 LOG_LINES = 40
 LOG_AS_FILE_ABOVE = 3500
 
@@ -61,7 +60,6 @@ async def send_card(
 # -- listing --------------------------------------------------------------------------
 
 
-@router.message(Command("agents"))
 async def list_agents(message: Message, deployer: Deployer) -> None:
     assert message.from_user is not None
     agents = await deployer.agents_of(message.from_user.id)
@@ -71,7 +69,6 @@ async def list_agents(message: Message, deployer: Deployer) -> None:
     await message.answer(texts.AGENTS, reply_markup=keyboards.agent_list(agents))
 
 
-@router.callback_query(AgentAction.filter(F.action == "list"))
 async def back_to_list(query: CallbackQuery, deployer: Deployer) -> None:
     await query.answer()
     agents = await deployer.agents_of(query.from_user.id)
@@ -94,7 +91,6 @@ COMMAND_ACTIONS = {
 }
 
 
-@router.message(Command(*COMMAND_ACTIONS))
 async def agent_command(
     message: Message, command: CommandObject, deployer: Deployer, bot: Bot
 ) -> None:
@@ -123,7 +119,6 @@ async def agent_command(
 # -- card actions -----------------------------------------------------------------------
 
 
-@router.callback_query(AgentAction.filter(F.action.in_({"prompt", "model"})))
 async def start_edit(
     query: CallbackQuery, callback_data: AgentAction, state: FSMContext, deployer: Deployer,
     providers: tuple[Provider, ...],
@@ -148,7 +143,6 @@ async def start_edit(
         )
 
 
-@router.callback_query(AgentAction.filter())
 async def card_action(
     query: CallbackQuery, callback_data: AgentAction, deployer: Deployer, bot: Bot
 ) -> None:
@@ -221,7 +215,6 @@ async def _send_logs(message: Message, agent: Agent, *, user_id: int, deployer: 
 # -- edits (prompt, model) ----------------------------------------------------------------
 
 
-@router.message(AgentEdit.prompt, F.text, ~F.text.startswith("/"))
 async def new_prompt(message: Message, state: FSMContext, deployer: Deployer) -> None:
     assert message.from_user is not None
     prompt = (message.text or "").strip()
@@ -245,12 +238,10 @@ async def new_prompt(message: Message, state: FSMContext, deployer: Deployer) ->
     await message.answer(texts.PROMPT_CHANGED.format(username=agent.bot_username))
 
 
-@router.message(AgentEdit.prompt)
 async def new_prompt_hint(message: Message) -> None:
     await message.answer(texts.PROMPT_HINT)
 
 
-@router.callback_query(AgentEdit.model, ModelChoice.filter())
 async def new_model(
     query: CallbackQuery, callback_data: ModelChoice, state: FSMContext, deployer: Deployer,
     providers: tuple[Provider, ...],
@@ -271,7 +262,6 @@ async def new_model(
     )
 
 
-@router.message(AgentEdit.key, F.text)
 async def new_model_key(
     message: Message, state: FSMContext, deployer: Deployer, providers: tuple[Provider, ...]
 ) -> None:
@@ -315,7 +305,24 @@ async def _apply_model(
     await message.answer(texts.MODEL_CHANGED.format(username=agent.bot_username, model=agent.model))
 
 
-@router.message(AgentEdit.model)
-@router.message(AgentEdit.key)
 async def edit_hint(message: Message) -> None:
     await message.answer(texts.CHOOSE_MODEL_HINT)
+
+
+def build_router() -> Router:
+    """A fresh Router (a Router belongs to one Dispatcher; tests and restarts build several)."""
+    router = Router(name="agents")
+    router.message.register(list_agents, Command("agents"))
+    router.callback_query.register(back_to_list, AgentAction.filter(F.action == "list"))
+    router.message.register(agent_command, Command(*COMMAND_ACTIONS))
+    router.callback_query.register(
+        start_edit, AgentAction.filter(F.action.in_({"prompt", "model"}))
+    )
+    router.callback_query.register(card_action, AgentAction.filter())
+    router.message.register(new_prompt, AgentEdit.prompt, F.text, ~F.text.startswith("/"))
+    router.message.register(new_prompt_hint, AgentEdit.prompt)
+    router.callback_query.register(new_model, AgentEdit.model, ModelChoice.filter())
+    router.message.register(new_model_key, AgentEdit.key, F.text)
+    router.message.register(edit_hint, AgentEdit.model)
+    router.message.register(edit_hint, AgentEdit.key)
+    return router

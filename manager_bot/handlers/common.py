@@ -11,13 +11,9 @@ from manager_bot import texts
 from manager_bot.keyboards import WizardAction
 
 # Included first: /cancel must win over every step's own handlers.
-cancel_router = Router(name="cancel")
 # Included last: catches what nothing else handled.
-fallback_router = Router(name="fallback")
 
 
-@cancel_router.message(Command("cancel"))
-@cancel_router.message(F.text == texts.CANCEL_BUTTON)
 async def cancel(message: Message, state: FSMContext) -> None:
     """Leaves any wizard or edit, keeping everything as it was."""
     if await state.get_state() is None:
@@ -27,7 +23,6 @@ async def cancel(message: Message, state: FSMContext) -> None:
     await message.answer(texts.CANCELLED, reply_markup=ReplyKeyboardRemove())
 
 
-@cancel_router.callback_query(WizardAction.filter(F.action == "cancel"))
 async def cancel_button(query: CallbackQuery, state: FSMContext) -> None:
     await state.clear()
     await query.answer()
@@ -35,12 +30,27 @@ async def cancel_button(query: CallbackQuery, state: FSMContext) -> None:
         await query.message.edit_text(texts.CANCELLED)
 
 
-@fallback_router.callback_query()
 async def stale_button(query: CallbackQuery) -> None:
     """An old keyboard, or data nobody should have sent: say so, change nothing."""
     await query.answer(texts.NOT_FOUND, show_alert=True)
 
 
-@fallback_router.message()
 async def unknown(message: Message) -> None:
     await message.answer(texts.UNKNOWN)
+
+
+def build_cancel_router() -> Router:
+    """A fresh Router (a Router belongs to one Dispatcher; tests and restarts build several)."""
+    cancel_router = Router(name="cancel")
+    cancel_router.message.register(cancel, Command("cancel"))
+    cancel_router.message.register(cancel, F.text == texts.CANCEL_BUTTON)
+    cancel_router.callback_query.register(cancel_button, WizardAction.filter(F.action == "cancel"))
+    return cancel_router
+
+
+def build_fallback_router() -> Router:
+    """A fresh Router (a Router belongs to one Dispatcher; tests and restarts build several)."""
+    fallback_router = Router(name="fallback")
+    fallback_router.callback_query.register(stale_button)
+    fallback_router.message.register(unknown)
+    return fallback_router

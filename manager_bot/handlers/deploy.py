@@ -8,6 +8,7 @@ state only encrypted, because that state is stored in the database or Redis.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
@@ -22,7 +23,13 @@ from manager_bot import keyboards, texts
 from manager_bot.crypto import Vault
 from manager_bot.handlers.agents import send_card
 from manager_bot.keyboards import ModelChoice, WizardAction
-from manager_bot.services.deployer import MAX_PROMPT_CHARS, Deployer, DeployStep, NewAgent
+from manager_bot.services.deployer import (
+    MAX_PROMPT_CHARS,
+    Deployer,
+    DeployStep,
+    NewAgent,
+    Progress,
+)
 from manager_bot.services.errors import (
     BotAlreadyUsed,
     DeployFailed,
@@ -35,7 +42,6 @@ from manager_bot.services.providers import Provider, find_provider
 from manager_bot.services.telegram import AgentTokenError, looks_like_token
 
 log = logging.getLogger(__name__)
-router = Router(name="deploy")
 
 
 class Deploy(StatesGroup):
@@ -54,7 +60,6 @@ async def _delete_quietly(message: Message) -> None:
         await message.delete()
 
 
-@router.message(Command("deploy"))
 async def start_wizard(message: Message, state: FSMContext, deployer: Deployer) -> None:
     """Starts the wizard, unless the user is at their quota."""
     assert message.from_user is not None
@@ -68,13 +73,11 @@ async def start_wizard(message: Message, state: FSMContext, deployer: Deployer) 
     )
 
 
-@router.managed_bot()
 async def managed_bot_update(event: object) -> None:
     """The `managed_bot` update; the service message in the chat drives the wizard."""
     log.info("managed bot created")
 
 
-@router.message(Deploy.bot, F.managed_bot_created)
 async def managed_bot_created(
     message: Message, state: FSMContext, bot: Bot, deployer: Deployer, vault: Vault,
     providers: tuple[Provider, ...],
@@ -94,18 +97,27 @@ async def managed_bot_created(
     )
 
 
-@router.message(Deploy.bot, F.text == texts.HAVE_BOT_BUTTON)
 async def wants_to_paste(message: Message, state: FSMContext) -> None:
     await state.set_state(Deploy.token)
     await message.answer(texts.PASTE_TOKEN, reply_markup=ReplyKeyboardRemove())
 
 
-@router.message(Deploy.bot)
-async def bot_step_hint(message: Message) -> None:
+async def bot_step_hint(
+    message: Message, state: FSMContext, deployer: Deployer, vault: Vault,
+    providers: tuple[Provider, ...],
+) -> None:  # fmt: skip
+    """A token pasted before tapping "I already have a bot" is taken (and deleted) all the same."""
+    token = (message.text or "").strip()
+    if looks_like_token(token):
+        await _delete_quietly(message)
+        await _accept_token(
+            message, state, token=token, managed=False, deployer=deployer, vault=vault,
+            providers=providers,
+        )  # fmt: skip
+        return
     await message.answer(texts.CHOOSE_BOT_HINT)
 
 
-@router.message(Deploy.token, F.text)
 async def pasted_token(
     message: Message, state: FSMContext, deployer: Deployer, vault: Vault,
     providers: tuple[Provider, ...],
@@ -127,7 +139,6 @@ async def pasted_token(
     )
 
 
-@router.message(Deploy.token)
 async def token_step_hint(message: Message) -> None:
     await message.answer(texts.PASTE_TOKEN)
 
@@ -151,10 +162,9 @@ async def _accept_token(
     await message.answer(
         texts.BOT_READY.format(username=identity.username), reply_markup=ReplyKeyboardRemove()
     )
-    await message.answer("🧠", reply_markup=keyboards.models(providers))
+    await message.answer(texts.PICK_MODEL, reply_markup=keyboards.models(providers))
 
 
-@router.callback_query(Deploy.model, ModelChoice.filter())
 async def picked_model(
     query: CallbackQuery, callback_data: ModelChoice, state: FSMContext,
     providers: tuple[Provider, ...],
@@ -173,12 +183,10 @@ async def picked_model(
     await _ask_prompt(query.message, state)
 
 
-@router.message(Deploy.model)
 async def model_step_hint(message: Message) -> None:
     await message.answer(texts.CHOOSE_MODEL_HINT)
 
 
-@router.message(Deploy.key, F.text)
 async def pasted_key(
     message: Message, state: FSMContext, vault: Vault, providers: tuple[Provider, ...]
 ) -> None:
@@ -201,7 +209,6 @@ async def pasted_key(
     await _ask_prompt(message, state)
 
 
-@router.message(Deploy.key)
 async def key_step_hint(message: Message) -> None:
     await message.answer(texts.KEY_HINT)
 
@@ -213,7 +220,6 @@ async def _ask_prompt(message: Message, state: FSMContext) -> None:
     )
 
 
-@router.message(Deploy.prompt, F.text, ~F.text.startswith("/"))
 async def typed_prompt(message: Message, state: FSMContext) -> None:
     prompt = (message.text or "").strip()
     if len(prompt) > MAX_PROMPT_CHARS:
@@ -224,7 +230,6 @@ async def typed_prompt(message: Message, state: FSMContext) -> None:
     await _show_summary(message, state, prompt)
 
 
-@router.callback_query(Deploy.prompt, WizardAction.filter(F.action == "preset"))
 async def picked_preset(
     query: CallbackQuery, callback_data: WizardAction, state: FSMContext
 ) -> None:
@@ -236,7 +241,6 @@ async def picked_preset(
     await _show_summary(query.message, state, texts.PRESETS[callback_data.value][1])
 
 
-@router.message(Deploy.prompt)
 async def prompt_step_hint(message: Message) -> None:
     await message.answer(texts.PROMPT_HINT)
 
@@ -250,14 +254,12 @@ async def _show_summary(message: Message, state: FSMContext, prompt: str) -> Non
     )
 
 
-@router.callback_query(Deploy.confirm, WizardAction.filter(F.action == "edit"))
 async def edit_prompt(query: CallbackQuery, state: FSMContext) -> None:
     await query.answer()
     assert isinstance(query.message, Message)
     await _ask_prompt(query.message, state)
 
 
-@router.callback_query(Deploy.confirm, WizardAction.filter(F.action == "deploy"))
 async def deploy(query: CallbackQuery, state: FSMContext, deployer: Deployer, vault: Vault) -> None:
     """Runs the deploy, editing one progress message as steps complete."""
     await query.answer()
@@ -283,6 +285,20 @@ async def deploy(query: CallbackQuery, state: FSMContext, deployer: Deployer, va
         managed=bool(data.get("managed")),
     )
     await state.clear()
+    # A deploy can take a minute (image pulls): run it beside the dispatcher, so the
+    # user's other messages are not held up behind it.
+    task = asyncio.create_task(_deploy(query.message, progress_message, request, report, deployer))
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+
+
+_running: set[asyncio.Task[None]] = set()
+
+
+async def _deploy(
+    message: Message, progress_message: Message, request: NewAgent, report: Progress,
+    deployer: Deployer,
+) -> None:  # fmt: skip
     try:
         agent = await deployer.deploy(request, progress=report)
     except DeployFailed as failure:
@@ -301,11 +317,39 @@ async def deploy(query: CallbackQuery, state: FSMContext, deployer: Deployer, va
     except QuotaReached as error:
         await progress_message.edit_text(texts.QUOTA.format(limit=error.limit))
         return
-    await query.message.answer(texts.DEPLOYED.format(username=agent.bot_username))
-    await send_card(query.message, agent, deployer=deployer)
+    await message.answer(texts.DEPLOYED.format(username=agent.bot_username))
+    await send_card(message, agent, deployer=deployer)
 
 
-@router.message(Deploy.confirm)
-@router.message(Deploy.deploying)
 async def confirm_step_hint(message: Message) -> None:
     await message.answer(texts.DEPLOY_HINT)
+
+
+def build_router() -> Router:
+    """A fresh Router (a Router belongs to one Dispatcher; tests and restarts build several)."""
+    router = Router(name="deploy")
+    router.message.register(start_wizard, Command("deploy"))
+    router.managed_bot.register(managed_bot_update)
+    router.message.register(managed_bot_created, Deploy.bot, F.managed_bot_created)
+    router.message.register(wants_to_paste, Deploy.bot, F.text == texts.HAVE_BOT_BUTTON)
+    router.message.register(bot_step_hint, Deploy.bot)
+    router.message.register(pasted_token, Deploy.token, F.text)
+    router.message.register(token_step_hint, Deploy.token)
+    router.callback_query.register(picked_model, Deploy.model, ModelChoice.filter())
+    router.message.register(model_step_hint, Deploy.model)
+    router.message.register(pasted_key, Deploy.key, F.text)
+    router.message.register(key_step_hint, Deploy.key)
+    router.message.register(typed_prompt, Deploy.prompt, F.text, ~F.text.startswith("/"))
+    router.callback_query.register(
+        picked_preset, Deploy.prompt, WizardAction.filter(F.action == "preset")
+    )
+    router.message.register(prompt_step_hint, Deploy.prompt)
+    router.callback_query.register(
+        edit_prompt, Deploy.confirm, WizardAction.filter(F.action == "edit")
+    )
+    router.callback_query.register(
+        deploy, Deploy.confirm, WizardAction.filter(F.action == "deploy")
+    )
+    router.message.register(confirm_step_hint, Deploy.confirm)
+    router.message.register(confirm_step_hint, Deploy.deploying)
+    return router

@@ -485,8 +485,11 @@ class FakeTelegram:
             "from": bot.as_user(),
             **content,
         }
-        if markup is not None:
+        if markup is not None and "inline_keyboard" in markup:
             message["reply_markup"] = markup
+        elif markup is not None:
+            # Reply keyboards (and their removal) are not part of the returned Message.
+            message["_reply_keyboard"] = markup
         if params.get("parse_mode"):
             message["_parse_mode"] = params["parse_mode"]
         await self._touch(bot, message)

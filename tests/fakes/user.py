@@ -208,19 +208,55 @@ class SimUser(_ChatParticipant):
         }
         return await self._push_message(self.as_user(), {"document": document})
 
-    async def press(self, text: str) -> None:
-        """Press a button by its text (exact, else a unique substring) in the newest keyboard."""
+    async def press(self, text: str, *, timeout: float = 5.0) -> None:
+        """Press a button by its text, waiting (bounded) for it to be shown.
+
+        The newest inline button that matches wins, else the current reply keyboard's.
+        """
+        found: tuple[JsonDict | None, JsonDict] | None = None
+
+        def locate() -> bool:
+            nonlocal found
+            for message in reversed(self.bot.messages_in(self.chat_id)):
+                rows = (message.get("reply_markup") or {}).get("inline_keyboard")
+                button = _find(rows or [], text)
+                if button is not None:
+                    found = (message, button)
+                    return True
+            button = _find(self.reply_keyboard(), text)
+            if button is not None:
+                found = (None, button)
+                return True
+            return False
+
+        try:
+            async with self.bot.changed:
+                await asyncio.wait_for(self.bot.changed.wait_for(locate), timeout)
+        except TimeoutError:
+            messages = self.bot.messages_in(self.chat_id)
+            labels = [
+                b.get("text")
+                for m in messages[-3:]
+                for row in (m.get("reply_markup") or {}).get("inline_keyboard", [])
+                for b in row
+            ] + [b.get("text") for row in self.reply_keyboard() for b in row if isinstance(b, dict)]
+            raise AssertionError(f"no button {text!r}; buttons shown lately: {labels}") from None
+        assert found is not None
+        message, button = found
+        if message is None:
+            await self.send(str(button["text"]))
+        else:
+            await self._press_inline(message, button)
+
+    def reply_keyboard(self) -> list[list[Any]]:
+        """The reply keyboard the user sees now (the last one sent, unless removed)."""
         for message in reversed(self.bot.messages_in(self.chat_id)):
-            markup = message.get("reply_markup") or {}
-            if "inline_keyboard" in markup:
-                button = _pick(markup["inline_keyboard"], text)
-                await self._press_inline(message, button)
-                return
-            if "keyboard" in markup:
-                button = _pick(markup["keyboard"], text)
-                await self.send(str(button["text"]))
-                return
-        raise AssertionError(f"no keyboard in this chat to press {text!r}")
+            markup = message.get("_reply_keyboard")
+            if markup is None:
+                continue
+            keyboard: list[list[Any]] = markup.get("keyboard", [])
+            return keyboard
+        return []
 
     async def _press_inline(self, message: JsonDict, button: JsonDict) -> None:
         if "callback_data" not in button:
@@ -256,12 +292,11 @@ class SimUser(_ChatParticipant):
         return managed
 
     def _managed_bot_request(self) -> JsonDict:
-        for message in reversed(self.bot.messages_in(self.chat_id)):
-            for row in (message.get("reply_markup") or {}).get("keyboard", []):
-                for button in row:
-                    if isinstance(button, dict) and "request_managed_bot" in button:
-                        request: JsonDict = button["request_managed_bot"]
-                        return request
+        for row in self.reply_keyboard():
+            for button in row:
+                if isinstance(button, dict) and "request_managed_bot" in button:
+                    request: JsonDict = button["request_managed_bot"]
+                    return request
         raise AssertionError("the bot offered no request_managed_bot button in this chat")
 
     def callback_answers(self) -> list[JsonDict]:
@@ -325,16 +360,14 @@ class SimGroup(_ChatParticipant):
         return await self._push_message(sender, content)
 
 
-def _pick(rows: list[list[Any]], text: str) -> JsonDict:
+def _find(rows: list[list[Any]], text: str) -> JsonDict | None:
+    """The button labelled `text`, else the one button whose label contains it."""
     buttons = [b if isinstance(b, dict) else {"text": b} for row in rows for b in row]
     exact = [b for b in buttons if b.get("text") == text]
     if exact:
         return exact[0]
     partial = [b for b in buttons if text in str(b.get("text", ""))]
-    if len(partial) == 1:
-        return partial[0]
-    labels = [b.get("text") for b in buttons]
-    raise AssertionError(f"no unique button {text!r}; buttons: {labels}")
+    return partial[0] if len(partial) == 1 else None
 
 
 def _strip(message: JsonDict) -> JsonDict:

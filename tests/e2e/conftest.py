@@ -1,0 +1,162 @@
+"""The whole manager in-process: real aiogram, real services, fake Telegram/OpenAI/Kubernetes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiogram import Bot, Dispatcher
+from kubernetes import client, config
+
+from manager_bot.app import build_bot, build_dispatcher
+from manager_bot.backends.base import Backend
+from manager_bot.backends.kubernetes import KubernetesBackend
+from manager_bot.backends.local import LocalBackend
+from manager_bot.backends.manifests import ClusterConfig
+from manager_bot.config import ManagerSettings
+from manager_bot.crypto import Vault, generate_key
+from manager_bot.db.fsm_storage import SqlStorage
+from manager_bot.db.migrate import upgrade
+from manager_bot.db.session import Database
+from manager_bot.services.deployer import Deployer, DeployerConfig
+from manager_bot.services.providers import available_providers
+from manager_bot.services.telegram import AgentTelegram
+from runtime.settings_loading import load_settings
+from tests.fakes.kubernetes_api import FakeKubernetes
+from tests.fakes.openai_api import FakeOpenAI
+from tests.fakes.telegram_api import FakeBot, FakeTelegram
+
+PUBLIC_URL = "https://bots.example.com"
+
+
+@dataclass
+class Manager:
+    """A running manager and what tests need to poke at."""
+
+    fake: FakeBot
+    deployer: Deployer
+    database: Database
+    backend: Backend
+    restart: Callable[[], Any]
+
+
+class _Running:
+    def __init__(self, dispatcher: Dispatcher, bot: Bot) -> None:
+        self.dispatcher, self.bot = dispatcher, bot
+        self.task = asyncio.create_task(
+            dispatcher.start_polling(bot, polling_timeout=1, handle_signals=False)
+        )
+
+    async def stop(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            await self.dispatcher.stop_polling()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self.bot.session.close()
+
+
+@pytest.fixture
+def manager_env() -> dict[str, str]:
+    """Overridable per test (e.g. no platform key, so the wizard asks for one)."""
+    return {"OPENAI_API_KEY": "sk-platformkeyplatformkey00", "MAX_AGENTS_PER_USER": "2"}
+
+
+async def _start_manager(
+    *, telegram: FakeTelegram, openai_server: FakeOpenAI, backend: Backend, url: str,
+    mode: str, env: dict[str, str],
+) -> AsyncIterator[Manager]:  # fmt: skip
+    fake = telegram.add_bot(username="hatchbot_bot", can_manage_bots=True)
+    settings = load_settings(
+        ManagerSettings,
+        {
+            "MANAGER_BOT_TOKEN": fake.token,
+            "TELEGRAM_API_URL": telegram.url,
+            "OPENAI_BASE_URL": openai_server.url,
+            **env,
+        },
+    )
+    await upgrade(url)
+    database = Database(url)
+    vault = Vault([generate_key()])
+    agent_telegram = AgentTelegram(api_url=telegram.url)
+    deployer = Deployer(
+        database=database,
+        vault=vault,
+        backend=backend,
+        telegram=agent_telegram,
+        providers=available_providers(settings),
+        config=DeployerConfig(
+            mode=mode,
+            public_url=PUBLIC_URL,
+            telegram_api_url=telegram.url,
+            max_agents_per_user=settings.max_agents_per_user,
+            ready_timeout=30,
+            ready_poll_interval=0.1,
+        ),
+    )
+
+    def start() -> _Running:
+        dispatcher = build_dispatcher(
+            settings=settings, database=database, vault=vault, deployer=deployer,
+            storage=SqlStorage(database),
+        )  # fmt: skip
+        return _Running(dispatcher, build_bot(settings))
+
+    running = start()
+
+    async def restart() -> None:
+        nonlocal running
+        await running.stop()
+        running = start()
+
+    try:
+        yield Manager(fake, deployer, database, backend, restart)
+    finally:
+        await running.stop()
+        await agent_telegram.close()
+        await database.close()
+
+
+@pytest.fixture
+async def local_manager(
+    telegram: FakeTelegram, openai_server: FakeOpenAI, sqlite_url: str, tmp_path: Path,
+    manager_env: dict[str, str],
+) -> AsyncIterator[Manager]:  # fmt: skip
+    backend = LocalBackend(data_dir=tmp_path, restart_backoff=(0.2,))
+    try:
+        async for manager in _start_manager(
+            telegram=telegram, openai_server=openai_server, backend=backend, url=sqlite_url,
+            mode="polling", env=manager_env,
+        ):  # fmt: skip
+            yield manager
+    finally:
+        await backend.shutdown_agents()
+
+
+@pytest.fixture
+async def kube_manager(
+    telegram: FakeTelegram, openai_server: FakeOpenAI, sqlite_url: str, kube: FakeKubernetes,
+    kubeconfig: Path, manager_env: dict[str, str],
+) -> AsyncIterator[Manager]:  # fmt: skip
+    kube.auto_ready = True
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    backend = KubernetesBackend(
+        api_client=client.ApiClient(configuration),
+        cluster=ClusterConfig(
+            namespace="agents", image="hatchbot:e2e", router="istio", public_url=PUBLIC_URL
+        ),
+    )
+    try:
+        async for manager in _start_manager(
+            telegram=telegram, openai_server=openai_server, backend=backend, url=sqlite_url,
+            mode="webhook", env=manager_env,
+        ):  # fmt: skip
+            yield manager
+    finally:
+        await backend.close()

@@ -1,0 +1,181 @@
+"""A person gets a live AI bot from the manager chat, and runs it from there."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import PUBLIC_URL, Manager
+from tests.fakes.kubernetes_api import FakeKubernetes
+from tests.fakes.openai_api import FakeOpenAI
+from tests.fakes.telegram_api import FakeTelegram
+
+
+async def test_paste_path_ends_with_a_bot_that_answers(
+    local_manager: Manager, telegram: FakeTelegram, openai_server: FakeOpenAI
+) -> None:
+    agent_bot = telegram.add_bot(username="my_helper_bot", first_name="My Helper")
+    user = telegram.user(local_manager.fake)
+    await user.send("/deploy")
+    await user.wait_for(text_contains="Let's make your AI bot")
+    await user.press("I already have a bot")
+    await user.wait_for(text_contains="Paste the bot's token")
+    pasted = await user.send(agent_bot.token)
+    await user.wait_for(text_contains="Got it: @my_helper_bot")
+    assert pasted["message_id"] in user.deleted_own_messages()
+    await user.press("OpenAI · gpt-4o-mini")
+    await user.wait_for(text_contains="Last step")
+    await user.press("Friendly assistant")
+    await user.wait_for(text_contains="Ready to deploy")
+    await user.press("Deploy")
+    await user.wait_for(text_contains="is live", timeout=40)
+    progress = [m for m in user.messages() if m["text"].startswith("Deploying")][0]
+    assert progress["text"].count("✅") == 4  # every step done, edited in one message
+    card = await user.wait_for(text_contains="Model: openai · gpt-4o-mini")
+    assert "@my_helper_bot" in card["text"]
+    for message in user.messages():
+        assert agent_bot.token not in message["text"]
+
+    # The user's new bot answers through the fake LLM.
+    friend = telegram.user(agent_bot, first_name="Friend")
+    await friend.send("hi there")
+    await friend.wait_for(text_contains="echo: hi there", timeout=20)
+    assert openai_server.chat_requests()[-1]["messages"][0]["content"].startswith(
+        "You are a friendly"
+    )
+
+
+async def test_two_tap_managed_bot_on_kubernetes(
+    kube_manager: Manager, telegram: FakeTelegram, kube: FakeKubernetes
+) -> None:
+    user = telegram.user(kube_manager.fake, first_name="Dana")
+    await user.send("/deploy")
+    await user.wait_for(text_contains="Create a new bot")
+    managed = await user.create_managed_bot(username="dana_ai_bot", name="Dana's AI")
+    await user.wait_for(text_contains="Got it: @dana_ai_bot")
+    await user.press("OpenAI · gpt-4o")
+    await user.wait_for(text_contains="Last step")
+    await user.send("You answer questions about gardening.")
+    await user.wait_for(text_contains="Ready to deploy")
+    await user.press("Deploy")
+    await user.wait_for(text_contains="@dana_ai_bot is live", timeout=40)
+    (agent,) = await kube_manager.deployer.agents_of(user.id)
+    assert agent.managed
+    name = f"agent-{agent.id}"
+    for kind in ("secrets", "deployments", "services", "networkpolicies", "virtualservices"):
+        assert kube.get_object(kind, "agents", name) is not None, kind
+    assert managed.webhook is not None
+    assert managed.webhook.url == f"{PUBLIC_URL}/webhook/{agent.id}"
+
+    # Rotate token (Managed Bots): a new token, the old one dead, the Secret updated.
+    old_token = managed.token
+    await user.send("/agents")
+    await user.wait_for(text_contains="Your agents")
+    await user.press("dana_ai_bot")
+    await user.wait_for(text_contains="Version: 1")
+    await user.press("Rotate token")
+    await user.wait_for(text_contains="fresh token")
+    assert managed.token != old_token
+    assert (
+        kube_manager.deployer.spec_for(
+            (await kube_manager.deployer.agents_of(user.id))[0]
+        ).secrets.bot_token.get_secret_value()
+        == managed.token
+    )
+
+
+async def test_bad_input_at_each_step_gets_a_hint_and_the_same_step(
+    local_manager: Manager, telegram: FakeTelegram
+) -> None:
+    user = telegram.user(local_manager.fake)
+    await user.send("/deploy")
+    await user.wait_for(text_contains="Let's make your AI bot")
+    await user.send_sticker()
+    await user.wait_for(text_contains="tap one of the buttons")
+    await user.press("I already have a bot")
+    await user.wait_for(text_contains="Paste")
+    await user.send("hello, is this where the token goes?")
+    await user.wait_for(text_contains="doesn't look like a bot token")
+    revoked = telegram.add_bot(username="old_bot")
+    telegram.revoke(revoked.token)
+    await user.send(revoked.token)
+    await user.wait_for(text_contains="invalid or revoked")
+    await user.send_photo()
+    await user.wait_for(text_contains="Paste the bot's token")
+    good = telegram.add_bot(username="fine_bot")
+    await user.send(good.token)
+    await user.wait_for(text_contains="Got it: @fine_bot")
+    await user.send("gpt-4o please")
+    await user.wait_for(text_contains="pick a model")
+    await user.press("OpenAI · gpt-4o-mini")
+    await user.wait_for(text_contains="Last step")
+    await user.send("x" * 4001)
+    await user.wait_for(text_contains="the limit is 4000")
+    await user.send_voice()
+    await user.wait_for(text_contains="as a text message")
+    await user.send("/cancel")
+    await user.wait_for(text_contains="Cancelled")
+    assert await local_manager.deployer.agents_of(user.id) == []
+    await user.send("just chatting")
+    await user.wait_for(text_contains="I don't know that one")
+
+
+async def test_a_bot_already_used_and_the_quota(
+    local_manager: Manager, telegram: FakeTelegram
+) -> None:
+    owner = telegram.user(local_manager.fake)
+    bots = [telegram.add_bot(username=f"bot{n}_bot") for n in range(3)]
+    for bot in bots[:2]:
+        await owner.send("/deploy")
+        await owner.press("I already have a bot")
+        await owner.send(bot.token)
+        await owner.wait_for(text_contains=f"Got it: @{bot.username}")
+        await owner.press("OpenAI · gpt-4o-mini")
+        await owner.wait_for(text_contains="Last step")
+        await owner.press("Tutor")
+        await owner.wait_for(text_contains="Ready to deploy")
+        await owner.press("Deploy")
+        await owner.wait_for(text_contains=f"@{bot.username} is live", timeout=40)
+    await owner.send("/deploy")
+    await owner.wait_for(text_contains="You already have 2 agents")
+    thief = telegram.user(local_manager.fake, first_name="Mallory")
+    await thief.send("/deploy")
+    await thief.press("I already have a bot")
+    await thief.send(bots[0].token)
+    await thief.wait_for(text_contains="already runs as an agent")
+
+
+async def test_the_wizard_survives_a_manager_restart(
+    local_manager: Manager, telegram: FakeTelegram
+) -> None:
+    agent_bot = telegram.add_bot(username="patient_bot")
+    user = telegram.user(local_manager.fake)
+    await user.send("/deploy")
+    await user.press("I already have a bot")
+    await user.send(agent_bot.token)
+    await user.wait_for(text_contains="Got it")
+    await local_manager.restart()
+    await user.press("OpenAI · gpt-4o-mini")
+    await user.wait_for(text_contains="Last step")
+    await local_manager.restart()
+    await user.send("Be patient.")
+    summary = await user.wait_for(text_contains="Ready to deploy")
+    assert "@patient_bot" in summary["text"] and "Be patient." in summary["text"]
+
+
+@pytest.mark.parametrize("manager_env", [{"MAX_AGENTS_PER_USER": "2"}])  # no platform key
+async def test_own_llm_key_is_checked_and_deleted(
+    local_manager: Manager, telegram: FakeTelegram, openai_server: FakeOpenAI
+) -> None:
+    openai_server.expected_key = "sk-rightrightrightright00"
+    agent_bot = telegram.add_bot(username="keyed_bot")
+    user = telegram.user(local_manager.fake)
+    await user.send("/deploy")
+    await user.press("I already have a bot")
+    await user.send(agent_bot.token)
+    await user.press("OpenAI · gpt-4o-mini")
+    await user.wait_for(text_contains="needs your own API key")
+    wrong = await user.send("sk-wrongwrongwrongwrong00")
+    await user.wait_for(text_contains="rejected that key")
+    right = await user.send("sk-rightrightrightright00")
+    await user.wait_for(text_contains="Last step")
+    assert {wrong["message_id"], right["message_id"]} <= set(user.deleted_own_messages())
