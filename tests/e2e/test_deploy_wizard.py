@@ -28,7 +28,7 @@ async def test_paste_path_ends_with_a_bot_that_answers(
     await user.wait_for(text_contains="Ready to deploy")
     await user.press("Deploy")
     await user.wait_for(text_contains="is live", timeout=40)
-    progress = [m for m in user.messages() if m["text"].startswith("Deploying")][0]
+    progress = next(m for m in user.messages() if m["text"].startswith("Deploying"))
     assert progress["text"].count("✅") == 4  # every step done, edited in one message
     card = await user.wait_for(text_contains="Model: openai · gpt-4o-mini")
     assert "@my_helper_bot" in card["text"]

@@ -43,6 +43,8 @@ async def test_manager_starts_on_embedded_defaults_and_greets(
         await user.send("/start")
         greeting = await user.wait_for(text_contains="Hatchbot", timeout=15)
         assert "/deploy" in greeting["text"]
+        registered = [c["command"] for c in next(iter(manager.commands.values()))]
+        assert {"deploy", "agents", "status", "logs", "cancel"} <= set(registered)
         database = tmp_path / "data" / "hatchbot.db"
         key_file = tmp_path / "data" / "fernet.key"
         assert database.exists()

@@ -1,0 +1,134 @@
+"""Running agents from the chat: the card, its actions, commands, and others' agents."""
+
+from __future__ import annotations
+
+from tests.e2e.conftest import Manager
+from tests.fakes.kubernetes_api import FakeKubernetes
+from tests.fakes.telegram_api import FakeTelegram
+from tests.fakes.user import SimUser
+
+
+async def deploy_one(user: SimUser, telegram: FakeTelegram, username: str) -> None:
+    bot = telegram.add_bot(username=username, first_name=username.removesuffix("_bot").title())
+    await user.send("/deploy")
+    await user.press("I already have a bot")
+    await user.wait_for(text_contains="Paste")
+    await user.send(bot.token)
+    await user.wait_for(text_contains=f"Got it: @{username}")
+    await user.press("OpenAI · gpt-4o-mini")
+    await user.wait_for(text_contains="Last step")
+    await user.send("You are a test agent.")
+    await user.wait_for(text_contains="Ready to deploy")
+    await user.press("Deploy")
+    await user.wait_for(text_contains=f"@{username} is live", timeout=40)
+
+
+async def test_card_actions_stop_resume_edit_revert_logs_delete(
+    kube_manager: Manager, telegram: FakeTelegram, kube: FakeKubernetes
+) -> None:
+    user = telegram.user(kube_manager.fake)
+    await deploy_one(user, telegram, "card_bot")
+    (agent,) = await kube_manager.deployer.agents_of(user.id)
+    deployment = f"agent-{agent.id}"
+
+    await user.send("/agents")
+    await user.wait_for(text_contains="Your agents")
+    await user.press("card_bot")
+    await user.wait_for(text_contains="State: running")
+
+    await user.press("Stop")
+    await user.wait_for(text_contains="is stopped")
+    assert kube.get_object("deployments", "agents", deployment)["spec"]["replicas"] == 0
+    card = await user.wait_for(text_contains="State: stopped")
+    assert any(
+        "Resume" in b["text"] for row in card["reply_markup"]["inline_keyboard"] for b in row
+    )
+    await user.press("Resume")
+    await user.wait_for(text_contains="is running again")
+    assert kube.get_object("deployments", "agents", deployment)["spec"]["replicas"] == 1
+
+    await user.press("Edit prompt")
+    await user.wait_for(text_contains="Send the new instructions")
+    await user.send("You are a pirate.")
+    await user.wait_for(text_contains="has new instructions")
+    env = kube.get_object("deployments", "agents", deployment)["spec"]["template"]["spec"][
+        "containers"
+    ][0]["env"]
+    assert {"name": "SYSTEM_PROMPT", "value": "You are a pirate."} in env
+    await user.send("/status card_bot")
+    await user.wait_for(text_contains="Version: 2")
+    await user.press("Revert")
+    await user.wait_for(text_contains="back to its previous settings")
+    env = kube.get_object("deployments", "agents", deployment)["spec"]["template"]["spec"][
+        "containers"
+    ][0]["env"]
+    assert {"name": "SYSTEM_PROMPT", "value": "You are a test agent."} in env
+
+    kube.set_pod_log(
+        "agents", deployment, f"started\nusing token {telegram.bot('card_bot').token}\nready"
+    )
+    await user.send("/logs card_bot")
+    logs = await user.wait_for(text_contains="started")
+    assert telegram.bot("card_bot").token not in logs["text"]
+    assert "[redacted]" in logs["text"]
+
+    await user.send("/delete")
+    await user.wait_for(text_contains="Which agent?")
+    await user.press("card_bot")
+    await user.wait_for(text_contains="Delete @card_bot?")
+    await user.press("Yes, delete")
+    await user.wait_for(text_contains="@card_bot was deleted")
+    assert kube.objects("deployments", "agents") == []
+    await user.send("/agents")
+    await user.wait_for(text_contains="no agents yet")
+
+
+async def test_forged_and_foreign_agent_ids_get_not_found(
+    local_manager: Manager, telegram: FakeTelegram
+) -> None:
+    owner = telegram.user(local_manager.fake, first_name="Olga")
+    await deploy_one(owner, telegram, "olga_bot")
+    (agent,) = await local_manager.deployer.agents_of(owner.id)
+
+    mallory = telegram.user(local_manager.fake, first_name="Mallory")
+    await mallory.send("/agents")
+    await mallory.wait_for(text_contains="no agents yet")
+    anchor = mallory.last_message()
+    assert anchor is not None
+    for data in (f"ag:delete_yes:{agent.id}", f"ag:stop:{agent.id}", f"ag:open:{agent.id}"):
+        await mallory.press_callback(anchor, data)
+        await mallory.wait_for(text_contains="Agent not found")
+    await mallory.press_callback(anchor, "ag:stop:../../x")
+    await mallory.wait_for(text_contains="Agent not found")
+    await mallory.press_callback(anchor, "total garbage")
+    await mallory.wait_for_answer(text_contains="Agent not found")
+    await mallory.send(f"/stop {agent.id}")
+    await mallory.wait_for(text_contains="no agents yet")
+    still = await local_manager.deployer.agent(owner_id=owner.id, agent_id=agent.id)
+    assert still.desired_state == "running"
+
+
+async def test_commands_are_registered_and_unknown_input_is_answered(
+    local_manager: Manager, telegram: FakeTelegram
+) -> None:
+    user = telegram.user(local_manager.fake)
+    await user.send("/start")
+    greeting = await user.wait_for(text_contains="Hatchbot")
+    assert greeting["text"].count("\n") >= 2
+    await user.send("/frobnicate")
+    await user.wait_for(text_contains="I don't know that one")
+    await user.send_photo()
+    await user.wait_for(text_contains="I don't know that one")
+    await user.send("/cancel")
+    await user.wait_for(text_contains="nothing to cancel")
+
+
+async def test_a_flood_is_throttled_politely(
+    local_manager: Manager, telegram: FakeTelegram
+) -> None:
+    user = telegram.user(local_manager.fake)
+    for _ in range(35):
+        await user.send("/help")
+    await user.wait_for(text_contains="Easy there", timeout=10)
+    helps = [m for m in user.messages() if m["text"].startswith("/deploy")]
+    assert len(helps) <= 30
