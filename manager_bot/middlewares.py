@@ -22,18 +22,31 @@ Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
 
 
 class UserMiddleware(BaseMiddleware):
-    """Records (or refreshes) the sender, so agents always have an owner row."""
+    """Records (or refreshes) the sender, so agents always have an owner row.
+
+    A user's row is written when first seen, when their name changes, and at most
+    every few minutes otherwise: not on every update, which would serialise all
+    users on the database's single writer.
+    """
+
+    REFRESH_SECONDS = 300.0
 
     def __init__(self, database: Database) -> None:
         self._db = database
+        self._written: dict[int, tuple[str | None, str, float]] = {}
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         sender = getattr(event, "from_user", None)
         if sender is not None and not sender.is_bot:
-            async with self._db.session() as session:
-                await Repositories(session).users.upsert(
-                    user_id=sender.id, username=sender.username, first_name=sender.first_name
-                )
+            now = time.monotonic()
+            known = self._written.get(sender.id)
+            fresh = known is not None and known[:2] == (sender.username, sender.first_name)
+            if not fresh or now - known[2] > self.REFRESH_SECONDS:  # type: ignore[index]
+                async with self._db.session() as session:
+                    await Repositories(session).users.upsert(
+                        user_id=sender.id, username=sender.username, first_name=sender.first_name
+                    )
+                self._written[sender.id] = (sender.username, sender.first_name, now)
         return await handler(event, data)
 
 

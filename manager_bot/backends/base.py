@@ -103,6 +103,9 @@ class Backend(Protocol):
     async def logs(self, agent_id: str, lines: int = 100) -> str:
         """The last `lines` lines of the agent's log (empty if none)."""
 
+    async def observe(self, agent_id: str) -> Observed | None:
+        """Observed state of one agent (None if the backend has nothing of it)."""
+
     async def observe_all(self) -> dict[str, Observed]:
         """Observed state of every agent this backend knows of, at a constant cost."""
 

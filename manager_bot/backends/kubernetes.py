@@ -151,17 +151,31 @@ class KubernetesBackend:
             return ""
         newest = max(pods, key=lambda pod: pod["metadata"].get("creationTimestamp", ""))
         path = f"/api/v1/namespaces/{self._cluster.namespace}/pods/{newest['metadata']['name']}/log"
-        text: str = await self._run(
-            self._request, "GET", path, query=[("tailLines", str(lines))], raw=True
-        )
+        try:
+            text: str = await self._run(
+                self._request, "GET", path, query=[("tailLines", str(lines))], raw=True
+            )
+        except KubernetesError as error:
+            if error.status == 400:  # the container has not started yet: no log to show
+                return ""
+            raise
         return text
+
+    async def observe(self, agent_id: str) -> Observed | None:
+        """The same mapping for one agent, with lists narrowed to its label."""
+        return (await self._observe_selected(f"{MANAGED},{AGENT_ID_LABEL}={agent_id}")).get(
+            agent_id
+        )
 
     async def observe_all(self) -> dict[str, Observed]:
         """Three list calls (Deployments, Pods, Secrets), whatever the number of agents."""
+        return await self._observe_selected(MANAGED)
+
+    async def _observe_selected(self, selector: str) -> dict[str, Observed]:
         deployments, pods, secrets = await asyncio.gather(
-            self._run(self._list, "/apis/apps/v1", "deployments", MANAGED),
-            self._run(self._list, "/api/v1", "pods", MANAGED),
-            self._run(self._list, "/api/v1", "secrets", MANAGED),
+            self._run(self._list, "/apis/apps/v1", "deployments", selector),
+            self._run(self._list, "/api/v1", "pods", selector),
+            self._run(self._list, "/api/v1", "secrets", selector),
         )
         pods_by_agent: dict[str, list[JsonDict]] = {}
         for pod in pods:

@@ -239,6 +239,10 @@ class LocalBackend:
             return ""
         return await asyncio.to_thread(_tail, agent.log_file, lines)
 
+    async def observe(self, agent_id: str) -> Observed | None:
+        agent = self._agents.get(agent_id)
+        return self._observe(agent) if agent is not None else None
+
     async def observe_all(self) -> dict[str, Observed]:
         return {agent_id: self._observe(agent) for agent_id, agent in self._agents.items()}
 

@@ -17,43 +17,59 @@ _KEYS = DefaultKeyBuilder(with_bot_id=True, with_business_connection_id=True, wi
 
 
 class SqlStorage(BaseStorage):
-    """One row per (bot, chat, user, thread, destiny): state and JSON data."""
+    """One row per (bot, chat, user, thread, destiny): state and JSON data.
+
+    Write-through with an in-memory copy: every change is committed before the
+    handler goes on (so a wizard survives a restart), but reads come from memory
+    and writes that change nothing are skipped. Most updates only read, and the
+    database has one writer (SQLite), so this is the difference between handling
+    users side by side and in a queue. One manager per database (use REDIS_URL
+    to share wizard state between several).
+    """
 
     def __init__(self, database: Database) -> None:
         self._db = database
+        self._cache: dict[str, tuple[str | None, str]] = {}
+
+    async def _load(self, key: str) -> tuple[str | None, str]:
+        cached = self._cache.get(key)
+        if cached is None:
+            async with self._db.session() as session:
+                row = await session.get(FsmState, key)
+                cached = (row.state, row.data or "{}") if row else (None, "{}")
+            self._cache[key] = cached
+        return cached
+
+    async def _store(self, key: str, state: str | None, data: str) -> None:
+        if await self._load(key) == (state, data):
+            return
+        async with self._db.session() as session:
+            row = await session.get(FsmState, key)
+            if row is None:
+                session.add(FsmState(key=key, state=state, data=data))
+            else:
+                row.state, row.data = state, data
+        self._cache[key] = (state, data)
 
     async def set_state(self, key: StorageKey, state: str | State | None = None) -> None:
         value = state.state if isinstance(state, State) else state
-        async with self._db.session() as session:
-            row = await session.get(FsmState, _KEYS.build(key))
-            if row is None:
-                if value is None:
-                    return
-                session.add(FsmState(key=_KEYS.build(key), state=value, data="{}"))
-            else:
-                row.state = value
+        built = _KEYS.build(key)
+        _, data = await self._load(built)
+        await self._store(built, value, data)
 
     async def get_state(self, key: StorageKey) -> str | None:
-        async with self._db.session() as session:
-            row = await session.get(FsmState, _KEYS.build(key))
-            return row.state if row else None
+        state, _ = await self._load(_KEYS.build(key))
+        return state
 
     async def set_data(self, key: StorageKey, data: Mapping[str, Any]) -> None:
-        encoded = json.dumps(dict(data))
-        async with self._db.session() as session:
-            row = await session.get(FsmState, _KEYS.build(key))
-            if row is None:
-                session.add(FsmState(key=_KEYS.build(key), state=None, data=encoded))
-            else:
-                row.data = encoded
+        built = _KEYS.build(key)
+        state, _ = await self._load(built)
+        await self._store(built, state, json.dumps(dict(data), sort_keys=True))
 
     async def get_data(self, key: StorageKey) -> dict[str, Any]:
-        async with self._db.session() as session:
-            row = await session.get(FsmState, _KEYS.build(key))
-            if row is None:
-                return {}
-            data: dict[str, Any] = json.loads(row.data or "{}")
-            return data
+        _, data = await self._load(_KEYS.build(key))
+        decoded: dict[str, Any] = json.loads(data)
+        return decoded
 
     async def close(self) -> None:
         return None

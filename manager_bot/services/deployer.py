@@ -138,7 +138,7 @@ class Deployer:
     async def observed(self, agent_id: str) -> Observed | None:
         """What the backend sees of one agent now (None if it cannot tell)."""
         try:
-            return (await self._backend.observe_all()).get(agent_id)
+            return await self._backend.observe(agent_id)
         except BackendError:
             return None
 
@@ -452,7 +452,7 @@ class Deployer:
         observed = Observed(agent_id=agent_id, state=ObservedState.STARTING)
         while loop.time() < deadline:
             try:
-                observed = (await self._backend.observe_all()).get(agent_id, observed)
+                observed = await self._backend.observe(agent_id) or observed
             except BackendError as error:
                 log.warning("observing agent %s failed: %s", agent_id, error)
             if observed.state is ObservedState.RUNNING:

@@ -66,7 +66,7 @@ def manager_env() -> dict[str, str]:
     return {"OPENAI_API_KEY": "sk-platformkeyplatformkey00", "MAX_AGENTS_PER_USER": "2"}
 
 
-async def _start_manager(
+async def start_manager(
     *, telegram: FakeTelegram, openai_server: FakeOpenAI, backend: Backend, url: str,
     mode: str, env: dict[str, str],
 ) -> AsyncIterator[Manager]:  # fmt: skip
@@ -96,7 +96,7 @@ async def _start_manager(
             telegram_api_url=telegram.url,
             max_agents_per_user=settings.max_agents_per_user,
             ready_timeout=30,
-            ready_poll_interval=0.1,
+            ready_poll_interval=0.5,
         ),
     )
 
@@ -129,7 +129,7 @@ async def local_manager(
 ) -> AsyncIterator[Manager]:  # fmt: skip
     backend = LocalBackend(data_dir=tmp_path, restart_backoff=(0.2,))
     try:
-        async for manager in _start_manager(
+        async for manager in start_manager(
             telegram=telegram, openai_server=openai_server, backend=backend, url=sqlite_url,
             mode="polling", env=manager_env,
         ):  # fmt: skip
@@ -153,7 +153,7 @@ async def kube_manager(
         ),
     )
     try:
-        async for manager in _start_manager(
+        async for manager in start_manager(
             telegram=telegram, openai_server=openai_server, backend=backend, url=sqlite_url,
             mode="webhook", env=manager_env,
         ):  # fmt: skip

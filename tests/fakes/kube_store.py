@@ -306,7 +306,11 @@ class Store:
         return self.objects.setdefault((resource.group, resource.plural), {})
 
     def next_version(self) -> str:
-        return str(next(self._versions))
+        self._latest = next(self._versions)
+        return str(self._latest)
+
+    def current_version(self) -> str:
+        return str(getattr(self, "_latest", 999))
 
     def get(self, resource: Resource, namespace: str | None, name: str) -> JsonDict | None:
         return self.bucket(resource).get((namespace or "", name))

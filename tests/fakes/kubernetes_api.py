@@ -385,9 +385,14 @@ class FakeKubernetes:
         self, request: web.Request, body: bytes, route: _Route, record: KubeRequest
     ) -> web.StreamResponse:
         resource, namespace, name = route.resource, route.namespace, route.name
-        if resource.namespaced and namespace is not None:
-            self._require_namespace(namespace, creating=record.verb in ("create", "patch"))
         verb = record.verb
+        # Like the real server: a list in a missing namespace is just empty.
+        if (
+            resource.namespaced
+            and namespace is not None
+            and verb not in ("list", "deletecollection")
+        ):
+            self._require_namespace(namespace, creating=verb in ("create", "patch"))
         if verb == "list":
             return self._list(request, route)
         if verb == "watch":
@@ -436,7 +441,7 @@ class FakeKubernetes:
         body = {
             "kind": f"{route.resource.kind}List",
             "apiVersion": route.resource.api_version(route.version),
-            "metadata": {"resourceVersion": str(self.store.next_version())},
+            "metadata": {"resourceVersion": self.store.current_version()},
             "items": [self._present(obj, route) for obj in items],
         }
         return web.Response(text=json.dumps(body), content_type="application/json")
@@ -453,6 +458,19 @@ class FakeKubernetes:
         return web.json_response(self._present(obj, route))
 
     def _log(self, request: web.Request, pod: JsonDict) -> web.StreamResponse:
+        statuses = pod.get("status", {}).get("containerStatuses", [])
+        waiting = next(
+            (c["state"]["waiting"] for c in statuses if "waiting" in c.get("state", {})), None
+        )
+        if waiting is not None and not any(c.get("restartCount") for c in statuses):
+            # The real server: no log before the container first started.
+            container = statuses[0].get("name", "agent")
+            raise ApiError(
+                400,
+                "BadRequest",
+                f'container "{container}" in pod "{pod["metadata"]["name"]}" is waiting to start: '
+                f"{waiting.get('reason', 'ContainerCreating')}",
+            )
         key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
         lines = self._logs.get(key, "").splitlines()
         tail = request.query.get("tailLines")

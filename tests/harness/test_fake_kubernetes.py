@@ -72,6 +72,9 @@ def test_create_fills_metadata_and_rejects_duplicates(server) -> None:
     with pytest.raises(ApiException) as missing_ns:
         core.create_namespaced_secret("nowhere", secret("s2"))
     assert missing_ns.value.status == 404
+    assert core.list_namespaced_secret("nowhere").items == []  # listing there is fine
+    before = core.list_namespaced_secret("agents").metadata.resource_version
+    assert core.list_namespaced_secret("agents").metadata.resource_version == before
 
 
 def test_get_and_delete_missing_give_404_status(server) -> None:

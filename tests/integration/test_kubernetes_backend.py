@@ -184,6 +184,8 @@ async def test_delete_leaves_nothing_labelled(
 async def test_logs_tail_the_newest_pod(kube: FakeKubernetes, backend: KubernetesBackend) -> None:
     assert await backend.logs("a1b2c3d4e5") == ""
     await backend.apply(spec())
+    kube.mark_image_pull_error("agents", "agent-a1b2c3d4e5")
+    assert await backend.logs("a1b2c3d4e5") == ""  # waiting to start: the API answers 400
     kube.mark_ready("agents", "agent-a1b2c3d4e5")
     kube.set_pod_log("agents", "agent-a1b2c3d4e5", "\n".join(f"line {i}" for i in range(50)))
     assert (await backend.logs("a1b2c3d4e5", 3)).splitlines() == ["line 47", "line 48", "line 49"]
