@@ -132,3 +132,35 @@ async def test_a_flood_is_throttled_politely(
     await user.wait_for(text_contains="Easy there", timeout=10)
     helps = [m for m in user.messages() if m["text"].startswith("/deploy")]
     assert len(helps) <= 30
+
+
+async def test_an_unexpected_error_gets_an_apology_with_a_reference(
+    local_manager: Manager, telegram: FakeTelegram, caplog: object
+) -> None:
+    user = telegram.user(local_manager.fake)
+    telegram.inject_fault("sendMessage", status=500, bot=local_manager.fake)
+    await user.send("/help")
+    apology = await user.wait_for(text_contains="Reference:")
+    reference = apology["text"].rsplit(" ", 1)[-1]
+    assert len(reference) == 8
+    assert f"ref={reference}" in caplog.text  # type: ignore[attr-defined]
+
+
+async def test_cancel_button_leaves_the_wizard(
+    local_manager: Manager, telegram: FakeTelegram
+) -> None:
+    agent_bot = telegram.add_bot(username="undecided_bot")
+    user = telegram.user(local_manager.fake)
+    await user.send("/deploy")
+    await user.press("Cancel")  # the reply keyboard's Cancel
+    await user.wait_for(text_contains="Cancelled")
+    await user.send("/deploy")
+    await user.press("I already have a bot")
+    await user.send(agent_bot.token)
+    await user.wait_for(text_contains="Got it")
+    await user.press("✖️ Cancel")  # the inline Cancel under the models
+    cancelled = await user.wait_for(text_contains="Cancelled")
+    assert "reply_markup" not in cancelled  # the models keyboard is gone
+    await user.press_callback(cancelled, "md:openai:gpt-4o-mini")  # a stale tap anyway
+    await user.wait_for_answer(text_contains="Agent not found")
+    assert await local_manager.deployer.agents_of(user.id) == []
