@@ -60,6 +60,34 @@ COMMANDS = [
 ]
 
 
+def build_deployer(
+    *,
+    settings: ManagerSettings,
+    database: Database,
+    vault: Vault,
+    backend: Backend,
+    telegram: AgentTelegram,
+    ready_timeout: float = 90.0,
+    ready_poll_interval: float = 0.5,
+) -> Deployer:
+    return Deployer(
+        database=database,
+        vault=vault,
+        backend=backend,
+        telegram=telegram,
+        providers=available_providers(settings),
+        config=DeployerConfig(
+            # The manager sets webhooks for pods; local agents poll.
+            mode="webhook" if settings.backend == "kubernetes" else "polling",
+            public_url=settings.public_url,
+            telegram_api_url=settings.telegram_api_url,
+            max_agents_per_user=settings.max_agents_per_user,
+            ready_timeout=ready_timeout,
+            ready_poll_interval=ready_poll_interval,
+        ),
+    )
+
+
 def build_dispatcher(
     *,
     settings: ManagerSettings,
@@ -123,18 +151,8 @@ async def run_manager(settings: ManagerSettings) -> None:
     if isinstance(backend, LocalBackend):
         await backend.adopt()
     agent_telegram = AgentTelegram(api_url=settings.telegram_api_url)
-    deployer = Deployer(
-        database=database,
-        vault=vault,
-        backend=backend,
-        telegram=agent_telegram,
-        providers=available_providers(settings),
-        config=DeployerConfig(
-            mode="webhook" if settings.backend == "kubernetes" else "polling",
-            public_url=settings.public_url,
-            telegram_api_url=settings.telegram_api_url,
-            max_agents_per_user=settings.max_agents_per_user,
-        ),
+    deployer = build_deployer(
+        settings=settings, database=database, vault=vault, backend=backend, telegram=agent_telegram
     )
     report = await deployer.reconcile()
     log.info("reconciled: %d applied, %d removed", len(report.applied), len(report.removed))

@@ -13,7 +13,7 @@ import pytest
 from aiogram import Bot, Dispatcher
 from kubernetes import client, config
 
-from manager_bot.app import build_bot, build_dispatcher
+from manager_bot.app import build_bot, build_deployer, build_dispatcher
 from manager_bot.backends.base import Backend
 from manager_bot.backends.kubernetes import KubernetesBackend
 from manager_bot.backends.local import LocalBackend
@@ -23,8 +23,7 @@ from manager_bot.crypto import Vault, generate_key
 from manager_bot.db.fsm_storage import SqlStorage
 from manager_bot.db.migrate import upgrade
 from manager_bot.db.session import Database
-from manager_bot.services.deployer import Deployer, DeployerConfig
-from manager_bot.services.providers import available_providers
+from manager_bot.services.deployer import Deployer
 from manager_bot.services.telegram import AgentTelegram
 from runtime.settings_loading import load_settings
 from tests.fakes.kubernetes_api import FakeKubernetes
@@ -77,6 +76,7 @@ async def start_manager(
             "MANAGER_BOT_TOKEN": fake.token,
             "TELEGRAM_API_URL": telegram.url,
             "OPENAI_BASE_URL": openai_server.url,
+            **({"BACKEND": "kubernetes", "PUBLIC_URL": PUBLIC_URL} if mode == "webhook" else {}),
             **env,
         },
     )
@@ -84,21 +84,10 @@ async def start_manager(
     database = Database(url)
     vault = Vault([generate_key()])
     agent_telegram = AgentTelegram(api_url=telegram.url)
-    deployer = Deployer(
-        database=database,
-        vault=vault,
-        backend=backend,
-        telegram=agent_telegram,
-        providers=available_providers(settings),
-        config=DeployerConfig(
-            mode=mode,
-            public_url=PUBLIC_URL,
-            telegram_api_url=telegram.url,
-            max_agents_per_user=settings.max_agents_per_user,
-            ready_timeout=30,
-            ready_poll_interval=0.5,
-        ),
-    )
+    deployer = build_deployer(
+        settings=settings, database=database, vault=vault, backend=backend,
+        telegram=agent_telegram, ready_timeout=30,
+    )  # fmt: skip
 
     def start() -> _Running:
         dispatcher = build_dispatcher(

@@ -8,7 +8,9 @@ database that was never tested.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -69,3 +71,25 @@ async def redis_url() -> AsyncIterator[str]:
     finally:
         await client.flushdb()
         await client.aclose()
+
+
+async def raw_database_bytes(url: str) -> bytes:
+    """Everything the database holds on disk: the SQLite files, or a pg_dump."""
+    parsed = make_url(url)
+    if parsed.drivername.startswith("sqlite"):
+        path = Path(parsed.database or "")
+        return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+    dump = await asyncio.to_thread(
+        subprocess.run,
+        [
+            "pg_dump",
+            "-h",
+            parsed.host or "127.0.0.1",
+            "-U",
+            parsed.username or "postgres",
+            parsed.database or "",
+        ],
+        capture_output=True,
+        check=True,
+    )
+    return dump.stdout

@@ -42,6 +42,7 @@ from tests.fakes.kube_store import (
     now,
     strategic_merge_patch,
 )
+from tests.fakes.loopback import serve_on_loopback
 
 JsonDict = dict[str, Any]
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -148,12 +149,7 @@ class FakeKubernetes:
     async def _start_site(self) -> None:
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self._runner, self.url = await serve_on_loopback(app)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.start_in_thread)

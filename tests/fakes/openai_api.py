@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.fakes.loopback import serve_on_loopback
+
 JsonDict = dict[str, Any]
 Reply = str | Callable[[list[JsonDict]], str]
 
@@ -76,12 +78,7 @@ class FakeOpenAI:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.root_url = f"http://127.0.0.1:{port}"
+        self._runner, self.root_url = await serve_on_loopback(app)
         self.url = f"{self.root_url}/v1"
 
     async def stop(self) -> None:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from kubernetes import client, config
-from sqlalchemy.engine import make_url
 
 from manager_bot.backends.base import Backend
 from manager_bot.backends.kubernetes import KubernetesBackend
@@ -34,6 +32,7 @@ from manager_bot.services.errors import (
 from manager_bot.services.providers import available_providers
 from manager_bot.services.telegram import AgentTelegram
 from runtime.settings_loading import load_settings
+from tests.fakes.databases import raw_database_bytes
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram
@@ -338,25 +337,7 @@ async def test_no_secret_in_the_database_after_a_deploy(
     agent = await world.deployer.deploy(new)
     webhook_secret = world.telegram.bot("helper_bot").webhook.secret_token  # type: ignore[union-attr]
     await world.database.close()
-    if world.database_url.startswith("sqlite"):
-        path = Path(make_url(world.database_url).database or "")
-        raw = b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
-    else:
-        url = make_url(world.database_url)
-        raw = await asyncio.to_thread(
-            subprocess.run,
-            [
-                "pg_dump",
-                "-h",
-                url.host or "127.0.0.1",
-                "-U",
-                url.username or "postgres",
-                url.database or "",
-            ],
-            capture_output=True,
-            check=True,
-        )
-        raw = raw.stdout
+    raw = await raw_database_bytes(world.database_url)
     assert agent.bot_username.encode() in raw
     for secret in (new.bot_token, USER_KEY, webhook_secret or "x" * 40):
         assert secret.encode() not in raw

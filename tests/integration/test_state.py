@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-from pathlib import Path
-
 import pytest
 from aiogram.fsm.storage.base import StorageKey
 from sqlalchemy import inspect, text
@@ -17,6 +13,7 @@ from manager_bot.db.models import Agent, DesiredState
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.secrets import rotate_secrets
 from manager_bot.db.session import Database
+from tests.fakes.databases import raw_database_bytes
 
 TABLES = {"users", "agents", "agent_revisions", "audit_log", "fsm_states"}
 
@@ -153,27 +150,7 @@ async def test_rotate_keys_reencrypts_everything(sqlite_url: str) -> None:
 async def test_no_plaintext_secret_at_rest(database_url: str) -> None:
     database = await seeded(database_url, Vault([generate_key()]))
     await database.close()
-    if database_url.startswith("sqlite"):
-        path = Path(database_url.split(":///", 1)[1])
-        raw = b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
-    else:
-        from sqlalchemy.engine import make_url
-
-        url = make_url(database_url)
-        raw = await asyncio.to_thread(
-            subprocess.run,
-            [
-                "pg_dump",
-                "-h",
-                url.host or "127.0.0.1",
-                "-U",
-                url.username or "postgres",
-                url.database or "",
-            ],
-            capture_output=True,
-            check=True,
-        )
-        raw = raw.stdout
+    raw = await raw_database_bytes(database_url)
     assert b"helper_bot" in raw  # the dump is real...
     for secret in (b"555:token", b"hook-secret", b"sk-user-key"):
         assert secret not in raw  # ...and holds no secret in the clear
