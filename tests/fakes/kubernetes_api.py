@@ -68,6 +68,17 @@ class KubeRequest:
         return self.content_type == APPLY_PATCH
 
 
+@dataclass(frozen=True)
+class AccessCheck:
+    """One authorization decision, as RBAC sees it (`resource` may be `pods/log`)."""
+
+    verb: str
+    group: str
+    resource: str
+    namespace: str | None
+    allowed: bool
+
+
 @dataclass
 class _Fault:
     status: int | None
@@ -114,6 +125,9 @@ class FakeKubernetes:
         self.token = secrets.token_hex(16)
         self._faults: list[_Fault] = []
         self._denied: set[tuple[str, str, str]] = set()
+        # With Roles granted, RBAC is enforced: only what a rule allows passes.
+        self._roles: list[JsonDict] = []
+        self.access_checks: list[AccessCheck] = []
         self._logs: dict[tuple[str, str], str] = {}
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -238,6 +252,30 @@ class FakeKubernetes:
         """RBAC says no: 403 for that verb and resource, and SelfSubjectAccessReview agrees."""
         self._denied.add((verb, group, resource))
 
+    def grant(self, role: JsonDict) -> None:
+        """Enforce RBAC from now on, allowing what this Role (bound to the caller) allows.
+
+        As in the real server, a Role allows only in its own namespace, and a
+        server-side apply that creates an object needs `create` as well as `patch`.
+        """
+        self._roles.append(copy.deepcopy(role))
+
+    def allows(self, verb: str, group: str, resource: str, namespace: str | None) -> bool:
+        if (verb, group, resource) in self._denied or (
+            verb,
+            group,
+            resource.split("/")[0],
+        ) in self._denied:
+            return False
+        if not self._roles:
+            return True
+        return any(
+            role["metadata"].get("namespace") == namespace
+            and _rule_allows(rule, verb, group, resource)
+            for role in self._roles
+            for rule in role.get("rules", [])
+        )
+
     # -- the kubelet, played by tests ---------------------------------------------
 
     def mark_ready(self, namespace: str, deployment: str) -> None:
@@ -361,20 +399,21 @@ class FakeKubernetes:
                 raise ApiError(fault.status, _reason(fault.status), fault.message)
             return
 
-    def _authorise(self, record: KubeRequest) -> None:
+    def _authorise(self, record: KubeRequest, verb: str | None = None) -> None:
+        verb = verb or record.verb
         resource = record.resource + (f"/{record.subresource}" if record.subresource else "")
-        if (record.verb, record.group, resource) in self._denied or (
-            record.verb,
-            record.group,
-            record.resource,
-        ) in self._denied:
+        allowed = self.allows(verb, record.group, resource, record.namespace)
+        self.access_checks.append(
+            AccessCheck(verb, record.group, resource, record.namespace, allowed)
+        )
+        if not allowed:
             group = f' in API group "{record.group}"'
             where = f' in the namespace "{record.namespace}"' if record.namespace else ""
             raise ApiError(
                 403,
                 "Forbidden",
                 f'{record.resource} is forbidden: User "system:serviceaccount:hatchbot:manager" '
-                f'cannot {record.verb} resource "{record.resource}"{group}{where}',
+                f'cannot {verb} resource "{record.resource}"{group}{where}',
             )
 
     def _dispatch(
@@ -408,7 +447,7 @@ class FakeKubernetes:
         if verb == "update":
             return self._replace(body, route)
         if verb == "patch":
-            return self._patch(request, body, route)
+            return self._patch(request, body, route, record)
         raise ApiError(405, "MethodNotAllowed", f"{request.method} is not supported")
 
     def _require_namespace(self, namespace: str, *, creating: bool) -> None:
@@ -486,13 +525,17 @@ class FakeKubernetes:
 
     def _access_review(self, body: JsonDict) -> JsonDict:
         attributes = body.get("spec", {}).get("resourceAttributes", {})
-        key = (
+        resource = attributes.get("resource", "")
+        if attributes.get("subresource"):
+            resource += f"/{attributes['subresource']}"
+        allowed = self.allows(
             attributes.get("verb", ""),
             attributes.get("group", ""),
-            attributes.get("resource", ""),
+            resource,
+            attributes.get("namespace") or None,
         )
         review = copy.deepcopy(body)
-        review["status"] = {"allowed": key not in self._denied}
+        review["status"] = {"allowed": allowed}
         return review
 
     def _replace(self, raw: bytes, route: _Route) -> web.StreamResponse:
@@ -508,11 +551,13 @@ class FakeKubernetes:
         self._written(route.resource, obj)
         return web.json_response(self._present(obj, route))
 
-    def _patch(self, request: web.Request, raw: bytes, route: _Route) -> web.StreamResponse:
+    def _patch(
+        self, request: web.Request, raw: bytes, route: _Route, record: KubeRequest
+    ) -> web.StreamResponse:
         assert route.name is not None
         content_type = request.content_type
         if content_type == APPLY_PATCH:
-            return self._apply(request, raw, route)
+            return self._apply(request, raw, route, record)
         body = _json_body(raw, allow_list=True)
         live = self.store.require(route.resource, route.namespace, route.name)
         if route.subresource == "scale":
@@ -550,7 +595,9 @@ class FakeKubernetes:
         self._written(route.resource, obj)
         return web.json_response(self._present(obj, route))
 
-    def _apply(self, request: web.Request, raw: bytes, route: _Route) -> web.StreamResponse:
+    def _apply(
+        self, request: web.Request, raw: bytes, route: _Route, record: KubeRequest
+    ) -> web.StreamResponse:
         assert route.name is not None
         manager = request.query.get("fieldManager")
         if not manager:
@@ -569,6 +616,13 @@ class FakeKubernetes:
             live = self.store.require(route.resource, route.namespace, route.name)
             obj = self.store.replace_stored(route.resource, live, config, subresource="status")
             return web.json_response(self._present(obj, route))
+        if self.store.get(route.resource, route.namespace, route.name) is None:
+            self._authorise(record, verb="create")
+        if request.query.get("dryRun") == "All":
+            # Validated and authorised, never stored: what `doctor` relies on.
+            existing = self.store.get(route.resource, route.namespace, route.name)
+            preview = {**config, "metadata": {**config.get("metadata", {}), "uid": "dry-run"}}
+            return web.json_response(preview, status=200 if existing else 201)
         obj, created = self.store.apply(
             route.resource, route.namespace, route.name, config, manager=manager
         )
@@ -922,3 +976,11 @@ def kube_api_client(kubeconfig: Path) -> Iterator[Any]:
         yield api_client
     finally:
         api_client.close()
+
+
+def _rule_allows(rule: JsonDict, verb: str, group: str, resource: str) -> bool:
+    def has(field: str, value: str) -> bool:
+        values = rule.get(field, [])
+        return "*" in values or value in values
+
+    return has("apiGroups", group) and has("resources", resource) and has("verbs", verb)
