@@ -21,6 +21,8 @@ from manager_bot.db.fsm_storage import build_fsm_storage
 from manager_bot.db.migrate import upgrade
 from manager_bot.db.session import Database
 from manager_bot.handlers import agents, common, deploy, start
+from manager_bot.logs import configure_logging
+from manager_bot.metrics import TelegramErrorMetrics, UpdateMetricsMiddleware
 from manager_bot.middlewares import (
     PerUserOrderMiddleware,
     ThrottleMiddleware,
@@ -30,7 +32,7 @@ from manager_bot.middlewares import (
 from manager_bot.services.deployer import Deployer, DeployerConfig
 from manager_bot.services.providers import available_providers
 from manager_bot.services.telegram import AgentTelegram
-from runtime.redaction import install_redaction
+from manager_bot.status_server import StatusServer
 
 log = logging.getLogger(__name__)
 DATA_DIR = Path("data")
@@ -39,6 +41,7 @@ DATA_DIR = Path("data")
 def build_bot(settings: ManagerSettings) -> Bot:
     """A Bot that talks to `TELEGRAM_API_URL` (the real Bot API or a fake one)."""
     session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+    session.middleware(TelegramErrorMetrics())
     return Bot(
         settings.manager_bot_token.get_secret_value(),
         session=session,
@@ -104,6 +107,7 @@ def build_dispatcher(
         vault=vault,
         providers=available_providers(settings),
     )
+    dispatcher.update.outer_middleware(UpdateMetricsMiddleware())
     for observer in (dispatcher.message, dispatcher.callback_query):
         observer.outer_middleware(ThrottleMiddleware())
         observer.outer_middleware(PerUserOrderMiddleware())
@@ -142,7 +146,7 @@ def _secrets(settings: ManagerSettings) -> list[str]:
 
 async def run_manager(settings: ManagerSettings) -> None:
     """Upgrade the database, take over running agents, reconcile, then poll Telegram."""
-    install_redaction(_secrets(settings))
+    configure_logging(settings.log_format, _secrets(settings))
     database_url = settings.database_url.get_secret_value()
     await upgrade(database_url)
     database = Database(database_url)
@@ -154,6 +158,9 @@ async def run_manager(settings: ManagerSettings) -> None:
     deployer = build_deployer(
         settings=settings, database=database, vault=vault, backend=backend, telegram=agent_telegram
     )
+    status = StatusServer(agent_counts=deployer.agent_counts)
+    if settings.metrics_port:
+        await status.start(settings.metrics_host, settings.metrics_port)
     report = await deployer.reconcile()
     log.info("reconciled: %d applied, %d removed", len(report.applied), len(report.removed))
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
@@ -164,6 +171,11 @@ async def run_manager(settings: ManagerSettings) -> None:
         deployer=deployer,
         storage=build_fsm_storage(database=database, redis_url=redis_url),
     )
+
+    async def mark_ready() -> None:
+        status.ready = True
+
+    dispatcher.startup.register(mark_ready)
     bot = build_bot(settings)
     try:
         async with bot:
@@ -171,6 +183,7 @@ async def run_manager(settings: ManagerSettings) -> None:
             await dispatcher.start_polling(bot, handle_signals=True)
     finally:
         await dispatcher.storage.close()
+        await status.stop()
         await agent_telegram.close()
         await backend.close()
         await database.close()

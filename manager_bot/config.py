@@ -87,6 +87,16 @@ class ManagerSettings(BaseSettings):
     azure_openai_api_version: str = Field(
         default="2024-10-21", description="Azure OpenAI API version"
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="log lines as text, or one JSON object per line"
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="address of /metrics, /healthz and /readyz (0.0.0.0 in a pod)",
+    )
+    metrics_port: int = Field(
+        default=9090, ge=0, le=65535, description="port of /metrics, /healthz, /readyz; 0: off"
+    )
 
     @field_validator("admin_ids", "encryption_keys", mode="before")
     @classmethod

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
@@ -16,6 +15,7 @@ from aiogram.types import CallbackQuery, ErrorEvent, Message, TelegramObject
 from manager_bot import texts
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
+from manager_bot.logs import REQUEST_ID, new_request_id
 
 log = logging.getLogger(__name__)
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
@@ -101,7 +101,10 @@ class ThrottleMiddleware(BaseMiddleware):
 
 async def on_error(event: ErrorEvent) -> bool:
     """Anything unexpected: a full log line with a reference, a short apology in the chat."""
-    reference = secrets.token_hex(4)
+    # The update's request id: the apology and every log line of the update share it.
+    reference = REQUEST_ID.get()
+    if reference == "-":
+        reference = new_request_id()
     log.error("unhandled error ref=%s", reference, exc_info=event.exception)
     update = event.update
     chat_message = update.message or (

@@ -83,6 +83,16 @@ class Agents:
     async def all(self) -> Sequence[Agent]:
         return (await self._session.scalars(select(Agent))).all()
 
+    async def count_by_state(self) -> dict[tuple[str, str], int]:
+        """Live agents counted by (desired, last observed) state, in one query."""
+        query = (
+            select(Agent.desired_state, Agent.observed_state, func.count())
+            .where(Agent.desired_state.in_(ACTIVE))
+            .group_by(Agent.desired_state, Agent.observed_state)
+        )
+        rows = (await self._session.execute(query)).all()
+        return {(desired, observed or "unknown"): int(count) for desired, observed, count in rows}
+
 
 class Revisions:
     def __init__(self, session: AsyncSession) -> None:

@@ -33,6 +33,7 @@ from manager_bot.crypto import Vault
 from manager_bot.db.models import Agent, DesiredState, utcnow
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
+from manager_bot.metrics import DEPLOYS
 from manager_bot.services.errors import (
     AgentNotFound,
     BotAlreadyUsed,
@@ -157,6 +158,18 @@ class Deployer:
 
     async def deploy(self, request: NewAgent, *, progress: Progress = no_progress) -> Agent:
         """Creates and starts a new agent, reporting each step; rolls back on failure."""
+        outcome = "refused"
+        try:
+            agent = await self._deploy(request, progress)
+            outcome = "ok"
+            return agent
+        except DeployFailed:
+            outcome = "failed"
+            raise
+        finally:
+            DEPLOYS.labels(outcome).inc()
+
+    async def _deploy(self, request: NewAgent, progress: Progress) -> Agent:
         provider = self._check_config(request.provider, request.model, request.llm_api_key)
         prompt = self._check_prompt(request.system_prompt)
         identity = await self._identify(request.bot_token)
@@ -349,6 +362,11 @@ class Deployer:
     async def agents_of(self, owner_id: int) -> list[Agent]:
         async with self._db.session() as session:
             return list(await Repositories(session).agents.owned_by(owner_id))
+
+    async def agent_counts(self) -> dict[tuple[str, str], int]:
+        """Live agents by (desired, observed) state, for the manager's metrics."""
+        async with self._db.session() as session:
+            return await Repositories(session).agents.count_by_state()
 
     # -- reconcile ----------------------------------------------------------------------
 

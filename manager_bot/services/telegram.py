@@ -24,6 +24,8 @@ from aiogram.exceptions import (
     TelegramUnauthorizedError,
 )
 
+from manager_bot.metrics import TelegramErrorMetrics
+
 # Telegram tokens are `<bot id>:<35 url-safe characters>`.
 TOKEN_SHAPE = re.compile(r"^\d{5,15}:[A-Za-z0-9_-]{35}$")
 # What agents need: messages only (edits, reactions and the rest are noise to an LLM chat).
@@ -68,6 +70,7 @@ class AgentTelegram:
 
     def __init__(self, *, api_url: str) -> None:
         self._session = AiohttpSession(api=TelegramAPIServer.from_base(api_url))
+        self._session.middleware(TelegramErrorMetrics())
 
     async def close(self) -> None:
         await self._session.close()

@@ -3,43 +3,67 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import stat
 import sys
 from pathlib import Path
 
-from tests.fakes.telegram_api import FakeTelegram
+import aiohttp
+
+from tests.fakes.loopback import free_port
+from tests.fakes.telegram_api import FakeBot, FakeTelegram
 from tests.fakes.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+async def polling(telegram: FakeTelegram, bot: FakeBot) -> bool:
+    return bool(telegram.calls("getUpdates", bot=bot))
+
+
+async def start_manager_process(
+    telegram: FakeTelegram, bot: FakeBot, cwd: Path, **env: str
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "manager_bot",
+        cwd=cwd,
+        env={
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONPATH": str(REPO),
+            "MANAGER_BOT_TOKEN": bot.token,
+            "TELEGRAM_API_URL": telegram.url,
+            **env,
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+
+
+async def stop_process(process: asyncio.subprocess.Process) -> str:
+    """SIGINT, as Ctrl-C; what the process printed."""
+    process.send_signal(signal.SIGINT)
+    try:
+        await asyncio.wait_for(process.wait(), timeout=20)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+    return (await process.stdout.read()).decode() if process.stdout else ""
 
 
 async def test_manager_starts_on_embedded_defaults_and_greets(
     telegram: FakeTelegram, tmp_path: Path
 ) -> None:
     manager = telegram.add_bot(username="hatchbot_manager_bot")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "manager_bot",
-        cwd=tmp_path,
-        env={
-            "PATH": os.environ.get("PATH", ""),
-            "PYTHONPATH": str(REPO),
-            "MANAGER_BOT_TOKEN": manager.token,
-            "TELEGRAM_API_URL": telegram.url,
-        },
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+    process = await start_manager_process(
+        telegram, manager, tmp_path, METRICS_PORT=str(free_port())
     )
     try:
         user = telegram.user(manager)
-
-        async def polling() -> bool:
-            return bool(telegram.calls("getUpdates", bot=manager))
-
-        await wait_until(polling, timeout=60)
+        await wait_until(lambda: polling(telegram, manager), timeout=60)
         await user.send("/start")
         greeting = await user.wait_for(text_contains="Hatchbot", timeout=15)
         assert "/deploy" in greeting["text"]
@@ -50,12 +74,62 @@ async def test_manager_starts_on_embedded_defaults_and_greets(
         assert database.exists()
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            await asyncio.wait_for(process.wait(), timeout=20)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-    output = (await process.stdout.read()).decode() if process.stdout else ""
+        output = await stop_process(process)
     assert "fernet.key" in output  # the generated-key warning was given
+    assert manager.token not in output
+
+
+async def test_manager_serves_probes_and_metrics_and_logs_json(
+    telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    manager = telegram.add_bot(username="hatchbot_manager_bot")
+    port = free_port()
+    process = await start_manager_process(
+        telegram, manager, tmp_path, METRICS_PORT=str(port), LOG_FORMAT="json"
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def ready() -> bool:
+                try:
+                    async with http.get(f"{base}/readyz") as response:
+                        return response.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await wait_until(ready, timeout=60)
+            async with http.get(f"{base}/healthz") as response:
+                assert response.status == 200
+            user = telegram.user(manager)
+            await user.send("/start")
+            await user.wait_for(text_contains="Hatchbot", timeout=15)
+            # A user who blocked the bot: the reply fails with 403, counted by method and code.
+            blocked = telegram.user(manager, first_name="Bob")
+            telegram.block(manager, blocked.id)
+            await blocked.send("/start")
+
+            async def scraped() -> str:
+                async with http.get(f"{base}/metrics") as response:
+                    assert response.headers["Content-Type"].startswith("text/plain")
+                    return await response.text()
+
+            async def counted() -> bool:
+                return 'method="sendMessage"' in await scraped()
+
+            await wait_until(counted, timeout=15)
+            metrics = await scraped()
+    finally:
+        output = await stop_process(process)
+    assert 'hatchbot_manager_updates_total{outcome="ok",type="message"} 1.0' in metrics
+    assert 'hatchbot_manager_updates_total{outcome="error",type="message"} 1.0' in metrics
+    assert 'hatchbot_manager_telegram_errors_total{code="403",method="sendMessage"} ' in metrics
+    assert "hatchbot_manager_handler_seconds_bucket" in metrics
+    assert "hatchbot_manager_deploys_total" in metrics
+    lines = [line for line in output.splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert {"time", "level", "logger", "request_id", "message"} <= set(entries[0])
+    failure = next(e for e in entries if "unhandled error" in e["message"])
+    assert failure["level"] == "ERROR" and failure["request_id"] in failure["message"]
+    assert "Forbidden" in failure["exception"]
     assert manager.token not in output
