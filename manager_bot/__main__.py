@@ -62,12 +62,24 @@ def _rotate_keys(settings: ManagerSettings) -> int:
     return 0
 
 
+def _doctor(settings: ManagerSettings) -> int:
+    from manager_bot.doctor import Doctor
+
+    checks = asyncio.run(Doctor(settings).run())
+    for check in checks:
+        print(check.line)
+    failed = [check.name for check in checks if check.ok is False]
+    print(f"{len(failed)} check(s) failed: {', '.join(failed)}" if failed else "all checks passed")
+    return 1 if failed else 0
+
+
 # name -> (help, function, needs settings)
 COMMANDS: dict[str, tuple[str, Callable[[Any], int], bool]] = {
     "run": ("run the manager bot (default)", _run, True),
     "migrate": ("upgrade the database to the latest schema", _migrate, True),
     "keygen": ("print a new Fernet key for ENCRYPTION_KEYS", _keygen, False),
     "rotate-keys": ("re-encrypt every stored secret with the first key", _rotate_keys, True),
+    "doctor": ("check configuration, database, keys, token, cluster, PUBLIC_URL", _doctor, True),
 }
 
 
@@ -92,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(ManagerSettings)
     except ConfigError as error:
+        if args.command == "doctor":  # a failed check like the others, not a usage error
+            print(f"FAIL  {'configuration':<15} {error}")
+            return 1
         exit_with_config_error(PROGRAM, error)
     return command(settings)
 

@@ -63,6 +63,32 @@ PATHS: dict[str, tuple[str, str]] = {
     "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
 }
 
+ROUTE_KINDS = {"istio": "VirtualService", "gateway-api": "HTTPRoute"}
+
+
+def required_access(router: str) -> frozenset[tuple[str, str, str]]:
+    """(verb, API group, resource) this backend needs in the agents namespace.
+
+    k8s/'s Role grants exactly this (tests/install checks it) and `doctor` asks
+    the cluster about each. A server-side apply that creates is authorised as
+    `create` too; observe lists; stop scales; logs reads a pod's log.
+    """
+    kinds = [k for k in PATHS if k not in ROUTE_KINDS.values() or ROUTE_KINDS.get(router) == k]
+    access = {
+        (verb, _group(PATHS[kind][0]), PATHS[kind][1])
+        for kind in kinds
+        for verb in ("create", "patch", "delete")
+    }
+    access |= {("list", "apps", "deployments"), ("list", "", "pods"), ("list", "", "secrets")}
+    access |= {("patch", "apps", "deployments/scale"), ("get", "", "pods/log")}
+    return frozenset(access)
+
+
+def _group(prefix: str) -> str:
+    """'/api/v1' -> '' (core); '/apis/apps/v1' -> 'apps'."""
+    parts = prefix.strip("/").split("/")
+    return "" if parts[0] == "api" else parts[1]
+
 
 class KubernetesBackend:
     """Implements `Backend` against one namespace of one cluster."""
@@ -197,6 +223,43 @@ class KubernetesBackend:
                 )
         return observed
 
+    # -- preflight (python -m manager_bot doctor) ------------------------------------
+
+    async def server_version(self) -> str:
+        body = await self._run(self._request, "GET", "/version")
+        return str(body.get("gitVersion", "unknown"))
+
+    async def check_namespace(self) -> None:
+        """A dry-run apply in the agents namespace: 404 if the namespace is missing."""
+        probe = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "hatchbot-doctor-probe", "namespace": self._cluster.namespace},
+        }
+        path = f"/api/v1/namespaces/{self._cluster.namespace}/secrets/hatchbot-doctor-probe"
+        query = [("fieldManager", self._manager), ("dryRun", "All")]
+        await self._run(self._request, "PATCH", path, body=probe, query=query, content_type=APPLY)
+
+    async def can_i(self, verb: str, group: str, resource: str) -> bool:
+        """SelfSubjectAccessReview: may this identity do `verb` on `resource` in the namespace?"""
+        plural, _, subresource = resource.partition("/")
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {
+                "resourceAttributes": {
+                    "namespace": self._cluster.namespace,
+                    "verb": verb,
+                    "group": group,
+                    "resource": plural,
+                    "subresource": subresource,
+                }
+            },
+        }
+        path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+        answer = await self._run(self._request, "POST", path, body=review)
+        return bool(answer.get("status", {}).get("allowed"))
+
     # -- mapping ---------------------------------------------------------------------
 
     def _observe(self, agent_id: str, deployment: JsonDict, pods: list[JsonDict]) -> Observed:
@@ -259,8 +322,7 @@ class KubernetesBackend:
                 raise
 
     def _route_kind_installed(self, kind: str) -> bool:
-        router = {"VirtualService": "istio", "HTTPRoute": "gateway-api"}[kind]
-        return self._cluster.router == router
+        return ROUTE_KINDS.get(self._cluster.router) == kind
 
     def _request(
         self,

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
-from manager_bot.crypto import Vault
+from collections.abc import Iterator
+
+from manager_bot.crypto import Vault, VaultError
+from manager_bot.db.models import Agent, AgentRevision
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
+
+ENCRYPTED_FIELDS: dict[type, tuple[str, ...]] = {
+    Agent: ("token_encrypted", "webhook_secret_encrypted", "llm_api_key_encrypted"),
+    AgentRevision: ("llm_api_key_encrypted",),
+}
+
+
+def _encrypted(rows: list[Agent | AgentRevision]) -> Iterator[tuple[Agent | AgentRevision, str]]:
+    for row in rows:
+        for field in ENCRYPTED_FIELDS[type(row)]:
+            if getattr(row, field):
+                yield row, field
 
 
 async def rotate_secrets(database: Database, vault: Vault) -> int:
@@ -12,15 +27,29 @@ async def rotate_secrets(database: Database, vault: Vault) -> int:
     count = 0
     async with database.session() as session:
         repos = Repositories(session)
-        for agent in await repos.agents.all():
-            agent.token_encrypted = vault.rotate(agent.token_encrypted)
-            agent.webhook_secret_encrypted = vault.rotate(agent.webhook_secret_encrypted)
-            count += 2
-            if agent.llm_api_key_encrypted:
-                agent.llm_api_key_encrypted = vault.rotate(agent.llm_api_key_encrypted)
-                count += 1
-        for revision in await repos.revisions.all():
-            if revision.llm_api_key_encrypted:
-                revision.llm_api_key_encrypted = vault.rotate(revision.llm_api_key_encrypted)
-                count += 1
+        rows: list[Agent | AgentRevision] = [
+            *await repos.agents.all(),
+            *await repos.revisions.all(),
+        ]
+        for row, field in _encrypted(rows):
+            setattr(row, field, vault.rotate(getattr(row, field)))
+            count += 1
     return count
+
+
+async def unreadable_secrets(database: Database, vault: Vault) -> tuple[int, int]:
+    """(secrets stored, of which the vault cannot decrypt): a read-only check for `doctor`."""
+    stored = unreadable = 0
+    async with database.session() as session:
+        repos = Repositories(session)
+        rows: list[Agent | AgentRevision] = [
+            *await repos.agents.all(),
+            *await repos.revisions.all(),
+        ]
+        for row, field in _encrypted(rows):
+            stored += 1
+            try:
+                vault.decrypt(getattr(row, field))
+            except VaultError:
+                unreadable += 1
+    return stored, unreadable

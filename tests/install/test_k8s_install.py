@@ -11,7 +11,7 @@ from kubernetes import client, config
 from pydantic import SecretStr
 
 from manager_bot.backends.base import AgentSecrets, AgentSpec, ObservedState
-from manager_bot.backends.kubernetes import KubernetesBackend
+from manager_bot.backends.kubernetes import KubernetesBackend, required_access
 from manager_bot.backends.manifests import ClusterConfig, agent_manifests
 from tests.fakes.install import granted, manager_roles, rendered
 from tests.fakes.kubernetes_api import FakeKubernetes
@@ -131,7 +131,7 @@ async def test_the_role_grants_exactly_what_the_backend_uses(
     denied = [c for c in kube.access_checks if not c.allowed]
     assert denied == []
     used = {(c.verb, c.group, c.resource) for c in kube.access_checks}
-    assert used == granted(roles)
+    assert used == granted(roles) == required_access(variant)
     assert {c.namespace for c in kube.access_checks} == {"agents"}
     assert ("create", *ROUTE[variant]) in used
 

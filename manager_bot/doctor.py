@@ -1,0 +1,249 @@
+"""`python -m manager_bot doctor`: is this configuration ready to run? One line per check.
+
+Read-only: it creates no key file, migrates nothing and leaves nothing in the
+cluster (the namespace probe is a dry run). Nothing secret is printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import make_url, text
+
+from manager_bot.config import ManagerSettings
+from manager_bot.crypto import KEY_FILE, Vault, VaultError
+from manager_bot.db.migrate import alembic_config
+from manager_bot.db.secrets import unreadable_secrets
+from manager_bot.db.session import Database
+
+CONNECT_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool | None  # None: not applicable or not reachable because an earlier check failed
+    detail: str
+
+    @property
+    def line(self) -> str:
+        verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[self.ok]
+        return f"{verdict}  {self.name:<15} {self.detail}"
+
+
+def config_failure(message: str) -> Check:
+    return Check("configuration", False, message)
+
+
+class Doctor:
+    def __init__(self, settings: ManagerSettings, *, data_dir: Path = Path("data")) -> None:
+        self._settings = settings
+        self._data_dir = data_dir
+
+    async def run(self) -> list[Check]:
+        checks = [self._configuration()]
+        missing = self._missing_sqlite_file()
+        if missing:
+            # Connecting would create the file: say what the first run will do instead.
+            checks.append(Check("database", True, f"none yet: the first run creates {missing}"))
+            checks.append(Check("migrations", None, "the first run creates the schema"))
+            checks.append(Check("encryption", True, self._key_source_note()))
+        else:
+            checks.extend(await self._stored_state())
+        checks.append(await self._guard("manager token", self._manager_token))
+        checks.extend(await self._cluster())
+        checks.append(await self._public_url())
+        return checks
+
+    def _missing_sqlite_file(self) -> str | None:
+        url = make_url(self._settings.database_url.get_secret_value())
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+            return None if Path(url.database).exists() else url.database
+        return None
+
+    def _local_key(self) -> str | None:
+        key_file = self._data_dir / KEY_FILE
+        return key_file.read_text().strip() if key_file.exists() else None
+
+    def _key_source_note(self) -> str:
+        count = len(self._settings.encryption_keys)
+        if count:
+            return f"{count} key(s) in ENCRYPTION_KEYS, nothing stored yet"
+        return f"no key yet: the first run generates {self._data_dir / KEY_FILE} (0600)"
+
+    async def _stored_state(self) -> list[Check]:
+        checks: list[Check] = []
+        database = Database(self._settings.database_url.get_secret_value())
+        try:
+            reachable = await self._guard("database", lambda: self._database(database))
+            checks.append(reachable)
+            if reachable.ok:
+                checks.append(await self._guard("migrations", lambda: self._migrations(database)))
+                checks.append(await self._guard("encryption", lambda: self._keys(database)))
+            else:
+                checks.append(Check("migrations", None, "needs the database"))
+                checks.append(Check("encryption", None, "needs the database"))
+        finally:
+            await database.close()
+        return checks
+
+    async def _guard(self, name: str, check: Callable[[], Awaitable[Check]]) -> Check:
+        """A check that crashes is a failed check, named, without the traceback's secrets."""
+        try:
+            return await asyncio.wait_for(check(), timeout=30)
+        except TimeoutError:
+            return Check(name, False, "no answer within 30 s")
+        except Exception as error:
+            return Check(name, False, f"{type(error).__name__}")
+
+    def _configuration(self) -> Check:
+        url = make_url(self._settings.database_url.get_secret_value())
+        shown = url.render_as_string(hide_password=True)
+        return Check(
+            "configuration", True, f"BACKEND={self._settings.backend}, DATABASE_URL={shown}"
+        )
+
+    async def _database(self, database: Database) -> Check:
+        try:
+            async with database.session() as session:
+                await session.execute(text("SELECT 1"))
+        except Exception as error:  # the driver's message may hold the URL: name the type only
+            return Check("database", False, f"cannot connect ({type(error).__name__})")
+        return Check("database", True, "reachable")
+
+    async def _migrations(self, database: Database) -> Check:
+        config = alembic_config(self._settings.database_url.get_secret_value())
+        head = ScriptDirectory.from_config(config).get_current_head()
+        async with database.engine.connect() as connection:
+            current = await connection.run_sync(
+                lambda sync: MigrationContext.configure(sync).get_current_revision()
+            )
+        if current == head:
+            return Check("migrations", True, f"at the latest schema ({head})")
+        return Check(
+            "migrations",
+            False,
+            f"at {current or 'an empty database'}, latest is {head}: "
+            "run `python -m manager_bot migrate` (the manager also upgrades on start)",
+        )
+
+    async def _keys(self, database: Database) -> Check:
+        keys = [key.get_secret_value() for key in self._settings.encryption_keys]
+        source = f"{len(keys)} key(s) from ENCRYPTION_KEYS"
+        if not keys:
+            if not self._settings.is_sqlite:
+                return Check("encryption", False, "ENCRYPTION_KEYS is required with PostgreSQL")
+            local_key = self._local_key()
+            if local_key is None:
+                return Check("encryption", True, self._key_source_note())
+            keys, source = [local_key], str(self._data_dir / KEY_FILE)
+        try:
+            vault = Vault(keys)
+        except VaultError as error:
+            return Check("encryption", False, str(error))
+        stored, unreadable = await unreadable_secrets(database, vault)
+        if unreadable:
+            return Check(
+                "encryption",
+                False,
+                f"{unreadable} of {stored} stored secrets cannot be decrypted with {source} "
+                "(was a key removed? keep old keys after the first until `rotate-keys`)",
+            )
+        return Check("encryption", True, f"{source} decrypt all {stored} stored secrets")
+
+    async def _manager_token(self) -> Check:
+        from manager_bot.services.telegram import AgentTelegram, AgentTokenError
+
+        telegram = AgentTelegram(api_url=self._settings.telegram_api_url)
+        try:
+            identity = await telegram.identify(self._settings.manager_bot_token.get_secret_value())
+        except AgentTokenError as error:
+            why = {
+                AgentTokenError.INVALID: "Telegram rejected MANAGER_BOT_TOKEN (revoked or mistyped)",
+                AgentTokenError.UNREACHABLE: (
+                    f"cannot reach the Bot API at {self._settings.telegram_api_url}"
+                ),
+            }.get(error.reason, f"getMe failed: {error.reason}")
+            return Check("manager token", False, why)
+        finally:
+            await telegram.close()
+        return Check("manager token", True, f"getMe: @{identity.username}")
+
+    async def _cluster(self) -> list[Check]:
+        if self._settings.backend != "kubernetes":
+            return [Check("cluster", None, "BACKEND=local runs agents as local processes")]
+        from manager_bot.backends.kubernetes import (
+            KubernetesBackend,
+            KubernetesError,
+            required_access,
+        )
+
+        try:
+            backend = KubernetesBackend.from_settings(self._settings)
+        except Exception as error:
+            return [
+                Check(
+                    "cluster",
+                    False,
+                    f"no in-cluster account and no usable kubeconfig ({type(error).__name__})",
+                )
+            ]
+        namespace = self._settings.k8s_namespace
+        try:
+            try:
+                version = await backend.server_version()
+            except KubernetesError as error:
+                return [Check("cluster", False, str(error))]
+            checks = [Check("cluster", True, f"reachable, Kubernetes {version}")]
+            try:
+                await backend.check_namespace()
+                checks.append(Check("namespace", True, f"{namespace} exists"))
+            except KubernetesError as error:
+                reason = f"{namespace} not found" if error.status == 404 else str(error)
+                checks.append(Check("namespace", False, reason))
+            needed = sorted(required_access(self._settings.k8s_router))
+            missing = [
+                f"{verb} {resource}" + (f" ({group})" if group else "")
+                for verb, group, resource in needed
+                if not await backend.can_i(verb, group, resource)
+            ]
+            if missing:
+                detail = (
+                    f"missing in {namespace}: " + ", ".join(missing) + " (see k8s/base/rbac.yaml)"
+                )
+                checks.append(Check("permissions", False, detail))
+            else:
+                checks.append(
+                    Check("permissions", True, f"all {len(needed)} granted in {namespace}")
+                )
+            return checks
+        finally:
+            await backend.close()
+
+    async def _public_url(self) -> Check:
+        url = self._settings.public_url
+        if self._settings.backend != "kubernetes":
+            return Check("public URL", None, "not used by the local backend (agents poll)")
+        if not url:
+            return Check("public URL", False, "PUBLIC_URL is required when BACKEND=kubernetes")
+        parts = urlsplit(url)
+        if parts.scheme != "https":
+            return Check(
+                "public URL", False, f"{url} must be https: Telegram sends webhooks only there"
+            )
+        host, port = parts.hostname or "", parts.port or 443
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
+        except TimeoutError:
+            return Check("public URL", False, f"{host}:{port} did not answer within 5 s")
+        except OSError as error:
+            why = error.strerror or type(error).__name__
+            return Check("public URL", False, f"cannot connect to {host}:{port} ({why})")
+        writer.close()
+        return Check("public URL", True, f"{host}:{port} accepts connections")
