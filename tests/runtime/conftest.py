@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,19 +13,13 @@ from aiohttp import web
 from runtime.app import Runtime
 from runtime.config import RuntimeSettings
 from runtime.settings_loading import load_settings
+from tests.fakes.loopback import free_port
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeBot, FakeTelegram
 from tests.fakes.waiting import wait_until
 
 WEBHOOK_SECRET = "test_webhook_secret-123"
 LLM_KEY = "sk-testkeyforagent000000000000"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def agent_env(
@@ -52,12 +45,14 @@ async def http_get(url: str) -> tuple[int, str]:
         return response.status, await response.text()
 
 
-async def set_webhook(telegram: FakeTelegram, bot: FakeBot, url: str) -> None:
+async def set_webhook(
+    telegram: FakeTelegram, bot: FakeBot, url: str, secret: str = WEBHOOK_SECRET
+) -> None:
     async with (
         aiohttp.ClientSession() as http,
         http.post(
             f"{telegram.url}/bot{bot.token}/setWebhook",
-            json={"url": url, "secret_token": WEBHOOK_SECRET, "allowed_updates": ["message"]},
+            json={"url": url, "secret_token": secret, "allowed_updates": ["message"]},
         ) as response,
     ):
         assert (await response.json())["ok"]
