@@ -29,7 +29,10 @@ from manager_bot.middlewares import (
     UserMiddleware,
     on_error,
 )
+from manager_bot.scheduler import Scheduler
 from manager_bot.services.deployer import Deployer, DeployerConfig
+from manager_bot.services.health import HealthConfig, HealthMonitor
+from manager_bot.services.notifications import Notifier
 from manager_bot.services.providers import available_providers
 from manager_bot.services.telegram import AgentTelegram
 from manager_bot.status_server import StatusServer
@@ -88,6 +91,28 @@ def build_deployer(
             ready_timeout=ready_timeout,
             ready_poll_interval=ready_poll_interval,
         ),
+    )
+
+
+def build_scheduler(
+    *,
+    settings: ManagerSettings,
+    database: Database,
+    backend: Backend,
+    deployer: Deployer,
+    bot: Bot,
+    health: HealthConfig | None = None,
+) -> Scheduler:
+    """Health sweep, notifications and reconcile, as the manager runs them."""
+    config = health or HealthConfig(
+        webhook_mode=settings.backend == "kubernetes",
+        expected_webhook=f"{settings.public_url or ''}/webhook/",
+    )
+    return Scheduler(
+        monitor=HealthMonitor(database=database, backend=backend, deployer=deployer, config=config),
+        notifier=Notifier(bot=bot, database=database, admin_ids=list(settings.admin_ids)),
+        deployer=deployer,
+        health_interval=settings.health_interval,
     )
 
 
@@ -171,17 +196,22 @@ async def run_manager(settings: ManagerSettings) -> None:
         deployer=deployer,
         storage=build_fsm_storage(database=database, redis_url=redis_url),
     )
+    bot = build_bot(settings)
+    scheduler = build_scheduler(
+        settings=settings, database=database, backend=backend, deployer=deployer, bot=bot
+    )
 
-    async def mark_ready() -> None:
+    async def on_startup() -> None:
+        scheduler.start()
         status.ready = True
 
-    dispatcher.startup.register(mark_ready)
-    bot = build_bot(settings)
+    dispatcher.startup.register(on_startup)
     try:
         async with bot:
             await bot.set_my_commands(COMMANDS)
             await dispatcher.start_polling(bot, handle_signals=True)
     finally:
+        await scheduler.stop()
         await dispatcher.storage.close()
         await status.stop()
         await agent_telegram.close()

@@ -132,3 +132,20 @@ def confirm_delete(agent: Agent) -> InlineKeyboardMarkup:
         text=texts.NO_BUTTON, callback_data=AgentAction(action="open", agent_id=agent.id)
     )
     return builder.as_markup()
+
+
+def health_alert(agent: Agent, *, gave_up: bool) -> InlineKeyboardMarkup:
+    """Buttons under a health notification: what the owner most likely wants next."""
+    builder = InlineKeyboardBuilder()
+
+    def add(label: str, action: str) -> None:
+        builder.button(text=label, callback_data=AgentAction(action=action, agent_id=agent.id))
+
+    add(texts.LOGS_BUTTON, "logs")
+    if gave_up:
+        add(texts.RESUME_BUTTON, "resume")
+    else:
+        add(texts.RESTART_BUTTON, "restart")
+        add(texts.MUTE_BUTTON, "mute")
+    builder.adjust(3)
+    return builder.as_markup()

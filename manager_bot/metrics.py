@@ -58,6 +58,16 @@ AGENTS = Gauge(
     "Agents by desired state and last observed state (read at scrape time)",
     ["desired", "observed"],
 )
+HEALTH_SWEEP_SECONDS = Histogram(
+    "hatchbot_manager_health_sweep_seconds",
+    "Duration of one health sweep over every running agent",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120),
+)
+HEALTH_NOTIFICATIONS = Counter(
+    "hatchbot_manager_health_notifications_total",
+    "Health messages sent to owners, by kind (down, degraded, back, digest, muted)",
+    ["kind"],
+)
 TELEGRAM_ERRORS = Counter(
     "hatchbot_manager_telegram_errors_total",
     "Bot API calls that failed, by method and HTTP code (0: network)",

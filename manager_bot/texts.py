@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
-from manager_bot.db.models import Agent
+from manager_bot.db.models import Agent, as_utc, utcnow
 
 WELCOME = (
     "👋 Hi! I'm Hatchbot. I turn a prompt into a live AI bot on Telegram.\n"
@@ -143,6 +143,13 @@ def agent_card(agent: Agent, *, usage: dict[str, float] | None) -> str:
     ]
     if agent.observed_reason and state != "running":
         lines.append(f"Last error: {escape(agent.observed_reason)}")
+    if agent.health and agent.desired_state == "running":
+        health = HEALTH_LABELS.get(agent.health, agent.health)
+        if agent.health_reason and agent.health != "healthy":
+            health += f": {escape(agent.health_reason)}"
+        muted_until = agent.muted_until
+        muted = " · 🔕 muted" if muted_until and as_utc(muted_until) > utcnow() else ""
+        lines.append(f"Health: {health}{muted}")
     if usage:
         messages = int(usage.get("replies", 0))
         tokens = int(usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0))
@@ -159,3 +166,26 @@ def summary(*, username: str, model: str, prompt: str) -> str:
 def progress(done: list[str], steps: list[str]) -> str:
     rows = [("✅ " if step in done else "⏳ ") + STEP_LABELS[step] for step in steps]
     return "Deploying…\n" + "\n".join(rows)
+
+
+# -- health notifications --------------------------------------------------------------
+HEALTH_DOWN = "⚠️ @{username} is down: {reason}"
+HEALTH_DEGRADED = "⚠️ @{username} has a problem: {reason}"
+HEALTH_BACK = "✅ @{username} is back"
+HEALTH_GAVE_UP = (
+    "⛔ @{username} kept crashing: {reason}. I stopped it so it does not crash forever. "
+    "Check its logs, fix the cause (prompt, model or key), then tap Resume."
+)
+HEALTH_DIGEST = "Several of your bots changed at once:\n{lines}\n\n/agents shows them all."
+HEALTH_DIGEST_LINE = "• {line}"
+MUTED = "🔕 No health alerts about @{username} for 24 hours."
+SWEEP_FAILED = (
+    "⚠️ Health checks cannot read the agents: {error}. "
+    "I keep trying and will tell you when it works again."
+)
+SWEEP_RECOVERED = "✅ Health checks work again."
+HEALTH_LABELS = {"healthy": "✅ healthy", "degraded": "⚠️ degraded", "down": "🔴 down"}
+LOGS_BUTTON = "📜 Logs"
+RESTART_BUTTON = "🔄 Restart"
+RESUME_BUTTON = "▶️ Resume"
+MUTE_BUTTON = "🔕 Mute 24h"

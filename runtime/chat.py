@@ -266,9 +266,7 @@ class Conversations:
             typing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await typing
-        self._metrics.llm_latency.observe(usage.seconds)
-        self._metrics.prompt_tokens.inc(usage.prompt_tokens)
-        self._metrics.completion_tokens.inc(usage.completion_tokens)
+        self._metrics.llm_answered(usage.seconds, usage.prompt_tokens, usage.completion_tokens)
         reply = reply.strip() or TEXTS["empty"]
         sent_at = self._clock()
         await self._reply(chat_id, reply, message, formatted=True)

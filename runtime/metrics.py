@@ -50,12 +50,23 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.last_llm_success = Gauge(
+            "hatchbot_agent_last_llm_success_timestamp_seconds",
+            "When an LLM call last succeeded (0: never); the manager compares it with errors",
+            registry=self.registry,
+        )
         for kind in ERROR_KINDS:
             self.llm_errors.labels(kind=kind)
 
     def llm_failed(self, kind: str) -> None:
         self.llm_errors.labels(kind=kind).inc()
         self.last_llm_error.labels(kind=kind).set(time.time())
+
+    def llm_answered(self, seconds: float, prompt_tokens: int, completion_tokens: int) -> None:
+        self.llm_latency.observe(seconds)
+        self.prompt_tokens.inc(prompt_tokens)
+        self.completion_tokens.inc(completion_tokens)
+        self.last_llm_success.set(time.time())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fakes.telegram_api",
     "tests.fakes.openai_api",
     "tests.fakes.kubernetes_api",
+    "tests.fakes.agent_pods",
 ]

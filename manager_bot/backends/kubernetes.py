@@ -264,7 +264,12 @@ class KubernetesBackend:
 
     def _observe(self, agent_id: str, deployment: JsonDict, pods: list[JsonDict]) -> Observed:
         spec, status = deployment.get("spec", {}), deployment.get("status", {})
-        probe_url = f"http://{object_name(agent_id)}.{self._cluster.namespace}.svc.cluster.local:{SERVICE_PORT}"
+        name = object_name(agent_id)
+        probe_url = (
+            f"{self._cluster.probe_base}/{name}"
+            if self._cluster.probe_base
+            else f"http://{name}.{self._cluster.namespace}.svc.cluster.local:{SERVICE_PORT}"
+        )
         restarts = sum(
             container.get("restartCount", 0)
             for pod in pods

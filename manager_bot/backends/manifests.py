@@ -41,6 +41,9 @@ class ClusterConfig:
     )
     ingress_namespace: str = "istio-system"  # where the ingress gateway pods run
     manager_namespace: str = "hatchbot-system"  # the manager probes agents from here
+    # Where the manager reaches agents' /readyz and /metrics; None: the Service's
+    # cluster DNS name. Set (to "<base>/agent-<id>") only where that name does not resolve.
+    probe_base: str | None = None
     cpu_request: str = "50m"
     memory_request: str = "64Mi"
     cpu_limit: str = "500m"

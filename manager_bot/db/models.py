@@ -36,6 +36,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """SQLite returns naive datetimes for timezone-aware columns; they are UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def new_agent_id() -> str:
     """10 characters, DNS-label safe: used in `agent-<id>` names and `/webhook/<id>`."""
     return secrets.choice(string.ascii_lowercase) + "".join(
@@ -92,6 +97,7 @@ class Agent(Base):
     observed_reason: Mapped[str | None] = mapped_column(String(256))
     observed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     health: Mapped[str | None] = mapped_column(String(16))
+    health_kind: Mapped[str | None] = mapped_column(String(32))  # stable code of the reason
     health_reason: Mapped[str | None] = mapped_column(String(256))
     health_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     muted_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from manager_bot.db.models import (
@@ -31,11 +31,18 @@ class Users:
             self._session.add(user)
         else:
             user.username, user.first_name, user.last_seen_at = username, first_name, utcnow()
+            user.blocked_bot = False  # they write to us: they no longer block the bot
         await self._session.flush()
         return user
 
     async def get(self, user_id: int) -> User | None:
         return await self._session.get(User, user_id)
+
+    async def mark_blocked(self, user_id: int) -> None:
+        """Telegram said 403: the user blocked the manager bot."""
+        user = await self._session.get(User, user_id)
+        if user is not None:
+            user.blocked_bot = True
 
 
 class Agents:
@@ -82,6 +89,15 @@ class Agents:
 
     async def all(self) -> Sequence[Agent]:
         return (await self._session.scalars(select(Agent))).all()
+
+    async def running(self) -> Sequence[Agent]:
+        """Agents that should be running: what a health sweep looks at."""
+        query = select(Agent).where(Agent.desired_state == DesiredState.RUNNING.value)
+        return (await self._session.scalars(query)).all()
+
+    async def update_many(self, rows: list[dict[str, object]]) -> None:
+        """One executemany UPDATE by primary key, whatever the number of rows."""
+        await self._session.execute(update(Agent), rows)
 
     async def count_by_state(self) -> dict[tuple[str, str], int]:
         """Live agents counted by (desired, last observed) state, in one query."""

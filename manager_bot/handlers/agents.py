@@ -179,6 +179,9 @@ async def _perform(
             await message.answer(texts.REVERTED.format(username=agent.bot_username))
         elif action == "logs":
             await _send_logs(message, agent, user_id=user_id, deployer=deployer)
+        elif action == "mute":
+            await deployer.mute(owner_id=user_id, agent_id=agent.id, hours=24)
+            await message.answer(texts.MUTED.format(username=agent.bot_username))
         elif action == "delete":
             await message.answer(
                 texts.CONFIRM_DELETE.format(username=agent.bot_username),

@@ -17,6 +17,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 from pydantic import SecretStr
@@ -44,7 +45,12 @@ from manager_bot.services.errors import (
     QuotaReached,
 )
 from manager_bot.services.providers import Provider, find_provider
-from manager_bot.services.telegram import AgentTelegram, AgentTokenError, BotIdentity
+from manager_bot.services.telegram import (
+    AgentTelegram,
+    AgentTokenError,
+    BotIdentity,
+    WebhookStatus,
+)
 from runtime.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -332,9 +338,48 @@ class Deployer:
         return await self._reload(agent.id)
 
     async def resume(self, *, owner_id: int, agent_id: str) -> Agent:
-        agent = await self._act(owner_id, agent_id, "resume", desired=DesiredState.RUNNING)
+        agent = await self._act(
+            owner_id, agent_id, "resume", desired=DesiredState.RUNNING, fresh_health=True
+        )
         await self._reapply(agent)
         return await self._reload(agent.id)
+
+    # -- health (the health sweep's repairs; the system is the actor) -------------------
+
+    async def webhook_status(self, agent: Agent) -> WebhookStatus:
+        return await self._telegram.webhook_status(self._vault.decrypt(agent.token_encrypted))
+
+    async def repair(self, agent: Agent) -> None:
+        """Re-apply a running agent whose workload went missing."""
+        await self._backend.apply(self.spec_for(agent))
+        await self._audit(None, "repair", agent.id, "ok", "workload re-applied")
+
+    async def repair_webhook(self, agent: Agent) -> None:
+        await self._point_webhook(agent.id, self.spec_for(agent), drop_pending_updates=False)
+        await self._audit(None, "repair", agent.id, "ok", "webhook set again")
+
+    async def give_up(self, agent_id: str, reason: str) -> None:
+        """Stop an agent that has crashed for too long; its owner resumes it when fixed."""
+        async with self._db.session() as session:
+            agent = await Repositories(session).agents.get(agent_id)
+            if agent is None or agent.desired_state != DesiredState.RUNNING:
+                return
+            agent.desired_state = DesiredState.STOPPED.value
+        try:
+            await self._backend.stop(agent_id)
+        except BackendError as error:  # stored as stopped: reconcile will not restart it
+            log.warning("could not stop crash-looping agent %s: %s", agent_id, error)
+        await self._audit(None, "give_up", agent_id, "ok", reason[:500])
+
+    async def mute(self, *, owner_id: int, agent_id: str, hours: int = 24) -> Agent:
+        async with self._db.session() as session:
+            repos = Repositories(session)
+            agent = await self._owned(repos, owner_id, agent_id)
+            agent.muted_until = utcnow() + timedelta(hours=hours)
+            await repos.audit.record(
+                actor_id=owner_id, action="mute", agent_id=agent.id, outcome="ok"
+            )
+        return agent
 
     async def delete(self, *, owner_id: int, agent_id: str) -> None:
         agent = await self._act(owner_id, agent_id, "delete", desired=DesiredState.DELETED)
@@ -536,13 +581,16 @@ class Deployer:
         return agent
 
     async def _act(
-        self, owner_id: int, agent_id: str, action: str, *, desired: DesiredState | None = None
-    ) -> Agent:
+        self, owner_id: int, agent_id: str, action: str, *, desired: DesiredState | None = None,
+        fresh_health: bool = False,
+    ) -> Agent:  # fmt: skip
         async with self._db.session() as session:
             repos = Repositories(session)
             agent = await self._owned(repos, owner_id, agent_id)
             if desired is not None:
                 agent.desired_state = desired.value
+            if fresh_health:  # a resumed agent is judged anew, not as it was when stopped
+                agent.health = agent.health_kind = agent.health_reason = None
             await repos.audit.record(
                 actor_id=owner_id, action=action, agent_id=agent.id, outcome="ok"
             )

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from aiogram import Bot, Dispatcher
 from kubernetes import client, config
 
-from manager_bot.app import build_bot, build_deployer, build_dispatcher
+from manager_bot.app import build_bot, build_deployer, build_dispatcher, build_scheduler
 from manager_bot.backends.base import Backend
 from manager_bot.backends.kubernetes import KubernetesBackend
 from manager_bot.backends.local import LocalBackend
@@ -23,9 +24,12 @@ from manager_bot.crypto import Vault, generate_key
 from manager_bot.db.fsm_storage import SqlStorage
 from manager_bot.db.migrate import upgrade
 from manager_bot.db.session import Database
+from manager_bot.scheduler import Scheduler
 from manager_bot.services.deployer import Deployer
+from manager_bot.services.health import HealthConfig
 from manager_bot.services.telegram import AgentTelegram
 from runtime.settings_loading import load_settings
+from tests.fakes.agent_pods import FakeAgentPods
 from tests.fakes.install import manager_roles
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.openai_api import FakeOpenAI
@@ -43,6 +47,7 @@ class Manager:
     database: Database
     backend: Backend
     restart: Callable[[], Any]
+    scheduler: Scheduler  # not started: tests run `health_check()` when they want a sweep
 
 
 class _Running:
@@ -76,7 +81,7 @@ def manager_env() -> dict[str, str]:
 
 async def start_manager(
     *, telegram: FakeTelegram, openai_server: FakeOpenAI, backend: Backend, url: str,
-    mode: str, env: dict[str, str],
+    mode: str, env: dict[str, str], health: HealthConfig | None = None,
 ) -> AsyncIterator[Manager]:  # fmt: skip
     fake = telegram.add_bot(username="hatchbot_bot", can_manage_bots=True)
     settings = load_settings(
@@ -106,6 +111,11 @@ async def start_manager(
         return _Running(dispatcher, build_bot(settings))
 
     running = start()
+    notifier_bot = build_bot(settings)
+    scheduler = build_scheduler(
+        settings=settings, database=database, backend=backend, deployer=deployer,
+        bot=notifier_bot, health=health,
+    )  # fmt: skip
 
     async def restart() -> None:
         nonlocal running
@@ -113,23 +123,37 @@ async def start_manager(
         running = start()
 
     try:
-        yield Manager(fake, deployer, database, backend, restart)
+        yield Manager(fake, deployer, database, backend, restart, scheduler)
     finally:
+        await scheduler.stop()
+        await notifier_bot.session.close()
         await running.stop()
         await agent_telegram.close()
         await database.close()
 
 
 @pytest.fixture
+def give_up_after() -> timedelta:
+    """How long an agent may crash-loop before the health sweep stops it (overridable)."""
+    return timedelta(minutes=15)
+
+
+@pytest.fixture
+def local_backend_options() -> dict[str, Any]:
+    return {"restart_backoff": (0.2,)}
+
+
+@pytest.fixture
 async def local_manager(
     telegram: FakeTelegram, openai_server: FakeOpenAI, sqlite_url: str, tmp_path: Path,
-    manager_env: dict[str, str],
+    manager_env: dict[str, str], give_up_after: timedelta, local_backend_options: dict[str, Any],
 ) -> AsyncIterator[Manager]:  # fmt: skip
-    backend = LocalBackend(data_dir=tmp_path, restart_backoff=(0.2,))
+    backend = LocalBackend(data_dir=tmp_path, **local_backend_options)
     try:
         async for manager in start_manager(
             telegram=telegram, openai_server=openai_server, backend=backend, url=sqlite_url,
             mode="polling", env=manager_env,
+            health=HealthConfig(webhook_mode=False, give_up_after=give_up_after),
         ):  # fmt: skip
             yield manager
     finally:
@@ -139,7 +163,8 @@ async def local_manager(
 @pytest.fixture
 async def kube_manager(
     telegram: FakeTelegram, openai_server: FakeOpenAI, sqlite_url: str, kube: FakeKubernetes,
-    kubeconfig: Path, manager_env: dict[str, str],
+    kubeconfig: Path, manager_env: dict[str, str], agent_pods: FakeAgentPods,
+    give_up_after: timedelta,
 ) -> AsyncIterator[Manager]:  # fmt: skip
     kube.auto_ready = True
     configuration = client.Configuration()
@@ -147,13 +172,20 @@ async def kube_manager(
     backend = KubernetesBackend(
         api_client=client.ApiClient(configuration),
         cluster=ClusterConfig(
-            namespace="agents", image="hatchbot:e2e", router="istio", public_url=PUBLIC_URL
+            namespace="agents",
+            image="hatchbot:e2e",
+            router="istio",
+            public_url=PUBLIC_URL,
+            probe_base=agent_pods.url,
         ),
+    )
+    health = HealthConfig(
+        webhook_mode=True, expected_webhook=f"{PUBLIC_URL}/webhook/", give_up_after=give_up_after
     )
     try:
         async for manager in start_manager(
             telegram=telegram, openai_server=openai_server, backend=backend, url=sqlite_url,
-            mode="webhook", env=manager_env,
+            mode="webhook", env=manager_env, health=health,
         ):  # fmt: skip
             yield manager
     finally:

@@ -248,6 +248,9 @@ class FakeKubernetes:
         """Matching requests fail with a Status of `status` (None: only delayed)."""
         self._faults.append(_Fault(status, verb, resource, namespace, name, delay, times, message))
 
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
     def deny(self, *, verb: str, resource: str, group: str = "") -> None:
         """RBAC says no: 403 for that verb and resource, and SelfSubjectAccessReview agrees."""
         self._denied.add((verb, group, resource))
