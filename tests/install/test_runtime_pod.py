@@ -32,8 +32,7 @@ from manager_bot.backends.manifests import ClusterConfig, agent_manifests
 from tests.fakes.loopback import free_port
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram
-from tests.fakes.waiting import wait_until
-from tests.runtime.conftest import http_get, set_webhook
+from tests.runtime.conftest import set_webhook, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 LLM_KEY = "sk-podkeypodkeypodkeypodkey00"
@@ -165,14 +164,7 @@ async def test_the_runtime_runs_as_its_pod_does_and_answers(
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, **as_user,
     )  # fmt: skip
     try:
-
-        async def ready() -> bool:
-            try:
-                return (await http_get(f"http://127.0.0.1:{port}/readyz"))[0] == 200
-            except OSError:
-                return False
-
-        await wait_until(ready, timeout=60)
+        await wait_ready(port, timeout=60)
         await set_webhook(telegram, bot, f"http://127.0.0.1:{port}/webhook/pod0000001", HOOK)
         user = telegram.user(bot)
         await user.send("hello pod")

@@ -45,6 +45,18 @@ async def http_get(url: str) -> tuple[int, str]:
         return response.status, await response.text()
 
 
+async def wait_ready(port: str, *, timeout: float = 30) -> None:
+    """Until the runtime on this port answers /readyz with 200."""
+
+    async def ready() -> bool:
+        try:
+            return (await http_get(f"http://127.0.0.1:{port}/readyz"))[0] == 200
+        except OSError:
+            return False
+
+    await wait_until(ready, timeout=timeout)
+
+
 async def set_webhook(
     telegram: FakeTelegram, bot: FakeBot, url: str, secret: str = WEBHOOK_SECRET
 ) -> None:

@@ -13,7 +13,7 @@ from runtime.redaction import RedactingFilter, install_redaction
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.waiting import wait_until
-from tests.runtime.conftest import LLM_KEY, agent_env, http_get, set_webhook
+from tests.runtime.conftest import LLM_KEY, agent_env, set_webhook, wait_ready
 
 
 async def start_process(env: dict[str, str]) -> asyncio.subprocess.Process:
@@ -25,16 +25,6 @@ async def start_process(env: dict[str, str]) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-
-
-async def wait_ready(port: str) -> None:
-    async def ready() -> bool:
-        try:
-            return (await http_get(f"http://127.0.0.1:{port}/readyz"))[0] == 200
-        except OSError:
-            return False
-
-    await wait_until(ready, timeout=30)
 
 
 async def test_sigterm_finishes_the_reply_in_flight(
