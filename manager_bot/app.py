@@ -9,8 +9,9 @@ from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
+from aiogram.exceptions import TelegramBadRequest
 from aiogram.fsm.storage.base import BaseStorage
-from aiogram.types import BotCommand
+from aiogram.types import BotCommand, BotCommandScopeChat
 
 from manager_bot.backends.base import Backend
 from manager_bot.backends.kubernetes import KubernetesBackend
@@ -20,16 +21,19 @@ from manager_bot.crypto import Vault, load_vault
 from manager_bot.db.fsm_storage import build_fsm_storage
 from manager_bot.db.migrate import upgrade
 from manager_bot.db.session import Database
-from manager_bot.handlers import agents, common, deploy, start
+from manager_bot.handlers import admin, agents, common, deploy, start
 from manager_bot.logs import configure_logging
 from manager_bot.metrics import TelegramErrorMetrics, UpdateMetricsMiddleware
 from manager_bot.middlewares import (
+    BanMiddleware,
     PerUserOrderMiddleware,
     ThrottleMiddleware,
     UserMiddleware,
     on_error,
 )
 from manager_bot.scheduler import Scheduler
+from manager_bot.services.admin import AdminConsole, BanList
+from manager_bot.services.broadcast import Broadcaster
 from manager_bot.services.deployer import Deployer, DeployerConfig
 from manager_bot.services.health import HealthConfig, HealthMonitor
 from manager_bot.services.notifications import Notifier
@@ -64,6 +68,27 @@ COMMANDS = [
     BotCommand(command="cancel", description="Leave what you are doing"),
     BotCommand(command="help", description="What I can do"),
 ]
+ADMIN_COMMANDS = [
+    BotCommand(command="broadcast", description="Message many users"),
+    BotCommand(command="broadcast_cancel", description="Stop a running broadcast"),
+    BotCommand(command="stats", description="Platform figures"),
+    BotCommand(command="users", description="Users and their agents"),
+    BotCommand(command="ban", description="Ban a user: /ban <user_id>"),
+    BotCommand(command="unban", description="Lift a ban: /unban <user_id>"),
+    BotCommand(command="audit", description="Recent audit log"),
+]
+
+
+async def register_commands(bot: Bot, admin_ids: list[int]) -> None:
+    """Everyone's commands by default; admins get theirs too, in their own chat's scope."""
+    await bot.set_my_commands(COMMANDS)
+    for admin_id in admin_ids:
+        try:
+            await bot.set_my_commands(
+                COMMANDS + ADMIN_COMMANDS, scope=BotCommandScopeChat(chat_id=admin_id)
+            )
+        except TelegramBadRequest as error:  # the admin has not opened the bot yet
+            log.warning("admin commands not registered for %s: %s", admin_id, error.message)
 
 
 def build_deployer(
@@ -123,6 +148,8 @@ def build_dispatcher(
     vault: Vault,
     deployer: Deployer,
     storage: BaseStorage,
+    broadcaster: Broadcaster,
+    bans: BanList,
 ) -> Dispatcher:
     """The Dispatcher with every feature Router and the services handlers ask for."""
     dispatcher = Dispatcher(
@@ -131,15 +158,19 @@ def build_dispatcher(
         deployer=deployer,
         vault=vault,
         providers=available_providers(settings),
+        broadcaster=broadcaster,
+        admin=AdminConsole(database=database, deployer=deployer, bans=bans),
     )
     dispatcher.update.outer_middleware(UpdateMetricsMiddleware())
     for observer in (dispatcher.message, dispatcher.callback_query):
         observer.outer_middleware(ThrottleMiddleware())
+        observer.outer_middleware(BanMiddleware(bans))
         observer.outer_middleware(PerUserOrderMiddleware())
         observer.outer_middleware(UserMiddleware(database))
     dispatcher.errors.register(on_error)
     dispatcher.include_routers(
         common.build_cancel_router(),
+        admin.build_router(list(settings.admin_ids)),
         start.build_router(),
         deploy.build_router(),
         agents.build_router(),
@@ -189,29 +220,40 @@ async def run_manager(settings: ManagerSettings) -> None:
     report = await deployer.reconcile()
     log.info("reconciled: %d applied, %d removed", len(report.applied), len(report.removed))
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    bot = build_bot(settings)
+    broadcaster = Broadcaster(bot=bot, database=database, rate=settings.broadcast_rate)
+    bans = BanList()
+    await bans.load(database)
     dispatcher = build_dispatcher(
         settings=settings,
         database=database,
         vault=vault,
         deployer=deployer,
         storage=build_fsm_storage(database=database, redis_url=redis_url),
+        broadcaster=broadcaster,
+        bans=bans,
     )
-    bot = build_bot(settings)
     scheduler = build_scheduler(
         settings=settings, database=database, backend=backend, deployer=deployer, bot=bot
     )
 
     async def on_startup() -> None:
         scheduler.start()
+        resumed = await broadcaster.resume_unfinished()
+        if resumed:
+            log.info("resuming broadcasts %s", resumed)
         status.ready = True
 
     dispatcher.startup.register(on_startup)
     try:
         async with bot:
-            await bot.set_my_commands(COMMANDS)
-            await dispatcher.start_polling(bot, handle_signals=True)
+            try:
+                await register_commands(bot, list(settings.admin_ids))
+                await dispatcher.start_polling(bot, handle_signals=True)
+            finally:  # while the bot's session is still open: sends in flight may finish
+                await broadcaster.close()
+                await scheduler.stop()
     finally:
-        await scheduler.stop()
         await dispatcher.storage.close()
         await status.stop()
         await agent_telegram.close()

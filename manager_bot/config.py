@@ -87,6 +87,9 @@ class ManagerSettings(BaseSettings):
     azure_openai_api_version: str = Field(
         default="2024-10-21", description="Azure OpenAI API version"
     )
+    broadcast_rate: float = Field(
+        default=30.0, gt=0, le=1000, description="broadcast messages per second, overall"
+    )
     log_format: Literal["text", "json"] = Field(
         default="text", description="log lines as text, or one JSON object per line"
     )

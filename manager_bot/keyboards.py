@@ -149,3 +149,43 @@ def health_alert(agent: Agent, *, gave_up: bool) -> InlineKeyboardMarkup:
         add(texts.MUTE_BUTTON, "mute")
     builder.adjust(3)
     return builder.as_markup()
+
+
+class AdminAction(CallbackData, prefix="ad"):
+    action: str  # audience | send | users
+    value: str = ""
+
+
+def audiences(sizes: dict[str, int]) -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    for audience, size in sizes.items():
+        builder.button(
+            text=f"{texts.AUDIENCE_LABELS[audience]} ({size})",
+            callback_data=AdminAction(action="audience", value=audience),
+        )
+    builder.button(text=texts.CANCEL_BUTTON, callback_data=WizardAction(action="cancel"))
+    builder.adjust(1)
+    return builder.as_markup()
+
+
+def confirm_broadcast() -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    builder.button(text=texts.BROADCAST_SEND_BUTTON, callback_data=AdminAction(action="send"))
+    builder.button(text=texts.CANCEL_BUTTON, callback_data=WizardAction(action="cancel"))
+    builder.adjust(2)
+    return builder.as_markup()
+
+
+def users_pages(page: int, pages: int) -> InlineKeyboardMarkup | None:
+    if pages <= 1:
+        return None
+    builder = InlineKeyboardBuilder()
+    if page > 0:
+        builder.button(text="◀️", callback_data=AdminAction(action="users", value=str(page - 1)))
+    builder.button(
+        text=f"{page + 1}/{pages}", callback_data=AdminAction(action="users", value=str(page))
+    )
+    if page < pages - 1:
+        builder.button(text="▶️", callback_data=AdminAction(action="users", value=str(page + 1)))
+    builder.adjust(3)
+    return builder.as_markup()

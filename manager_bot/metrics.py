@@ -68,6 +68,16 @@ HEALTH_NOTIFICATIONS = Counter(
     "Health messages sent to owners, by kind (down, degraded, back, digest, muted)",
     ["kind"],
 )
+BROADCAST_MESSAGES = Counter(
+    "hatchbot_manager_broadcast_messages_total",
+    "Broadcast deliveries by outcome: sent, failed, blocked",
+    ["outcome"],
+)
+BROADCAST_REMAINING = Gauge(
+    "hatchbot_manager_broadcast_remaining",
+    "Recipients not yet sent to, per running broadcast",
+    ["broadcast"],
+)
 TELEGRAM_ERRORS = Counter(
     "hatchbot_manager_telegram_errors_total",
     "Bot API calls that failed, by method and HTTP code (0: network)",

@@ -16,6 +16,7 @@ from manager_bot import texts
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 from manager_bot.logs import REQUEST_ID, new_request_id
+from manager_bot.services.admin import BanList
 
 log = logging.getLogger(__name__)
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
@@ -64,6 +65,11 @@ class PerUserOrderMiddleware(BaseMiddleware):
         lock = self._locks.setdefault(sender.id, asyncio.Lock())
         try:
             async with lock:
+                # aiogram read the FSM state before this update queued here; the update
+                # ahead may have changed it (e.g. /broadcast, then a photo at once).
+                state = data.get("state")
+                if state is not None:
+                    data["raw_state"] = await state.get_state()
                 return await handler(event, data)
         finally:
             if not lock.locked() and not lock._waiters:  # nobody queued: forget the lock
@@ -97,6 +103,31 @@ class ThrottleMiddleware(BaseMiddleware):
             return None
         recent.append(now)
         return await handler(event, data)
+
+
+class BanMiddleware(BaseMiddleware):
+    """Banned users are ignored, politely: one note per user every few minutes."""
+
+    NOTE_EVERY = 600.0
+
+    def __init__(self, bans: BanList) -> None:
+        self._bans = bans
+        self._noted: dict[int, float] = {}
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        sender = getattr(event, "from_user", None)
+        if sender is None or sender.id not in self._bans:
+            return await handler(event, data)
+        if isinstance(event, CallbackQuery):
+            await event.answer(texts.YOU_ARE_BANNED, show_alert=True)
+            return None
+        now = time.monotonic()
+        if isinstance(event, Message) and now - self._noted.get(sender.id, -self.NOTE_EVERY) >= (
+            self.NOTE_EVERY
+        ):
+            self._noted[sender.id] = now
+            await event.answer(texts.YOU_ARE_BANNED)
+        return None
 
 
 async def on_error(event: ErrorEvent) -> bool:

@@ -189,3 +189,76 @@ LOGS_BUTTON = "📜 Logs"
 RESTART_BUTTON = "🔄 Restart"
 RESUME_BUTTON = "▶️ Resume"
 MUTE_BUTTON = "🔕 Mute 24h"
+
+
+# -- admin console ---------------------------------------------------------------------
+ADMIN_HELP = (
+    "Admin: /broadcast — message many users · /broadcast_cancel — stop a broadcast · "
+    "/stats · /users · /ban &lt;user_id&gt; · /unban &lt;user_id&gt; · /audit"
+)
+BROADCAST_COMPOSE = (
+    "Send the message to broadcast: text (formatting is kept) or a photo with a caption. "
+    "/cancel to stop."
+)
+BROADCAST_COMPOSE_HINT = "A broadcast is text or one photo with a caption. Send one, or /cancel."
+BROADCAST_TOO_LONG = "That is {length} characters; Telegram allows {limit}. Shorten it, or /cancel."
+BROADCAST_AUDIENCE = "Who should get it?"
+AUDIENCE_LABELS = {
+    "all": "All users",
+    "with_agents": "Users with agents",
+    "agent_down": "Users with an agent down",
+}
+BROADCAST_PREVIEW = "⬆️ This is exactly how it will arrive. Send it to {count} users ({audience})?"
+BROADCAST_NOBODY = "Nobody is in that audience right now. Pick another, or /cancel."
+BROADCAST_SEND_BUTTON = "📣 Send"
+BROADCAST_STARTED = "📣 Broadcast #{id}: sending to {count} users…"
+BROADCAST_NONE_RUNNING = "No broadcast is running."
+BROADCAST_CANCELLED = "⏹ Stopped broadcast #{ids}."
+STATS = (
+    "<b>Users</b>: {users} ({banned} banned, {blocked} blocked the bot)\n"
+    "<b>Agents</b>: {agents}\n"
+    "<b>Deploys</b> last 24 h: {deploys_day_ok} ok, {deploys_day_failed} failed · "
+    "last 7 days: {deploys_week_ok} ok, {deploys_week_failed} failed\n"
+    "<b>Agents' traffic</b> (running agents that answered): {replies} messages, "
+    "{tokens} tokens from {reporting} agents"
+)
+USERS_PAGE = "<b>Users</b> {first}–{last} of {total}:\n{lines}"
+USERS_EMPTY = "No users yet."
+USER_LINE = "<code>{id}</code> {name}{flags}: {agents}"
+BAN_USAGE = "Usage: /{command} &lt;user_id&gt; (a number; /users lists them)"
+BAN_UNKNOWN = "No user {user_id}."
+BAN_SELF = "You cannot ban yourself."
+BANNED = "🚫 User {user_id} is banned; {stopped} of their agents stopped."
+UNBANNED = "✅ User {user_id} may use Hatchbot again (their agents stay stopped until resumed)."
+YOU_ARE_BANNED = (
+    "Your access to Hatchbot is suspended. Contact the operator if you think this is a mistake."
+)
+AUDIT_EMPTY = "The audit log is empty."
+AUDIT_LINE = "{at} {actor} {action} {agent}{outcome}{detail}"
+
+
+def broadcast_progress(broadcast_id: int, counts: dict[str, int], seconds: float) -> str:
+    done = sum(v for k, v in counts.items() if k not in ("pending", "sending"))
+    rate = done / seconds if seconds > 0 else 0.0
+    return (
+        f"📣 Broadcast #{broadcast_id}: sent {counts.get('sent', 0)}, "
+        f"failed {counts.get('failed', 0)}, blocked {counts.get('blocked', 0)}, "
+        f"remaining {counts.get('pending', 0) + counts.get('sending', 0)} · {rate:.1f}/s"
+    )
+
+
+def broadcast_report(
+    broadcast_id: int, counts: dict[str, int], seconds: float, *, cancelled: bool
+) -> str:
+    verb = "stopped" if cancelled else "done"
+    lines = [
+        f"📣 Broadcast #{broadcast_id} {verb} in {seconds:.0f} s: sent {counts.get('sent', 0)}, "
+        f"failed {counts.get('failed', 0)}, blocked {counts.get('blocked', 0)}"
+    ]
+    if counts.get("pending"):
+        lines.append(f"Not sent (stopped): {counts['pending']}")
+    if counts.get("uncertain"):
+        lines.append(
+            f"Uncertain (the manager stopped mid-send; not sent again): {counts['uncertain']}"
+        )
+    return "\n".join(lines)

@@ -137,6 +137,40 @@ class AuditEntry(Base):
     detail: Mapped[str | None] = mapped_column(String(512))  # never a secret
 
 
+class Broadcast(Base):
+    """An admin's message to many users; its deliveries say who got it."""
+
+    __tablename__ = "broadcasts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    author_id: Mapped[int] = mapped_column(BigInteger)
+    text: Mapped[str] = mapped_column(Text)  # HTML, as the admin formatted it
+    photo_file_id: Mapped[str | None] = mapped_column(String(256))
+    audience: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="sending")  # sending|done|cancelled
+    progress_chat_id: Mapped[int | None] = mapped_column(BigInteger)
+    progress_message_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Delivery(Base):
+    """One recipient of one broadcast: written before and after each send."""
+
+    __tablename__ = "broadcast_deliveries"
+    __table_args__ = (Index("ix_broadcast_deliveries_status", "broadcast_id", "status"),)
+
+    broadcast_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("broadcasts.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    # pending | sending | sent | failed | blocked | uncertain (a crash between send and record)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(String(256))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class FsmState(Base):
     """aiogram FSM storage: a half-finished wizard survives a manager restart."""
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from manager_bot.db.models import (
     Agent,
     AgentRevision,
     AuditEntry,
+    Broadcast,
+    Delivery,
     DesiredState,
     User,
     utcnow,
@@ -37,6 +39,28 @@ class Users:
 
     async def get(self, user_id: int) -> User | None:
         return await self._session.get(User, user_id)
+
+    async def banned_ids(self) -> Sequence[int]:
+        return (await self._session.scalars(select(User.id).where(User.is_banned.is_(True)))).all()
+
+    async def page(self, offset: int, limit: int) -> Sequence[User]:
+        query = select(User).order_by(User.created_at, User.id).offset(offset).limit(limit)
+        return (await self._session.scalars(query)).all()
+
+    async def counts(self) -> dict[str, int]:
+        query = select(
+            func.count(),
+            func.count().filter(User.is_banned.is_(True)),
+            func.count().filter(User.blocked_bot.is_(True)),
+        )
+        total, banned, blocked = (await self._session.execute(query)).one()
+        return {"total": int(total), "banned": int(banned), "blocked": int(blocked)}
+
+    async def set_banned(self, user_id: int, banned: bool) -> User | None:
+        user = await self._session.get(User, user_id)
+        if user is not None:
+            user.is_banned = banned
+        return user
 
     async def mark_blocked(self, user_id: int) -> None:
         """Telegram said 403: the user blocked the manager bot."""
@@ -89,6 +113,17 @@ class Agents:
 
     async def all(self) -> Sequence[Agent]:
         return (await self._session.scalars(select(Agent))).all()
+
+    async def owned_by_any(self, owner_ids: Sequence[int]) -> dict[int, list[Agent]]:
+        query = (
+            select(Agent)
+            .where(Agent.owner_id.in_(owner_ids), Agent.desired_state.in_(ACTIVE))
+            .order_by(Agent.created_at)
+        )
+        found: dict[int, list[Agent]] = {owner: [] for owner in owner_ids}
+        for agent in (await self._session.scalars(query)).all():
+            found[agent.owner_id].append(agent)
+        return found
 
     async def running(self) -> Sequence[Agent]:
         """Agents that should be running: what a health sweep looks at."""
@@ -171,6 +206,15 @@ class Audit:
         )
         await self._session.flush()
 
+    async def outcomes(self, action: str, since: datetime) -> dict[str, int]:
+        """How often `action` ended in each outcome since a moment (e.g. deploys this week)."""
+        query = (
+            select(AuditEntry.outcome, func.count())
+            .where(AuditEntry.action == action, AuditEntry.at >= since)
+            .group_by(AuditEntry.outcome)
+        )
+        return {outcome: int(n) for outcome, n in (await self._session.execute(query)).all()}
+
     async def recent(
         self, limit: int = 20, *, since: datetime | None = None
     ) -> Sequence[AuditEntry]:
@@ -178,6 +222,92 @@ class Audit:
         if since is not None:
             query = query.where(AuditEntry.at >= since)
         return (await self._session.scalars(query)).all()
+
+
+AUDIENCES = ("all", "with_agents", "agent_down")
+
+
+class Broadcasts:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    def _audience(self, audience: str) -> Select[int]:
+        reachable = select(User.id).where(User.is_banned.is_(False), User.blocked_bot.is_(False))
+        if audience == "all":
+            return reachable
+        live = select(Agent.id).where(Agent.owner_id == User.id)
+        if audience == "with_agents":
+            live = live.where(Agent.desired_state.in_(ACTIVE))
+        elif audience == "agent_down":
+            live = live.where(
+                Agent.desired_state == DesiredState.RUNNING.value,
+                or_(Agent.health == "down", Agent.observed_state == "crash-looping"),
+            )
+        else:
+            raise ValueError(f"unknown audience {audience!r}")
+        return reachable.where(live.exists())
+
+    async def audience_size(self, audience: str) -> int:
+        query = select(func.count()).select_from(self._audience(audience).subquery())
+        return int(await self._session.scalar(query) or 0)
+
+    async def create(self, broadcast: Broadcast) -> int:
+        """The broadcast and one pending delivery per recipient, snapshotted now."""
+        self._session.add(broadcast)
+        await self._session.flush()
+        recipients = (await self._session.scalars(self._audience(broadcast.audience))).all()
+        if recipients:
+            await self._session.execute(
+                insert(Delivery),
+                [{"broadcast_id": broadcast.id, "user_id": user_id} for user_id in recipients],
+            )
+        return len(recipients)
+
+    async def get(self, broadcast_id: int) -> Broadcast | None:
+        return await self._session.get(Broadcast, broadcast_id)
+
+    async def unfinished(self) -> Sequence[Broadcast]:
+        query = select(Broadcast).where(Broadcast.status == "sending").order_by(Broadcast.id)
+        return (await self._session.scalars(query)).all()
+
+    async def pending(self, broadcast_id: int, limit: int) -> list[int]:
+        query = (
+            select(Delivery.user_id)
+            .where(Delivery.broadcast_id == broadcast_id, Delivery.status == "pending")
+            .order_by(Delivery.user_id)
+            .limit(limit)
+        )
+        return list((await self._session.scalars(query)).all())
+
+    async def set_delivery(
+        self, broadcast_id: int, user_id: int, status: str, *, error: str | None = None,
+        attempt: bool = False,
+    ) -> None:  # fmt: skip
+        values: dict[str, object] = {"status": status, "updated_at": utcnow(), "error": error}
+        if attempt:
+            values["attempts"] = Delivery.attempts + 1
+        await self._session.execute(
+            update(Delivery)
+            .where(Delivery.broadcast_id == broadcast_id, Delivery.user_id == user_id)
+            .values(**values)
+        )
+
+    async def interrupted_to_uncertain(self, broadcast_id: int) -> int:
+        """Deliveries a crash left between send and record: never sent again."""
+        result = await self._session.execute(
+            update(Delivery)
+            .where(Delivery.broadcast_id == broadcast_id, Delivery.status == "sending")
+            .values(status="uncertain", updated_at=utcnow())
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    async def counts(self, broadcast_id: int) -> dict[str, int]:
+        query = (
+            select(Delivery.status, func.count())
+            .where(Delivery.broadcast_id == broadcast_id)
+            .group_by(Delivery.status)
+        )
+        return {status: int(count) for status, count in (await self._session.execute(query)).all()}
 
 
 class Repositories:
@@ -189,3 +319,4 @@ class Repositories:
         self.agents = Agents(session)
         self.revisions = Revisions(session)
         self.audit = Audit(session)
+        self.broadcasts = Broadcasts(session)

@@ -51,6 +51,7 @@ from manager_bot.services.telegram import (
     BotIdentity,
     WebhookStatus,
 )
+from manager_bot.services.usage import fetch_usage
 from runtime.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -343,6 +344,48 @@ class Deployer:
         )
         await self._reapply(agent)
         return await self._reload(agent.id)
+
+    async def stop_all_of(self, owner_id: int, *, actor_id: int) -> int:
+        """Stop every running agent of a user (a ban); returns how many were stopped."""
+        async with self._db.session() as session:
+            repos = Repositories(session)
+            running = [
+                agent
+                for agent in await repos.agents.owned_by(owner_id)
+                if agent.desired_state == DesiredState.RUNNING
+            ]
+            for agent in running:
+                agent.desired_state = DesiredState.STOPPED.value
+                await repos.audit.record(
+                    actor_id=actor_id, action="stop", agent_id=agent.id, outcome="ok",
+                    detail="owner banned",
+                )  # fmt: skip
+        for agent in running:
+            try:
+                await self._backend.stop(agent.id)
+            except BackendError as error:  # stored as stopped: reconcile finishes the job
+                log.warning("could not stop agent %s of a banned user: %s", agent.id, error)
+        return len(running)
+
+    async def usage_totals(self, *, concurrency: int = 32) -> tuple[float, float, int]:
+        """(replies, tokens, agents that answered) summed over running agents' /metrics."""
+        try:
+            observed = await self._backend.observe_all()
+        except BackendError:
+            return 0.0, 0.0, 0
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(url: str | None) -> dict[str, float] | None:
+            async with limit:
+                return await fetch_usage(url)
+
+        found = await asyncio.gather(
+            *(one(o.probe_url) for o in observed.values() if o.state == ObservedState.RUNNING)
+        )
+        usages = [u for u in found if u is not None]
+        replies = sum(u.get("replies", 0.0) for u in usages)
+        tokens = sum(u.get("prompt_tokens", 0.0) + u.get("completion_tokens", 0.0) for u in usages)
+        return replies, tokens, len(usages)
 
     # -- health (the health sweep's repairs; the system is the actor) -------------------
 

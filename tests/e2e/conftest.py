@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,6 +28,8 @@ from manager_bot.db.fsm_storage import SqlStorage
 from manager_bot.db.migrate import upgrade
 from manager_bot.db.session import Database
 from manager_bot.scheduler import Scheduler
+from manager_bot.services.admin import BanList
+from manager_bot.services.broadcast import Broadcaster
 from manager_bot.services.deployer import Deployer
 from manager_bot.services.health import HealthConfig
 from manager_bot.services.telegram import AgentTelegram
@@ -36,6 +41,7 @@ from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeBot, FakeTelegram
 
 PUBLIC_URL = "https://bots.example.com"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -48,6 +54,7 @@ class Manager:
     backend: Backend
     restart: Callable[[], Any]
     scheduler: Scheduler  # not started: tests run `health_check()` when they want a sweep
+    broadcaster: Broadcaster
 
 
 class _Running:
@@ -103,15 +110,19 @@ async def start_manager(
         telegram=agent_telegram, ready_timeout=30,
     )  # fmt: skip
 
+    notifier_bot = build_bot(settings)
+    broadcaster = Broadcaster(bot=notifier_bot, database=database, rate=settings.broadcast_rate)
+    bans = BanList()
+    await bans.load(database)
+
     def start() -> _Running:
         dispatcher = build_dispatcher(
             settings=settings, database=database, vault=vault, deployer=deployer,
-            storage=SqlStorage(database),
+            storage=SqlStorage(database), broadcaster=broadcaster, bans=bans,
         )  # fmt: skip
         return _Running(dispatcher, build_bot(settings))
 
     running = start()
-    notifier_bot = build_bot(settings)
     scheduler = build_scheduler(
         settings=settings, database=database, backend=backend, deployer=deployer,
         bot=notifier_bot, health=health,
@@ -123,8 +134,9 @@ async def start_manager(
         running = start()
 
     try:
-        yield Manager(fake, deployer, database, backend, restart, scheduler)
+        yield Manager(fake, deployer, database, backend, restart, scheduler, broadcaster)
     finally:
+        await broadcaster.close()
         await scheduler.stop()
         await notifier_bot.session.close()
         await running.stop()
@@ -190,3 +202,41 @@ async def kube_manager(
             yield manager
     finally:
         await backend.close()
+
+
+# -- the manager as a separate process (python -m manager_bot) ----------------------
+
+
+async def polling(telegram: FakeTelegram, bot: FakeBot) -> bool:
+    return bool(telegram.calls("getUpdates", bot=bot))
+
+
+async def start_manager_process(
+    telegram: FakeTelegram, bot: FakeBot, cwd: Path, **env: str
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "manager_bot",
+        cwd=cwd,
+        env={
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONPATH": str(REPO),
+            "MANAGER_BOT_TOKEN": bot.token,
+            "TELEGRAM_API_URL": telegram.url,
+            **env,
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+
+
+async def stop_process(process: asyncio.subprocess.Process) -> str:
+    """SIGINT, as Ctrl-C; what the process printed."""
+    process.send_signal(signal.SIGINT)
+    try:
+        await asyncio.wait_for(process.wait(), timeout=20)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+    return (await process.stdout.read()).decode() if process.stdout else ""

@@ -2,56 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import signal
 import stat
-import sys
 from pathlib import Path
 
 import aiohttp
 
+from tests.e2e.conftest import polling, start_manager_process, stop_process
 from tests.fakes.loopback import free_port
-from tests.fakes.telegram_api import FakeBot, FakeTelegram
+from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.waiting import wait_until
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-async def polling(telegram: FakeTelegram, bot: FakeBot) -> bool:
-    return bool(telegram.calls("getUpdates", bot=bot))
-
-
-async def start_manager_process(
-    telegram: FakeTelegram, bot: FakeBot, cwd: Path, **env: str
-) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "manager_bot",
-        cwd=cwd,
-        env={
-            "PATH": os.environ.get("PATH", ""),
-            "PYTHONPATH": str(REPO),
-            "MANAGER_BOT_TOKEN": bot.token,
-            "TELEGRAM_API_URL": telegram.url,
-            **env,
-        },
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-
-
-async def stop_process(process: asyncio.subprocess.Process) -> str:
-    """SIGINT, as Ctrl-C; what the process printed."""
-    process.send_signal(signal.SIGINT)
-    try:
-        await asyncio.wait_for(process.wait(), timeout=20)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-    return (await process.stdout.read()).decode() if process.stdout else ""
 
 
 async def test_manager_starts_on_embedded_defaults_and_greets(

@@ -163,9 +163,10 @@ class SimUser(_ChatParticipant):
             "language_code": "en",
         }
 
-    async def send(self, text: str) -> JsonDict:
+    async def send(self, text: str, *, entities: list[JsonDict] | None = None) -> JsonDict:
+        """A text message; `entities` adds formatting (bold, italic...) as Telegram sends it."""
         content: JsonDict = {"text": text}
-        entities = _entities(text)
+        entities = _entities(text) + (entities or [])
         if entities:
             content["entities"] = entities
         return await self._push_message(self.as_user(), content)
