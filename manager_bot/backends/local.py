@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -403,7 +404,10 @@ class LocalBackend:
             "env_hash": agent.env_hash,
             "restarts": agent.restarts,
         }
-        temporary = agent.state_file.with_suffix(".tmp")
+        # One temporary file per write: saves from two threads must not share one.
+        temporary = agent.state_file.with_name(
+            f"state.{threading.get_ident()}.{time.monotonic_ns()}.tmp"
+        )
         temporary.write_text(json.dumps(state))
         os.replace(temporary, agent.state_file)
 

@@ -45,7 +45,13 @@ class Content:
 
 
 class SlidingWindow:
-    """At most `rate` sends in any one-second window: Telegram's own rule, no bursts."""
+    """At most `rate` sends in any one-second window: Telegram's own rule, no bursts.
+
+    The window is a little longer than a second: Telegram counts arrivals, and a
+    send that left early may arrive late.
+    """
+
+    SECONDS = 1.015
 
     def __init__(self, rate: float) -> None:
         self._rate = max(1, int(rate))
@@ -64,12 +70,12 @@ class SlidingWindow:
                 if now < self._paused_until:
                     await asyncio.sleep(self._paused_until - now)
                     continue
-                while self._sent and now - self._sent[0] >= 1.0:
+                while self._sent and now - self._sent[0] >= self.SECONDS:
                     self._sent.popleft()
                 if len(self._sent) < self._rate:
                     self._sent.append(now)
                     return
-                await asyncio.sleep(1.0 - (now - self._sent[0]) + 0.001)
+                await asyncio.sleep(self.SECONDS - (now - self._sent[0]) + 0.001)
 
 
 class Broadcaster:
@@ -209,8 +215,8 @@ class Broadcaster:
     async def _deliver(self, broadcast_id: int, content: Content, user_id: int) -> None:
         failures = 0
         while True:
-            await self._window.acquire()
             await self._record(broadcast_id, user_id, "sending", attempt=True)
+            await self._window.acquire()  # right before the send: Telegram counts arrivals
             try:
                 await self._send(user_id, content)
             except TelegramRetryAfter as error:  # flood control: wait, then the same recipient

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import random
 import secrets
 import string
 import time
@@ -143,6 +144,8 @@ class FakeBot:
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     rate_limit: float | None = None
     recent_sends: deque[float] = field(default_factory=deque)
+    # Flood control out of the blue, as Telegram sometimes answers: (probability, rng).
+    random_429: tuple[float, random.Random] | None = None
     blocked_by: set[int] = field(default_factory=set)
     next_message_id: dict[int, int] = field(default_factory=dict)
 
@@ -357,7 +360,17 @@ class FakeTelegram:
             raise TelegramError(fault.status, fault.description or _default_description(fault))
         self._faults = [fault for fault in self._faults if fault.times > 0]
 
+    def set_random_429(self, bot: FakeBot, probability: float, *, seed: int = 0) -> None:
+        """Each send fails with 429 (retry_after 1) with this probability, reproducibly."""
+        bot.random_429 = (probability, random.Random(seed))
+
     def _check_rate(self, bot: FakeBot) -> None:
+        if bot.random_429 is not None:
+            probability, rng = bot.random_429
+            if rng.random() < probability:
+                raise TelegramError(
+                    429, "Too Many Requests: retry after 1", parameters={"retry_after": 1}
+                )
         if bot.rate_limit is None:
             return
         now = time.monotonic()
