@@ -115,19 +115,29 @@ async def test_broadcast_with_formatting_preview_audience_and_report(
     assert ("broadcast", "started") in actions and ("broadcast", "ok") in actions
 
 
-async def test_a_429_mid_broadcast_is_waited_out_and_nobody_gets_two(
+async def test_a_429_and_a_502_mid_broadcast_are_retried_and_nobody_gets_two(
     local_manager: Manager, telegram: FakeTelegram
 ) -> None:
     admin = await join(local_manager, telegram, "Admin", user_id=ADMIN)
     users = [await join(local_manager, telegram, f"U{i}") for i in range(6)]
-    telegram.inject_fault("sendMessage", status=429, retry_after=1, times=2, bot=local_manager.fake)
     await admin.send("/broadcast")
     await admin.send("Flood test")
     await admin.press("All users (7)")
+    fake = local_manager.fake
+    telegram.inject_fault("sendMessage", status=429, retry_after=1, times=2, bot=fake,
+                          chat_id=users[2].id)  # fmt: skip
+    telegram.inject_fault("sendMessage", status=502, times=1, bot=fake, chat_id=users[4].id)
     await admin.press("Send")
     await admin.wait_for(text_contains="sent 7, failed 0, blocked 0", timeout=30)
     for user in users:
         assert copies(telegram, local_manager.fake, user.id, "Flood test") == 1
+    chats = {str(users[2].id), str(users[4].id)}
+    answers = [
+        c.status
+        for c in telegram.calls("sendMessage", bot=fake)
+        if str(c.params.get("chat_id")) in chats and c.params.get("text") == "Flood test"
+    ]
+    assert sorted(answers) == [200, 200, 429, 429, 502]
     assert copies(telegram, local_manager.fake, admin.id, "Flood test") == 2  # and the preview
 
 

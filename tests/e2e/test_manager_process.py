@@ -19,7 +19,7 @@ async def test_manager_starts_on_embedded_defaults_and_greets(
 ) -> None:
     manager = telegram.add_bot(username="hatchbot_manager_bot")
     process = await start_manager_process(
-        telegram, manager, tmp_path, METRICS_PORT=str(free_port())
+        telegram, manager, tmp_path, METRICS_PORT=str(free_port()), ADMIN_IDS="900001"
     )
     try:
         user = telegram.user(manager)
@@ -27,8 +27,13 @@ async def test_manager_starts_on_embedded_defaults_and_greets(
         await user.send("/start")
         greeting = await user.wait_for(text_contains="Hatchbot", timeout=15)
         assert "/deploy" in greeting["text"]
-        registered = [c["command"] for c in next(iter(manager.commands.values()))]
-        assert {"deploy", "agents", "status", "logs", "cancel"} <= set(registered)
+        scopes = {
+            ("admin" if "900001" in key else "default"): {c["command"] for c in commands}
+            for key, commands in manager.commands.items()
+        }
+        assert {"deploy", "agents", "status", "logs", "cancel"} <= scopes["default"]
+        assert "broadcast" not in scopes["default"]  # admin commands only in admins' scope
+        assert {"deploy", "broadcast", "stats", "users", "ban", "audit"} <= scopes["admin"]
         database = tmp_path / "data" / "hatchbot.db"
         key_file = tmp_path / "data" / "fernet.key"
         assert database.exists()

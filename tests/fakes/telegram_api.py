@@ -117,6 +117,7 @@ class Fault:
     times: int
     bot: FakeBot | None
     description: str | None
+    chat_id: int | None = None
 
 
 @dataclass(eq=False)
@@ -283,12 +284,14 @@ class FakeTelegram:
         times: int = 1,
         bot: FakeBot | None = None,
         description: str | None = None,
+        chat_id: int | None = None,
     ) -> None:
-        """The next `times` calls of `method` (optionally of one bot) fail or are delayed.
-
-        `status=None` only delays. A 429 carries `retry_after` like Telegram's.
+        """The next `times` calls of `method` (optionally of one bot, to one chat) fail or
+        are delayed. `status=None` only delays. A 429 carries `retry_after` like Telegram's.
         """
-        self._faults.append(Fault(method, status, retry_after, delay, times, bot, description))
+        self._faults.append(
+            Fault(method, status, retry_after, delay, times, bot, description, chat_id)
+        )
 
     def set_rate_limit(self, bot: FakeBot, per_second: float = 30.0) -> None:
         bot.rate_limit = per_second
@@ -320,7 +323,7 @@ class FakeTelegram:
         try:
             if bot is None:
                 raise TelegramError(401, "Unauthorized")
-            await self._apply_faults(method, bot)
+            await self._apply_faults(method, bot, params)
             handler = self._methods().get(method.lower())
             if handler is None:
                 raise TelegramError(404, "Not Found")
@@ -339,11 +342,13 @@ class FakeTelegram:
             return web.json_response(body, status=error.code)
         return web.json_response({"ok": True, "result": result})
 
-    async def _apply_faults(self, method: str, bot: FakeBot) -> None:
+    async def _apply_faults(self, method: str, bot: FakeBot, params: JsonDict) -> None:
         for fault in self._faults:
             if fault.times <= 0 or fault.method != method:
                 continue
             if fault.bot is not None and fault.bot is not bot:
+                continue
+            if fault.chat_id is not None and str(params.get("chat_id")) != str(fault.chat_id):
                 continue
             fault.times -= 1
             if fault.delay:

@@ -15,7 +15,10 @@ from manager_bot.db.secrets import rotate_secrets
 from manager_bot.db.session import Database
 from tests.fakes.databases import raw_database_bytes
 
-TABLES = {"users", "agents", "agent_revisions", "audit_log", "fsm_states"}
+TABLES = {
+    "users", "agents", "agent_revisions", "audit_log", "fsm_states", "broadcasts",
+    "broadcast_deliveries",
+}  # fmt: skip
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
