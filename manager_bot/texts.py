@@ -23,6 +23,10 @@ UNKNOWN = "I don't know that one. /help lists what I can do."
 CANCELLED = "Cancelled. Nothing was changed."
 NOTHING_TO_CANCEL = "There is nothing to cancel."
 NOT_FOUND = "Agent not found."
+DEPLOY_THROTTLED = (
+    "That's a lot of deploys in a short time. Please try again in {minutes} min "
+    "(your summary is kept: tap Deploy then)."
+)
 SLOW_DOWN = "Easy there! Please wait a few seconds and try again."
 ERROR = "Sorry, something went wrong on my side. Reference: <code>{reference}</code>"
 

@@ -206,6 +206,22 @@ class Audit:
         )
         await self._session.flush()
 
+    async def times(
+        self, *, actor_id: int, action: str, outcome: str, since: datetime
+    ) -> Sequence[datetime]:
+        """When this actor's matching entries happened since a moment, oldest first."""
+        query = (
+            select(AuditEntry.at)
+            .where(
+                AuditEntry.actor_id == actor_id,
+                AuditEntry.action == action,
+                AuditEntry.outcome == outcome,
+                AuditEntry.at >= since,
+            )
+            .order_by(AuditEntry.at)
+        )
+        return (await self._session.scalars(query)).all()
+
     async def outcomes(self, action: str, since: datetime) -> dict[str, int]:
         """How often `action` ended in each outcome since a moment (e.g. deploys this week)."""
         query = (

@@ -33,6 +33,7 @@ from manager_bot.services.deployer import (
 from manager_bot.services.errors import (
     BotAlreadyUsed,
     DeployFailed,
+    DeployThrottled,
     InvalidAgentConfig,
     InvalidBotToken,
     QuotaReached,
@@ -264,6 +265,10 @@ async def deploy(query: CallbackQuery, state: FSMContext, deployer: Deployer, va
     """Runs the deploy, editing one progress message as steps complete."""
     await query.answer()
     assert isinstance(query.message, Message)
+    wait = await deployer.deploy_wait(query.from_user.id)
+    if wait:  # the summary stays: they can tap Deploy again later
+        await query.message.answer(texts.DEPLOY_THROTTLED.format(minutes=-(-wait // 60)))
+        return
     await state.set_state(Deploy.deploying)
     data = await state.get_data()
     steps = [str(step) for step in deployer.steps]
@@ -316,6 +321,10 @@ async def _deploy(
         return
     except QuotaReached as error:
         await progress_message.edit_text(texts.QUOTA.format(limit=error.limit))
+        return
+    except DeployThrottled as error:
+        minutes = -(-error.retry_in // 60)
+        await progress_message.edit_text(texts.DEPLOY_THROTTLED.format(minutes=minutes))
         return
     await message.answer(texts.DEPLOYED.format(username=agent.bot_username))
     await send_card(message, agent, deployer=deployer)

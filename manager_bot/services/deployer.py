@@ -31,7 +31,7 @@ from manager_bot.backends.base import (
     ObservedState,
 )
 from manager_bot.crypto import Vault
-from manager_bot.db.models import Agent, DesiredState, utcnow
+from manager_bot.db.models import Agent, DesiredState, as_utc, utcnow
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 from manager_bot.metrics import DEPLOYS
@@ -39,6 +39,7 @@ from manager_bot.services.errors import (
     AgentNotFound,
     BotAlreadyUsed,
     DeployFailed,
+    DeployThrottled,
     InvalidAgentConfig,
     InvalidBotToken,
     NoPreviousRevision,
@@ -98,6 +99,10 @@ class DeployerConfig:
     max_agents_per_user: int
     ready_timeout: float = 90.0
     ready_poll_interval: float = 0.5
+    # At most this many deploys per user in the window (counted in the audit log,
+    # so a restart does not reset it).
+    deploys_per_window: int = 5
+    deploy_window: timedelta = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -176,7 +181,22 @@ class Deployer:
         finally:
             DEPLOYS.labels(outcome).inc()
 
+    async def deploy_wait(self, owner_id: int) -> int:
+        """Seconds until this user may start another deploy (0: now)."""
+        since = utcnow() - self._config.deploy_window
+        async with self._db.session() as session:
+            recent = await Repositories(session).audit.times(
+                actor_id=owner_id, action="deploy", outcome="started", since=since
+            )
+        if len(recent) < self._config.deploys_per_window:
+            return 0
+        oldest = as_utc(recent[-self._config.deploys_per_window])
+        return max(1, int((oldest + self._config.deploy_window - utcnow()).total_seconds()) + 1)
+
     async def _deploy(self, request: NewAgent, progress: Progress) -> Agent:
+        wait = await self.deploy_wait(request.owner_id)
+        if wait:
+            raise DeployThrottled(wait)
         provider = self._check_config(request.provider, request.model, request.llm_api_key)
         prompt = self._check_prompt(request.system_prompt)
         identity = await self._identify(request.bot_token)

@@ -17,6 +17,14 @@ class QuotaReached(HatchbotError):
         self.limit = limit
 
 
+class DeployThrottled(HatchbotError):
+    """Too many deploys by one user in a short time; `retry_in` seconds until the next."""
+
+    def __init__(self, retry_in: int) -> None:
+        super().__init__(f"too many deploys; try again in {retry_in} s")
+        self.retry_in = retry_in
+
+
 class InvalidBotToken(HatchbotError):
     """The token is malformed, revoked, or Telegram cannot be reached to check it."""
 

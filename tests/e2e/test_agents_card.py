@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from manager_bot.services.deployer import NewAgent
 from tests.e2e.conftest import Manager
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.telegram_api import FakeTelegram
@@ -164,3 +167,68 @@ async def test_cancel_button_leaves_the_wizard(
     await user.press_callback(cancelled, "md:openai:gpt-4o-mini")  # a stale tap anyway
     await user.wait_for_answer(text_contains="Agent not found")
     assert await local_manager.deployer.agents_of(user.id) == []
+
+
+async def test_card_restart_and_change_model(
+    kube_manager: Manager, telegram: FakeTelegram, kube: FakeKubernetes
+) -> None:
+    user = telegram.user(kube_manager.fake)
+    await deploy_one(user, telegram, "tuned_bot")
+    (agent,) = await kube_manager.deployer.agents_of(user.id)
+    deployment = f"agent-{agent.id}"
+    await user.send("/status tuned_bot")
+    await user.wait_for(text_contains="State: running")
+    await user.press("Restart")
+    await user.wait_for(text_contains="@tuned_bot is restarting")
+    template = kube.get_object("deployments", "agents", deployment)["spec"]["template"]
+    assert "kubectl.kubernetes.io/restartedAt" in template["metadata"]["annotations"]
+
+    await user.send("/status tuned_bot")
+    await user.wait_for(text_contains="State: running")
+    await user.press("Change model")
+    await user.wait_for(text_contains="model")
+    await user.send("gpt-9000")  # not a button
+    await user.wait_for(text_contains="Please pick a model with the buttons above")
+    await user.press("OpenAI · gpt-4o")
+    await user.wait_for(text_contains="@tuned_bot now uses gpt-4o")
+    env = kube.get_object("deployments", "agents", deployment)["spec"]["template"]["spec"][
+        "containers"
+    ][0]["env"]
+    assert {"name": "LLM_MODEL", "value": "gpt-4o"} in env
+    await user.send("/status tuned_bot")
+    await user.wait_for(text_contains="Version: 2")
+
+
+@pytest.mark.parametrize(
+    "manager_env",
+    [{"OPENAI_API_KEY": "sk-platformkeyplatformkey00", "MAX_AGENTS_PER_USER": "10"}],
+)
+async def test_deploys_are_throttled_politely(
+    kube_manager: Manager, telegram: FakeTelegram
+) -> None:
+    user = telegram.user(kube_manager.fake)
+    await user.send("/start")
+    await user.wait_for(text_contains="Hatchbot")
+    for i in range(5):  # the limit: five deploys in ten minutes
+        bot = telegram.add_bot(username=f"batch{i}_bot")
+        await kube_manager.deployer.deploy(
+            NewAgent(
+                owner_id=user.id,
+                bot_token=bot.token,
+                provider="openai",
+                model="gpt-4o-mini",
+                system_prompt="Hi",
+            )
+        )
+    bot = telegram.add_bot(username="sixth_bot")
+    await user.send("/deploy")
+    await user.press("I already have a bot")
+    await user.wait_for(text_contains="Paste")
+    await user.send(bot.token)
+    await user.press("OpenAI · gpt-4o-mini")
+    await user.wait_for(text_contains="Last step")
+    await user.send("You are the sixth.")
+    await user.wait_for(text_contains="Ready to deploy")
+    await user.press("Deploy")
+    await user.wait_for(text_contains="That's a lot of deploys in a short time")
+    assert len(await kube_manager.deployer.agents_of(user.id)) == 5
