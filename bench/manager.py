@@ -3,8 +3,10 @@
 Prints one JSON object:
 {"users": n, "updates_per_s": x, "p50_ms": x, "p99_ms": x, "errors": n}
 Latency is from a user's update to the bot's answer, for every wizard step but the
-deploy itself (the backend's own wait). Real aiogram, real services, the fake
-Telegram and Kubernetes API servers, SQLite.
+deploy itself (the backend's own wait). The manager is the real program
+(`python -m manager_bot`, BACKEND=kubernetes, SQLite) in its own process; this
+process runs the load: the fake Telegram, OpenAI and Kubernetes API servers and
+the simulated users, so the generator's own work does not count as the manager's.
 Usage: python bench/manager.py [--users 200]
 """
 
@@ -23,15 +25,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kubernetes import client, config  # noqa: E402
-
-from manager_bot.backends.kubernetes import KubernetesBackend  # noqa: E402
-from manager_bot.backends.manifests import ClusterConfig  # noqa: E402
-from tests.e2e.conftest import PUBLIC_URL, start_manager  # noqa: E402
+from manager_bot.crypto import generate_key  # noqa: E402
+from tests.e2e.conftest import (  # noqa: E402
+    PUBLIC_URL,
+    polling,
+    start_manager_process,
+    stop_process,
+)
 from tests.fakes.kubernetes_api import FakeKubernetes  # noqa: E402
 from tests.fakes.openai_api import FakeOpenAI  # noqa: E402
 from tests.fakes.telegram_api import FakeTelegram  # noqa: E402
 from tests.fakes.user import SimUser  # noqa: E402
+from tests.fakes.waiting import wait_until  # noqa: E402
 
 
 async def timed(latencies: list[float], action: Any, user: SimUser, expect: str) -> None:
@@ -65,28 +70,26 @@ async def main(users: int) -> dict[str, Any]:
             FakeKubernetes(auto_ready=True) as kube,
         ):
             kube.put_object("namespaces", {"metadata": {"name": "agents"}})
-            configuration = client.Configuration()
             kubeconfig = kube.write_kubeconfig(Path(scratch) / "kubeconfig")
-            config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-            backend = KubernetesBackend(
-                api_client=client.ApiClient(configuration),
-                cluster=ClusterConfig(
-                    namespace="agents", image="i", router="istio", public_url=PUBLIC_URL
-                ),
-            )
-            env = {"OPENAI_API_KEY": "sk-benchbenchbenchbench00", "MAX_AGENTS_PER_USER": "3"}
-            async for manager in start_manager(
-                telegram=telegram, openai_server=llm, backend=backend,
-                url=f"sqlite+aiosqlite:///{scratch}/bench.db", mode="webhook", env=env,
-            ):  # fmt: skip
+            manager_bot = telegram.add_bot(username="hatchbot_bot", can_manage_bots=True)
+            process = await start_manager_process(
+                telegram, manager_bot, Path(scratch),
+                BACKEND="kubernetes", PUBLIC_URL=PUBLIC_URL, KUBECONFIG=str(kubeconfig),
+                OPENAI_API_KEY="sk-benchbenchbenchbench00", OPENAI_BASE_URL=llm.url,
+                MAX_AGENTS_PER_USER="3", METRICS_PORT="0", HEALTH_INTERVAL="3600",
+                ENCRYPTION_KEYS=generate_key(),
+            )  # fmt: skip
+            try:
+                await wait_until(lambda: polling(telegram, manager_bot), timeout=60)
                 started = time.perf_counter()
                 results = await asyncio.gather(
-                    *(one_user(telegram, manager.fake, index, latencies) for index in range(users)),
+                    *(one_user(telegram, manager_bot, index, latencies) for index in range(users)),
                     return_exceptions=True,
                 )
                 elapsed = time.perf_counter() - started
                 errors = sum(isinstance(result, BaseException) for result in results)
-            await backend.close()
+            finally:
+                await stop_process(process)
     latencies.sort()
     return {
         "users": users,

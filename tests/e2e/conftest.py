@@ -211,32 +211,34 @@ async def polling(telegram: FakeTelegram, bot: FakeBot) -> bool:
     return bool(telegram.calls("getUpdates", bot=bot))
 
 
+# Output goes to a file, not a pipe: a busy manager would fill a pipe nobody reads and stall.
+_outputs: dict[int, Path] = {}
+
+
 async def start_manager_process(
     telegram: FakeTelegram, bot: FakeBot, cwd: Path, **env: str
 ) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "manager_bot",
-        cwd=cwd,
-        env={
-            "PATH": os.environ.get("PATH", ""),
-            "PYTHONPATH": str(REPO),
-            "MANAGER_BOT_TOKEN": bot.token,
-            "TELEGRAM_API_URL": telegram.url,
-            **env,
-        },
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    output = cwd / "manager-output.log"
+    with output.open("ab") as sink:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "manager_bot", cwd=cwd,
+            env={
+                "PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO),
+                "MANAGER_BOT_TOKEN": bot.token, "TELEGRAM_API_URL": telegram.url, **env,
+            },
+            stdout=sink, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+    _outputs[process.pid] = output
+    return process
 
 
 async def stop_process(process: asyncio.subprocess.Process) -> str:
-    """SIGINT, as Ctrl-C; what the process printed."""
-    process.send_signal(signal.SIGINT)
+    """SIGINT, as Ctrl-C; everything the manager processes of this directory printed."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGINT)
     try:
         await asyncio.wait_for(process.wait(), timeout=20)
     except TimeoutError:
         process.kill()
         await process.wait()
-    return (await process.stdout.read()).decode() if process.stdout else ""
+    return _outputs.pop(process.pid).read_text(errors="replace")
