@@ -31,6 +31,7 @@ from manager_bot.middlewares import (
     UserMiddleware,
     on_error,
 )
+from manager_bot.response_models import KeepResponseModels
 from manager_bot.scheduler import Scheduler
 from manager_bot.services.admin import AdminConsole, BanList
 from manager_bot.services.broadcast import Broadcaster
@@ -49,6 +50,7 @@ def build_bot(settings: ManagerSettings) -> Bot:
     """A Bot that talks to `TELEGRAM_API_URL` (the real Bot API or a fake one)."""
     session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
     session.middleware(TelegramErrorMetrics())
+    session.middleware(KeepResponseModels())
     return Bot(
         settings.manager_bot_token.get_secret_value(),
         session=session,

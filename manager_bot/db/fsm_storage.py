@@ -9,6 +9,8 @@ from typing import Any
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder, StorageKey
 from aiogram.fsm.storage.redis import RedisStorage
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from manager_bot.db.models import FsmState
 from manager_bot.db.session import Database
@@ -43,12 +45,16 @@ class SqlStorage(BaseStorage):
     async def _store(self, key: str, state: str | None, data: str) -> None:
         if await self._load(key) == (state, data):
             return
+        # One upsert statement, no ORM round trip: this runs on most wizard steps.
+        insert = (
+            postgresql_insert if self._db.engine.dialect.name == "postgresql" else sqlite_insert
+        )
+        statement = insert(FsmState).values(key=key, state=state, data=data)
+        statement = statement.on_conflict_do_update(
+            index_elements=[FsmState.key], set_={"state": state, "data": data}
+        )
         async with self._db.session() as session:
-            row = await session.get(FsmState, key)
-            if row is None:
-                session.add(FsmState(key=key, state=state, data=data))
-            else:
-                row.state, row.data = state, data
+            await session.execute(statement)
         self._cache[key] = (state, data)
 
     async def set_state(self, key: StorageKey, state: str | State | None = None) -> None:

@@ -29,7 +29,13 @@ def create_engine(url: str) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.drivername.startswith("sqlite"):
         ensure_sqlite_directory(url)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # One connection: SQLite has one writer, and writers racing on several
+        # connections meet SQLITE_BUSY, whose retry sleeps (up to 100 ms a time)
+        # were most of the manager's latency under load. Queued on one connection,
+        # each statement waits only for the ones ahead of it.
+        engine = create_async_engine(
+            url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0, pool_timeout=60
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(connection: Any, _record: Any) -> None:

@@ -25,6 +25,7 @@ from aiogram.exceptions import (
 )
 
 from manager_bot.metrics import TelegramErrorMetrics
+from manager_bot.response_models import KeepResponseModels
 
 # Telegram tokens are `<bot id>:<35 url-safe characters>`.
 TOKEN_SHAPE = re.compile(r"^\d{5,15}:[A-Za-z0-9_-]{35}$")
@@ -71,6 +72,7 @@ class AgentTelegram:
     def __init__(self, *, api_url: str) -> None:
         self._session = AiohttpSession(api=TelegramAPIServer.from_base(api_url))
         self._session.middleware(TelegramErrorMetrics())
+        self._session.middleware(KeepResponseModels())
 
     async def close(self) -> None:
         await self._session.close()
