@@ -225,3 +225,20 @@ async def test_broadcast_cancel_stops_sending(
     assert "pending" in states.values()  # the rest was not sent
     await admin.send("/broadcast_cancel")
     await admin.wait_for(text_contains="No broadcast is running")
+
+
+async def test_users_are_paged(local_manager: Manager, telegram: FakeTelegram) -> None:
+    admin = await join(local_manager, telegram, "Admin", user_id=ADMIN)
+    async with local_manager.database.session() as session:
+        for i in range(12):
+            await Repositories(session).users.upsert(
+                user_id=500000 + i, username=None, first_name=f"Member{i}"
+            )
+    await admin.send("/users")
+    first = await admin.wait_for(text_contains="Users 1–10 of 13")
+    assert "Member8" in first["text"] and "Member9" not in first["text"]
+    await admin.press("▶️")
+    second = await admin.wait_for(text_contains="11–13 of 13")
+    assert "Member11" in second["text"]
+    await admin.press("◀️")
+    await admin.wait_for(text_contains="1–10 of 13")
