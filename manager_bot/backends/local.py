@@ -183,9 +183,11 @@ class LocalBackend:
 
     async def shutdown_agents(self) -> None:
         """Stop every agent process (tests, or a machine being retired)."""
+        for agent in self._agents.values():
+            agent.running = False
+        await self.close()  # supervisors first: none may respawn what is being stopped
         for agent in list(self._agents.values()):
             await self._terminate(agent)
-        await self.close()
 
     # -- Backend ---------------------------------------------------------------------
 
