@@ -197,5 +197,9 @@ def serve(settings: RuntimeSettings) -> int:
         if optional is not None:
             secrets.append(optional.get_secret_value())
     install_redaction(secrets)
+    # The LLM client logs every HTTP request at INFO: a line per message is noise
+    # in the agent's log and measurable CPU at hundreds of updates a second.
+    for noisy in ("httpx", "httpx2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     asyncio.run(run(settings))
     return 0

@@ -77,9 +77,15 @@ class Llm:
         """Yields text pieces as they arrive; fills `usage` when the stream ends."""
         started = time.monotonic()
         try:
-            stream: Any = await self._client.chat.completions.create(  # type: ignore[call-overload]
+            stream: Any = await self._client.chat.completions.create(
                 model=self._model,
-                messages=messages,
+                # The history goes in `extra_body` (same JSON field, it takes precedence):
+                # the SDK's type-driven transform of `messages` walked every turn of
+                # every request and was two thirds of the runtime's CPU at 200
+                # updates/s (bench/runtime.py, py-spy). Plain role/content dicts need
+                # no transform.
+                messages=[],
+                extra_body={"messages": messages},
                 stream=True,
                 stream_options={"include_usage": True},
             )
