@@ -157,32 +157,23 @@ async def _show_users(
         await message.answer(text, reply_markup=markup)
 
 
-async def ban(message: Message, command: CommandObject, admin: AdminConsole) -> None:
+async def ban_or_unban(message: Message, command: CommandObject, admin: AdminConsole) -> None:
     assert message.from_user is not None
     user_id = _user_id(command)
     if user_id is None:
         await message.answer(texts.BAN_USAGE.format(command=command.command))
         return
-    if user_id == message.from_user.id:
+    if command.command == "unban":
+        found = await admin.unban(message.from_user.id, user_id)
+        reply = texts.UNBANNED.format(user_id=user_id)
+    elif user_id == message.from_user.id:
         await message.answer(texts.BAN_SELF)
         return
-    stopped = await admin.ban(message.from_user.id, user_id)
-    if stopped is None:
-        await message.answer(texts.BAN_UNKNOWN.format(user_id=user_id))
-        return
-    await message.answer(texts.BANNED.format(user_id=user_id, stopped=stopped))
-
-
-async def unban(message: Message, command: CommandObject, admin: AdminConsole) -> None:
-    assert message.from_user is not None
-    user_id = _user_id(command)
-    if user_id is None:
-        await message.answer(texts.BAN_USAGE.format(command=command.command))
-        return
-    if not await admin.unban(message.from_user.id, user_id):
-        await message.answer(texts.BAN_UNKNOWN.format(user_id=user_id))
-        return
-    await message.answer(texts.UNBANNED.format(user_id=user_id))
+    else:
+        stopped = await admin.ban(message.from_user.id, user_id)
+        found = stopped is not None
+        reply = texts.BANNED.format(user_id=user_id, stopped=stopped)
+    await message.answer(reply if found else texts.BAN_UNKNOWN.format(user_id=user_id))
 
 
 async def audit(message: Message, admin: AdminConsole) -> None:
@@ -220,8 +211,7 @@ def build_router(admin_ids: list[int]) -> Router:
     router.message.register(cancel_broadcast, Command("broadcast_cancel"))
     router.message.register(stats, Command("stats"))
     router.message.register(users, Command("users"))
-    router.message.register(ban, Command("ban"))
-    router.message.register(unban, Command("unban"))
+    router.message.register(ban_or_unban, Command("ban", "unban"))
     router.message.register(audit, Command("audit"))
     router.message.register(composed, Compose.message, F.text & ~F.text.startswith("/"))
     router.message.register(composed, Compose.message, F.photo)

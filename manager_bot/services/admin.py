@@ -84,28 +84,24 @@ class AdminConsole:
 
     async def ban(self, actor_id: int, user_id: int) -> int | None:
         """None if there is no such user; else how many of their agents were stopped."""
-        async with self._db.session() as session:
-            repos = Repositories(session)
-            user = await repos.users.set_banned(user_id, True)
-            await repos.audit.record(
-                actor_id=actor_id, action="ban", agent_id=None,
-                outcome="ok" if user else "not_found", detail=f"user {user_id}",
-            )  # fmt: skip
-        if user is None:
+        if not await self._set_banned(actor_id, user_id, banned=True):
             return None
-        self._bans.set(user_id, True)
         return await self._deployer.stop_all_of(user_id, actor_id=actor_id)
 
     async def unban(self, actor_id: int, user_id: int) -> bool:
+        """False if there is no such user. Their agents stay stopped until resumed."""
+        return await self._set_banned(actor_id, user_id, banned=False)
+
+    async def _set_banned(self, actor_id: int, user_id: int, *, banned: bool) -> bool:
         async with self._db.session() as session:
             repos = Repositories(session)
-            user = await repos.users.set_banned(user_id, False)
+            user = await repos.users.set_banned(user_id, banned)
             await repos.audit.record(
-                actor_id=actor_id, action="unban", agent_id=None,
+                actor_id=actor_id, action="ban" if banned else "unban", agent_id=None,
                 outcome="ok" if user else "not_found", detail=f"user {user_id}",
             )  # fmt: skip
         if user is not None:
-            self._bans.set(user_id, False)
+            self._bans.set(user_id, banned)
         return user is not None
 
     async def audit(self, actor_id: int, limit: int = 20) -> Sequence[AuditEntry]:

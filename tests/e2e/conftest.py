@@ -26,11 +26,12 @@ from manager_bot.config import ManagerSettings
 from manager_bot.crypto import Vault, generate_key
 from manager_bot.db.fsm_storage import SqlStorage
 from manager_bot.db.migrate import upgrade
+from manager_bot.db.models import Agent
 from manager_bot.db.session import Database
 from manager_bot.scheduler import Scheduler
 from manager_bot.services.admin import BanList
 from manager_bot.services.broadcast import Broadcaster
-from manager_bot.services.deployer import Deployer
+from manager_bot.services.deployer import Deployer, NewAgent
 from manager_bot.services.health import HealthConfig
 from manager_bot.services.telegram import AgentTelegram
 from runtime.settings_loading import load_settings
@@ -39,6 +40,7 @@ from tests.fakes.install import manager_roles
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeBot, FakeTelegram
+from tests.fakes.user import SimUser
 
 PUBLIC_URL = "https://bots.example.com"
 REPO = Path(__file__).resolve().parents[2]
@@ -202,6 +204,36 @@ async def kube_manager(
             yield manager
     finally:
         await backend.close()
+
+
+# -- agents, quickly ----------------------------------------------------------------
+
+
+async def deploy_directly(
+    manager: Manager, telegram: FakeTelegram, owner_id: int, username: str
+) -> Agent:
+    """An agent made through the deployer (not the chat), for tests about what follows."""
+    bot = telegram.add_bot(username=username, first_name="Helper")
+    return await manager.deployer.deploy(
+        NewAgent(
+            owner_id=owner_id, bot_token=bot.token, provider="openai", model="gpt-4o-mini",
+            system_prompt="You are a test agent.",
+        )
+    )  # fmt: skip
+
+
+async def fill_wizard(user: SimUser, telegram: FakeTelegram, username: str) -> None:
+    """/deploy with a pasted token up to the summary card (Deploy not yet pressed)."""
+    bot = telegram.add_bot(username=username, first_name=username.removesuffix("_bot").title())
+    await user.send("/deploy")
+    await user.press("I already have a bot")
+    await user.wait_for(text_contains="Paste")
+    await user.send(bot.token)
+    await user.wait_for(text_contains=f"Got it: @{username}")
+    await user.press("OpenAI · gpt-4o-mini")
+    await user.wait_for(text_contains="Last step")
+    await user.send("You are a test agent.")
+    await user.wait_for(text_contains="Ready to deploy")
 
 
 # -- the manager as a separate process (python -m manager_bot) ----------------------

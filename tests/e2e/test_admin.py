@@ -7,8 +7,7 @@ from sqlalchemy import select
 
 from manager_bot.db.models import Delivery, User
 from manager_bot.db.repositories import Repositories
-from manager_bot.services.deployer import NewAgent
-from tests.e2e.conftest import Manager
+from tests.e2e.conftest import Manager, deploy_directly
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.telegram_api import FakeBot, FakeTelegram
 from tests.fakes.user import SimUser
@@ -147,18 +146,8 @@ async def test_audiences_stats_users_ban_unban_and_audit(
     admin = await join(kube_manager, telegram, "Admin", user_id=ADMIN)
     owner = await join(kube_manager, telegram, "Owner")
     await join(kube_manager, telegram, "Idle")
-    bots = [telegram.add_bot(username=f"owned{i}_bot") for i in range(2)]
     agents = [
-        await kube_manager.deployer.deploy(
-            NewAgent(
-                owner_id=owner.id,
-                bot_token=b.token,
-                provider="openai",
-                model="gpt-4o-mini",
-                system_prompt="Hi",
-            )
-        )
-        for b in bots
+        await deploy_directly(kube_manager, telegram, owner.id, f"owned{i}_bot") for i in range(2)
     ]
     await kube_manager.scheduler.health_check()
     kube.mark_crash_looping("agents", f"agent-{agents[0].id}")

@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from manager_bot.services.deployer import NewAgent
-from tests.e2e.conftest import Manager
+from tests.e2e.conftest import Manager, deploy_directly, fill_wizard
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.user import SimUser
 
 
 async def deploy_one(user: SimUser, telegram: FakeTelegram, username: str) -> None:
-    bot = telegram.add_bot(username=username, first_name=username.removesuffix("_bot").title())
-    await user.send("/deploy")
-    await user.press("I already have a bot")
-    await user.wait_for(text_contains="Paste")
-    await user.send(bot.token)
-    await user.wait_for(text_contains=f"Got it: @{username}")
-    await user.press("OpenAI · gpt-4o-mini")
-    await user.wait_for(text_contains="Last step")
-    await user.send("You are a test agent.")
-    await user.wait_for(text_contains="Ready to deploy")
+    await fill_wizard(user, telegram, username)
     await user.press("Deploy")
     await user.wait_for(text_contains=f"@{username} is live", timeout=40)
 
@@ -210,25 +200,8 @@ async def test_deploys_are_throttled_politely(
     await user.send("/start")
     await user.wait_for(text_contains="Hatchbot")
     for i in range(5):  # the limit: five deploys in ten minutes
-        bot = telegram.add_bot(username=f"batch{i}_bot")
-        await kube_manager.deployer.deploy(
-            NewAgent(
-                owner_id=user.id,
-                bot_token=bot.token,
-                provider="openai",
-                model="gpt-4o-mini",
-                system_prompt="Hi",
-            )
-        )
-    bot = telegram.add_bot(username="sixth_bot")
-    await user.send("/deploy")
-    await user.press("I already have a bot")
-    await user.wait_for(text_contains="Paste")
-    await user.send(bot.token)
-    await user.press("OpenAI · gpt-4o-mini")
-    await user.wait_for(text_contains="Last step")
-    await user.send("You are the sixth.")
-    await user.wait_for(text_contains="Ready to deploy")
+        await deploy_directly(kube_manager, telegram, user.id, f"batch{i}_bot")
+    await fill_wizard(user, telegram, "sixth_bot")
     await user.press("Deploy")
     await user.wait_for(text_contains="That's a lot of deploys in a short time")
     assert len(await kube_manager.deployer.agents_of(user.id)) == 5

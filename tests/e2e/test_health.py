@@ -19,8 +19,7 @@ import pytest
 
 from manager_bot.db.models import Agent
 from manager_bot.db.repositories import Repositories
-from manager_bot.services.deployer import NewAgent
-from tests.e2e.conftest import Manager
+from tests.e2e.conftest import Manager, deploy_directly
 from tests.fakes.agent_pods import FakeAgentPods
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.telegram_api import FakeTelegram
@@ -38,13 +37,7 @@ def manager_env() -> dict[str, str]:
 
 
 async def deploy(manager: Manager, telegram: FakeTelegram, user: SimUser, username: str) -> Agent:
-    bot = telegram.add_bot(username=username, first_name="Helper")
-    return await manager.deployer.deploy(
-        NewAgent(
-            owner_id=user.id, bot_token=bot.token, provider="openai", model="gpt-4o-mini",
-            system_prompt="You are a test agent.",
-        )
-    )  # fmt: skip
+    return await deploy_directly(manager, telegram, user.id, username)
 
 
 async def owner(manager: Manager, telegram: FakeTelegram) -> SimUser:

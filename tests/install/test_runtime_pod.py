@@ -15,7 +15,6 @@ import asyncio
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -32,7 +31,7 @@ from manager_bot.backends.manifests import ClusterConfig, agent_manifests
 from tests.fakes.loopback import free_port
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram
-from tests.runtime.conftest import set_webhook, wait_ready
+from tests.runtime.conftest import reaped, set_webhook, terminate, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 LLM_KEY = "sk-podkeypodkeypodkeypodkey00"
@@ -163,18 +162,13 @@ async def test_the_runtime_runs_as_its_pod_does_and_answers(
         python, "-m", "runtime", cwd=read_only_app, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, **as_user,
     )  # fmt: skip
-    try:
+    async with reaped(process):
         await wait_ready(port, timeout=60)
         await set_webhook(telegram, bot, f"http://127.0.0.1:{port}/webhook/pod0000001", HOOK)
         user = telegram.user(bot)
         await user.send("hello pod")
         await user.wait_for(text_contains="echo: hello pod", timeout=20)
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), timeout=20) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        assert await terminate(process, timeout=20) == 0
     output = (await process.stdout.read()).decode() if process.stdout else ""
     assert bot.token not in output and LLM_KEY not in output and HOOK not in output
     assert tree(read_only_app) == before  # nothing written, not even bytecode

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -55,6 +57,23 @@ async def wait_ready(port: str, *, timeout: float = 30) -> None:
             return False
 
     await wait_until(ready, timeout=timeout)
+
+
+@asynccontextmanager
+async def reaped(process: asyncio.subprocess.Process) -> AsyncIterator[asyncio.subprocess.Process]:
+    """The process, killed on the way out if a failing test left it running."""
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def terminate(process: asyncio.subprocess.Process, *, timeout: float = 15) -> int:
+    """SIGTERM, as the kubelet or the local backend sends it; the exit code."""
+    process.send_signal(signal.SIGTERM)
+    return await asyncio.wait_for(process.wait(), timeout=timeout)
 
 
 async def set_webhook(

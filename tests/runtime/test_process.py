@@ -6,14 +6,20 @@ import asyncio
 import io
 import logging
 import os
-import signal
 import sys
 
 from runtime.redaction import RedactingFilter, install_redaction
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.waiting import wait_until
-from tests.runtime.conftest import LLM_KEY, agent_env, set_webhook, wait_ready
+from tests.runtime.conftest import (
+    LLM_KEY,
+    agent_env,
+    reaped,
+    set_webhook,
+    terminate,
+    wait_ready,
+)
 
 
 async def start_process(env: dict[str, str]) -> asyncio.subprocess.Process:
@@ -33,8 +39,7 @@ async def test_sigterm_finishes_the_reply_in_flight(
     openai_server.latency = 2.0
     bot = telegram.add_bot(username="agent_bot")
     env = agent_env(telegram, openai_server, bot)
-    process = await start_process(env)
-    try:
+    async with reaped(await start_process(env)) as process:
         await wait_ready(env["PORT"])
         await set_webhook(telegram, bot, f"http://127.0.0.1:{env['PORT']}/webhook/a1b2c3")
         user = telegram.user(bot)
@@ -44,15 +49,11 @@ async def test_sigterm_finishes_the_reply_in_flight(
             return openai_server.in_flight > 0
 
         await wait_until(llm_busy)
-        process.send_signal(signal.SIGTERM)
+        stopping = asyncio.create_task(terminate(process))
         await user.wait_for(text_contains="echo: still there?", timeout=10)
-        assert await asyncio.wait_for(process.wait(), timeout=15) == 0
+        assert await stopping == 0
         output = (await process.stdout.read()).decode() if process.stdout else ""
         assert bot.token not in output and LLM_KEY not in output
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def test_polling_mode_answers_without_a_webhook(
@@ -61,18 +62,12 @@ async def test_polling_mode_answers_without_a_webhook(
     bot = telegram.add_bot(username="local_bot")
     env = agent_env(telegram, openai_server, bot, MODE="polling")
     del env["WEBHOOK_SECRET"]
-    process = await start_process(env)
-    try:
+    async with reaped(await start_process(env)) as process:
         await wait_ready(env["PORT"])
         user = telegram.user(bot)
         await user.send("over polling")
         await user.wait_for(text_contains="echo: over polling", timeout=15)
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), timeout=15) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        assert await terminate(process) == 0
 
 
 def test_redaction_covers_every_logger_and_exceptions() -> None:
