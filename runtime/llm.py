@@ -69,6 +69,9 @@ class Llm:
     def __init__(self, *, client: openai.AsyncOpenAI, model: str) -> None:
         self._client = client
         self._model = model
+        # `client.chat` imports the SDK's chat modules on first use (about 50 ms): pay it
+        # at start-up, not in the first user's reply.
+        self._completions = client.chat.completions
 
     async def close(self) -> None:
         await self._client.close()
@@ -77,7 +80,7 @@ class Llm:
         """Yields text pieces as they arrive; fills `usage` when the stream ends."""
         started = time.monotonic()
         try:
-            stream: Any = await self._client.chat.completions.create(
+            stream: Any = await self._completions.create(
                 model=self._model,
                 # The history goes in `extra_body` (same JSON field, it takes precedence):
                 # the SDK's type-driven transform of `messages` walked every turn of
