@@ -32,7 +32,9 @@ class KeepResponseModels(BaseRequestMiddleware):
         bot: Bot,
         method: TelegramMethod[TelegramType],
     ) -> Response[TelegramType]:
-        returning = method.__returning__
-        if returning not in _KEPT:
-            _KEPT[returning] = Response[returning]  # type: ignore[valid-type]
+        # Keyed by the method's class: hashing a typing generic such as list[Update]
+        # on every call costs more than a class lookup.
+        kind = type(method)
+        if kind not in _KEPT:
+            _KEPT[kind] = Response[method.__returning__]  # type: ignore[name-defined]
         return await make_request(bot, method)
