@@ -23,7 +23,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import socket
 import statistics
 import sys
 import time
@@ -35,6 +34,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.fakes.loopback import free_port  # noqa: E402
 from tests.fakes.openai_api import FakeOpenAI  # noqa: E402
 from tests.fakes.telegram_api import FakeTelegram  # noqa: E402
 
@@ -44,13 +44,6 @@ SECRET = "bench_secret"
 # very first one is reported on its own as first_update_ms.
 WARM_UP = 20
 CHATS = 50
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def rss_mb(pid: int) -> float:

@@ -12,13 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import make_url, text
+from sqlalchemy import make_url
 
 from manager_bot.config import ManagerSettings
 from manager_bot.crypto import KEY_FILE, Vault, VaultError
-from manager_bot.db.migrate import alembic_config
+from manager_bot.db.migrate import current_revision, head_revision
 from manager_bot.db.secrets import unreadable_secrets
 from manager_bot.db.session import Database
 
@@ -111,19 +109,13 @@ class Doctor:
 
     async def _database(self, database: Database) -> Check:
         try:
-            async with database.session() as session:
-                await session.execute(text("SELECT 1"))
+            await database.ping()
         except Exception as error:  # the driver's message may hold the URL: name the type only
             return Check("database", False, f"cannot connect ({type(error).__name__})")
         return Check("database", True, "reachable")
 
     async def _migrations(self, database: Database) -> Check:
-        config = alembic_config(self._settings.database_url.get_secret_value())
-        head = ScriptDirectory.from_config(config).get_current_head()
-        async with database.engine.connect() as connection:
-            current = await connection.run_sync(
-                lambda sync: MigrationContext.configure(sync).get_current_revision()
-            )
+        head, current = head_revision(), await current_revision(database)
         if current == head:
             return Check("migrations", True, f"at the latest schema ({head})")
         return Check(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -57,8 +58,9 @@ class Scheduler:
         """No new runs; the one in flight may finish (bounded), then it is cancelled."""
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-        if self._running:
-            _, pending = await asyncio.wait(self._running, timeout=STOP_TIMEOUT)
+        running = self._running - {asyncio.current_task()}
+        if running:
+            _, pending = await asyncio.wait(running, timeout=STOP_TIMEOUT)
             for task in pending:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -66,7 +68,10 @@ class Scheduler:
 
     async def health_check(self) -> SweepReport | None:
         """One sweep and its notifications; what the scheduler runs every HEALTH_INTERVAL."""
-        self._track()
+        with self._tracked():
+            return await self._health_check()
+
+    async def _health_check(self) -> SweepReport | None:
         new_request_id()
         try:
             report = await self._monitor.sweep()
@@ -88,7 +93,10 @@ class Scheduler:
         return report
 
     async def reconcile(self) -> None:
-        self._track()
+        with self._tracked():
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
         new_request_id()
         try:
             report = await self._deployer.reconcile()
@@ -98,8 +106,14 @@ class Scheduler:
         if report.applied or report.removed:
             log.info("reconciled: applied %s, removed %s", report.applied, report.removed)
 
-    def _track(self) -> None:
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        """While a job runs, `stop` waits for it."""
         task = asyncio.current_task()
         if task is not None:
             self._running.add(task)
-            task.add_done_callback(self._running.discard)
+        try:
+            yield
+        finally:
+            if task is not None:
+                self._running.discard(task)

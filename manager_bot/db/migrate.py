@@ -10,11 +10,12 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from manager_bot.db.models import Base
-from manager_bot.db.session import ensure_sqlite_directory
+from manager_bot.db.session import Database, ensure_sqlite_directory
 
 # migrations/ sits beside the packages, in the repository and in the image (/app).
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -49,3 +50,17 @@ async def schema_differences(url: str) -> list[Any]:
             )
     finally:
         await engine.dispose()
+
+
+def head_revision() -> str | None:
+    """The newest migration in migrations/."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+async def current_revision(database: Database) -> str | None:
+    """The revision the database is at (None: never migrated)."""
+    async with database.engine.connect() as connection:
+        revision: str | None = await connection.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_revision()
+        )
+    return revision

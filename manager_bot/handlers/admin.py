@@ -18,7 +18,7 @@ from aiogram.types import CallbackQuery, Message
 from manager_bot import keyboards, texts
 from manager_bot.db.repositories import AUDIENCES
 from manager_bot.keyboards import AdminAction
-from manager_bot.services.admin import AdminConsole
+from manager_bot.services.admin import USERS_PER_PAGE, AdminConsole
 from manager_bot.services.broadcast import Broadcaster, Content
 
 TEXT_LIMIT, CAPTION_LIMIT = 4096, 1024
@@ -146,7 +146,7 @@ async def _show_users(
         agents = ", ".join(f"{texts.state_icon(a)} @{a.bot_username}" for a in owned) or "no agents"
         name = escape(user.first_name) + (f" @{user.username}" if user.username else "")
         lines.append(texts.USER_LINE.format(id=user.id, name=name, flags=flags, agents=agents))
-    first = found.page * 10 + 1
+    first = found.page * USERS_PER_PAGE + 1
     text = texts.USERS_PAGE.format(
         first=first, last=first + len(found.users) - 1, total=found.total, lines="\n".join(lines)
     )

@@ -12,6 +12,7 @@ nothing: an unreachable cluster is not 2,000 agents down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -28,6 +29,7 @@ from manager_bot.db.session import Database
 from manager_bot.metrics import HEALTH_SWEEP_SECONDS
 from manager_bot.services.deployer import Deployer
 from manager_bot.services.telegram import AgentTokenError, WebhookStatus
+from manager_bot.services.usage import metrics_text
 
 log = logging.getLogger(__name__)
 
@@ -173,14 +175,15 @@ class HealthMonitor:
         """One sweep; raises BackendError when the backend cannot be read (nothing changed)."""
         async with self._lock:
             started = time.perf_counter()
+            report = SweepReport()
             try:
-                return await self._sweep()
+                await self._sweep(report)
             finally:
-                HEALTH_SWEEP_SECONDS.observe(time.perf_counter() - started)
+                report.seconds = time.perf_counter() - started
+                HEALTH_SWEEP_SECONDS.observe(report.seconds)
+            return report
 
-    async def _sweep(self) -> SweepReport:
-        report = SweepReport()
-        started = time.perf_counter()
+    async def _sweep(self, report: SweepReport) -> None:
         async with self._db.session() as session:
             agents = list(await Repositories(session).agents.running())
         observed = await self._backend.observe_all()
@@ -208,18 +211,13 @@ class HealthMonitor:
             row = self._changed(agent, seen, verdict, now)
             if row is not None:
                 changes.append(row)
-            if verdict is not None and (verdict.health, verdict.kind) != (
-                agent.health,
-                agent.health_kind,
-            ):
+            if verdict is not None and _differs(agent, verdict):
                 before = Health(agent.health) if agent.health else None
                 report.transitions.append(Transition(agent, before, verdict))
         if changes:
             async with self._db.session() as session:
                 await Repositories(session).agents.update_many(changes)
         report.swept = len(agents)
-        report.seconds = time.perf_counter() - started
-        return report
 
     async def _probe(
         self,
@@ -235,8 +233,9 @@ class HealthMonitor:
             metrics: dict[str, float] = {}
             if seen.probe_url:
                 ready = await _get_ok(http, f"{seen.probe_url}/readyz")
-                if ready:
-                    metrics = await _get_metrics(http, f"{seen.probe_url}/metrics")
+                text = await metrics_text(http, seen.probe_url) if ready else None
+                with contextlib.suppress(ValueError):  # not Prometheus text: no figures
+                    metrics = parse_probe_metrics(text) if text else {}
             try:
                 webhook = await self._deployer.webhook_status(agent)
             except AgentTokenError as error:
@@ -295,10 +294,7 @@ class HealthMonitor:
         reason = seen.reason if seen is not None else None
         if (state, reason) != (agent.observed_state, agent.observed_reason):
             row.update(observed_state=state, observed_reason=reason, observed_at=now)
-        if verdict is not None and (verdict.health, verdict.kind) != (
-            agent.health,
-            agent.health_kind,
-        ):
+        if verdict is not None and _differs(agent, verdict):
             row.update(
                 health=verdict.health.value,
                 health_kind=verdict.kind,
@@ -308,19 +304,14 @@ class HealthMonitor:
         return row if len(row) > 1 else None
 
 
+def _differs(agent: Agent, verdict: Verdict) -> bool:
+    """A verdict is news when its health or kind differs from the stored one."""
+    return (verdict.health, verdict.kind) != (agent.health, agent.health_kind)
+
+
 async def _get_ok(http: aiohttp.ClientSession, url: str) -> bool:
     try:
         async with http.get(url) as response:
             return response.status == 200
     except (aiohttp.ClientError, TimeoutError, OSError):
         return False
-
-
-async def _get_metrics(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    try:
-        async with http.get(url) as response:
-            if response.status != 200:
-                return {}
-            return parse_probe_metrics(await response.text())
-    except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
-        return {}

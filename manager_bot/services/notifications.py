@@ -40,11 +40,12 @@ def message_for(transition: Transition) -> tuple[str, str]:
     return "back", texts.HEALTH_BACK.format(username=username)
 
 
-def is_news(transition: Transition, now: datetime) -> bool:
+def is_muted(transition: Transition, now: datetime) -> bool:
     muted = transition.agent.muted_until
-    if muted is not None and as_utc(muted) > now:
-        HEALTH_NOTIFICATIONS.labels("muted").inc()
-        return False
+    return muted is not None and as_utc(muted) > now
+
+
+def is_news(transition: Transition) -> bool:
     # A new agent turning healthy is not news; one that never came up is.
     return not (transition.before is None and transition.after.health is Health.HEALTHY)
 
@@ -60,8 +61,10 @@ class Notifier:
         """Send what is news; returns the number of messages sent."""
         now = datetime.now(UTC)
         by_owner: dict[int, list[Transition]] = defaultdict(list)
-        for transition in transitions:
-            if is_news(transition, now):
+        for transition in filter(is_news, transitions):
+            if is_muted(transition, now):
+                HEALTH_NOTIFICATIONS.labels("muted").inc()
+            else:
                 by_owner[transition.agent.owner_id].append(transition)
         sent = 0
         for owner_id, news in by_owner.items():

@@ -22,17 +22,22 @@ def parse_usage(text: str) -> dict[str, float]:
     return usage
 
 
+async def metrics_text(http: aiohttp.ClientSession, probe_url: str) -> str | None:
+    """An agent's /metrics, or None when it cannot be reached or answers with an error."""
+    try:
+        async with http.get(f"{probe_url}/metrics") as response:
+            return await response.text() if response.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return None
+
+
 async def fetch_usage(probe_url: str | None, *, timeout: float = 1.5) -> dict[str, float] | None:
     """None when the agent cannot be reached (stopped, starting, or no route from here)."""
     if not probe_url:
         return None
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
+        text = await metrics_text(http, probe_url)
     try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http,
-            http.get(f"{probe_url}/metrics") as response,
-        ):
-            if response.status != 200:
-                return None
-            return parse_usage(await response.text())
-    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return parse_usage(text) if text is not None else None
+    except ValueError:
         return None

@@ -36,7 +36,7 @@ from manager_bot.services.health import HealthConfig
 from manager_bot.services.telegram import AgentTelegram
 from runtime.settings_loading import load_settings
 from tests.fakes.agent_pods import FakeAgentPods
-from tests.fakes.install import manager_roles
+from tests.fakes.install import manager_kube  # noqa: F401 (the `kube` fixture, with RBAC)
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeBot, FakeTelegram
@@ -72,14 +72,6 @@ class _Running:
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
         await self.bot.session.close()
-
-
-@pytest.fixture
-def kube(kube: FakeKubernetes) -> FakeKubernetes:
-    """The fake API server enforcing the manager's Roles from k8s/ (the Istio install)."""
-    for role in manager_roles("istio"):
-        kube.grant(role)
-    return kube
 
 
 @pytest.fixture

@@ -36,10 +36,6 @@ def manager_env() -> dict[str, str]:
     }
 
 
-async def deploy(manager: Manager, telegram: FakeTelegram, user: SimUser, username: str) -> Agent:
-    return await deploy_directly(manager, telegram, user.id, username)
-
-
 async def owner(manager: Manager, telegram: FakeTelegram) -> SimUser:
     user = telegram.user(manager.fake)
     await user.send("/start")
@@ -68,7 +64,7 @@ async def test_down_then_back_once_each_with_buttons(
     kube_manager: Manager, telegram: FakeTelegram, kube: FakeKubernetes
 ) -> None:
     user = await owner(kube_manager, telegram)
-    agent = await deploy(kube_manager, telegram, user, "sick_bot")
+    agent = await deploy_directly(kube_manager, telegram, user.id, "sick_bot")
     await kube_manager.scheduler.health_check()
     assert (await stored(kube_manager, agent.id)).health == "healthy"
     assert alerts(user, "sick_bot") == []  # a healthy new agent is not news
@@ -99,7 +95,7 @@ async def test_missing_deployment_and_wrong_webhook_are_repaired_quietly(
     kube_manager: Manager, telegram: FakeTelegram, kube: FakeKubernetes
 ) -> None:
     user = await owner(kube_manager, telegram)
-    agent = await deploy(kube_manager, telegram, user, "drift_bot")
+    agent = await deploy_directly(kube_manager, telegram, user.id, "drift_bot")
     await kube_manager.scheduler.health_check()
     kube.delete_object("deployments", "agents", f"agent-{agent.id}")
     bot = telegram.bot("drift_bot")
@@ -121,7 +117,7 @@ async def test_webhook_errors_and_llm_key_and_rate_limit_are_reported(
     kube_manager: Manager, telegram: FakeTelegram, agent_pods: FakeAgentPods
 ) -> None:
     user = await owner(kube_manager, telegram)
-    agent = await deploy(kube_manager, telegram, user, "hooked_bot")
+    agent = await deploy_directly(kube_manager, telegram, user.id, "hooked_bot")
     name = f"agent-{agent.id}"
     await kube_manager.scheduler.health_check()
 
@@ -161,7 +157,7 @@ async def test_mute_silences_one_agent_for_a_day(
     kube_manager: Manager, telegram: FakeTelegram, kube: FakeKubernetes
 ) -> None:
     user = await owner(kube_manager, telegram)
-    agent = await deploy(kube_manager, telegram, user, "noisy_bot")
+    agent = await deploy_directly(kube_manager, telegram, user.id, "noisy_bot")
     await kube_manager.scheduler.health_check()
     kube.mark_crash_looping("agents", f"agent-{agent.id}")
     await kube_manager.scheduler.health_check()
@@ -183,7 +179,9 @@ async def test_many_changes_at_once_make_one_digest(
     kube_manager: Manager, telegram: FakeTelegram, kube: FakeKubernetes
 ) -> None:
     user = await owner(kube_manager, telegram)
-    agents = [await deploy(kube_manager, telegram, user, f"fleet{i}_bot") for i in range(3)]
+    agents = [
+        await deploy_directly(kube_manager, telegram, user.id, f"fleet{i}_bot") for i in range(3)
+    ]
     await kube_manager.scheduler.health_check()
     for agent in agents:  # a node went away
         kube.mark_crash_looping("agents", f"agent-{agent.id}")
@@ -199,7 +197,7 @@ async def test_an_agent_crashing_too_long_is_stopped_and_the_owner_told(
     kube_manager: Manager, telegram: FakeTelegram, kube: FakeKubernetes, give_up_after: timedelta
 ) -> None:
     user = await owner(kube_manager, telegram)
-    agent = await deploy(kube_manager, telegram, user, "doomed_bot")
+    agent = await deploy_directly(kube_manager, telegram, user.id, "doomed_bot")
     kube.mark_oom_killed("agents", f"agent-{agent.id}", restarts=9)
     await kube_manager.scheduler.health_check()
     await user.wait_for(text_contains="@doomed_bot is down")
@@ -224,7 +222,7 @@ async def test_an_unreachable_cluster_is_reported_to_admins_once(
 ) -> None:
     user = await owner(kube_manager, telegram)
     admin = telegram.user(kube_manager.fake, user_id=900001, first_name="Admin")
-    agent = await deploy(kube_manager, telegram, user, "steady_bot")
+    agent = await deploy_directly(kube_manager, telegram, user.id, "steady_bot")
     await kube_manager.scheduler.health_check()
     kube.inject_fault(status=503, verb="list", resource="deployments", times=100)
     for _ in range(3):
@@ -245,7 +243,7 @@ async def test_the_scheduler_runs_sweeps_by_itself_and_stops_cleanly(
     kube_manager: Manager, telegram: FakeTelegram, kube: FakeKubernetes
 ) -> None:
     user = await owner(kube_manager, telegram)
-    agent = await deploy(kube_manager, telegram, user, "watched_bot")
+    agent = await deploy_directly(kube_manager, telegram, user.id, "watched_bot")
     kube.mark_crash_looping("agents", f"agent-{agent.id}")
     kube_manager.scheduler.start()
     await user.wait_for(text_contains="@watched_bot is down", timeout=15)
@@ -257,7 +255,7 @@ async def test_a_killed_local_agent_is_down_then_back_after_restart(
     local_manager: Manager, telegram: FakeTelegram, tmp_path: Path
 ) -> None:
     user = await owner(local_manager, telegram)
-    agent = await deploy(local_manager, telegram, user, "local_bot")
+    agent = await deploy_directly(local_manager, telegram, user.id, "local_bot")
     await local_manager.scheduler.health_check()
     assert (await stored(local_manager, agent.id)).health == "healthy"
     state = json.loads((tmp_path / "agents" / agent.id / "state.json").read_text())

@@ -8,7 +8,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+
+from tests.fakes.kubernetes_api import FakeKubernetes
 
 JsonDict = dict[str, Any]
 K8S_DIR = Path(__file__).resolve().parents[2] / "k8s"
@@ -63,3 +66,15 @@ def granted(roles: list[JsonDict]) -> set[tuple[str, str, str]]:
         for group in rule.get("apiGroups", [])
         for resource in rule.get("resources", [])
     }
+
+
+@pytest.fixture(name="kube")
+def manager_kube(kube: FakeKubernetes) -> FakeKubernetes:
+    """The fake API server enforcing the manager's Roles from k8s/ (the Istio install).
+
+    Import it into a conftest to run that directory's tests with exactly the
+    rights an installed manager has.
+    """
+    for role in manager_roles("istio"):
+        kube.grant(role)
+    return kube
