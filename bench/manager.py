@@ -1,13 +1,23 @@
-"""The manager under many users: N simulated users each go through /deploy at once.
+"""The manager under many users: N simulated people each go through /deploy at once.
 
 Prints one JSON object:
-{"users": n, "updates_per_s": x, "p50_ms": x, "p99_ms": x, "errors": n}
+{"users": n, "think_s": [a, b], "spawn_per_s": r, "updates_per_s": x, "p50_ms": x,
+ "p99_ms": x, "errors": n, "manager_cpu_ms_per_update": x, "generator_cpu_ms_per_update": x}
+
+Load model (Locust's): users start `--spawn-rate` per second and, like people, read
+each answer before the next tap, waiting a random `--think` seconds (default 1 to 5,
+Locust's own example). With the defaults all 200 are in the wizard together.
+`--think 0 0 --spawn-rate 0` is a burst instead: every user acts the instant the bot
+answers, all starting at once, which no crowd of people does; it measures throughput.
+
 Latency is from a user's update to the bot's answer, for every wizard step but the
-deploy itself (the backend's own wait). The manager is the real program
+deploy itself (the backend's own wait). The CPU figures (user + system time of each
+process over the run, per timed update, deploys included in the work) hold better
+than latencies on a noisy machine, and show whether the load generator, which shares
+the machine, is the one out of breath. The manager is the real program
 (`python -m manager_bot`, BACKEND=kubernetes, SQLite) in its own process; this
-process runs the load: the fake Telegram, OpenAI and Kubernetes API servers and
-the simulated users, so the generator's own work does not count as the manager's.
-Usage: python bench/manager.py [--users 200]
+process runs the fake Telegram, OpenAI and Kubernetes API servers and the users.
+Usage: python bench/manager.py [--users 200] [--think 1 5] [--spawn-rate 10] [--seed 1]
 """
 
 from __future__ import annotations
@@ -15,10 +25,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import random
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +52,17 @@ from tests.fakes.user import SimUser  # noqa: E402
 from tests.fakes.waiting import wait_until  # noqa: E402
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
 async def timed(latencies: list[float], action: Any, user: SimUser, expect: str) -> None:
     started = time.perf_counter()
     await action
@@ -47,22 +71,34 @@ async def timed(latencies: list[float], action: Any, user: SimUser, expect: str)
 
 
 async def one_user(
-    telegram: FakeTelegram, manager_bot: Any, index: int, latencies: list[float]
-) -> None:
+    telegram: FakeTelegram, manager_bot: Any, index: int, latencies: list[float],
+    start_at: float, think: Callable[[], float],
+) -> None:  # fmt: skip
+    await asyncio.sleep(start_at)
     agent_bot = telegram.add_bot(username=f"bench{index:04d}_bot")
     user = telegram.user(manager_bot, first_name=f"User{index}")
-    await timed(latencies, user.send("/deploy"), user, "Let's make your AI bot")
-    await timed(latencies, user.press("I already have a bot", timeout=60), user, "Paste")
-    await timed(latencies, user.send(agent_bot.token), user, "Got it")
-    await timed(latencies, user.press("OpenAI · gpt-4o-mini", timeout=60), user, "Last step")
-    await timed(latencies, user.send("You are a benchmark."), user, "Ready to deploy")
+    steps: list[tuple[Callable[[], Awaitable[Any]], str]] = [
+        (lambda: user.send("/deploy"), "Let's make your AI bot"),
+        (lambda: user.press("I already have a bot", timeout=60), "Paste"),
+        (lambda: user.send(agent_bot.token), "Got it"),
+        (lambda: user.press("OpenAI · gpt-4o-mini", timeout=60), "Last step"),
+        (lambda: user.send("You are a benchmark."), "Ready to deploy"),
+    ]
+    for number, (action, expect) in enumerate(steps):
+        if number:
+            await asyncio.sleep(think())
+        await timed(latencies, action(), user, expect)
+    await asyncio.sleep(think())
     await user.press("Deploy", timeout=60)
     await user.wait_for(text_contains="is live", timeout=120)
 
 
-async def main(users: int) -> dict[str, Any]:
+async def main(
+    users: int, think: tuple[float, float], spawn_rate: float, seed: int
+) -> dict[str, Any]:
     latencies: list[float] = []
     errors = 0
+    manager_cpu = generator_cpu = elapsed = 0.0
     with tempfile.TemporaryDirectory() as scratch:
         async with (
             FakeTelegram() as telegram,
@@ -81,28 +117,56 @@ async def main(users: int) -> dict[str, Any]:
             )  # fmt: skip
             try:
                 await wait_until(lambda: polling(telegram, manager_bot), timeout=60)
+                manager_cpu, generator_cpu = cpu_seconds(process.pid), own_cpu_seconds()
                 started = time.perf_counter()
+                rng = random.Random(seed)
                 results = await asyncio.gather(
-                    *(one_user(telegram, manager_bot, index, latencies) for index in range(users)),
+                    *(
+                        one_user(
+                            telegram,
+                            manager_bot,
+                            index,
+                            latencies,
+                            start_at=index / spawn_rate if spawn_rate else 0.0,
+                            think=lambda: rng.uniform(*think),
+                        )
+                        for index in range(users)
+                    ),
                     return_exceptions=True,
                 )
                 elapsed = time.perf_counter() - started
+                manager_cpu = cpu_seconds(process.pid) - manager_cpu
+                generator_cpu = own_cpu_seconds() - generator_cpu
                 errors = sum(isinstance(result, BaseException) for result in results)
             finally:
                 await stop_process(process)
     latencies.sort()
     return {
         "users": users,
+        "think_s": list(think),
+        "spawn_per_s": spawn_rate,
         "updates_per_s": round(len(latencies) / elapsed, 1),
         "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
         "p99_ms": round(latencies[max(0, int(len(latencies) * 0.99) - 1)], 1)
         if latencies
         else None,
         "errors": errors,
+        "manager_cpu_ms_per_update": round(manager_cpu * 1000 / max(1, len(latencies)), 1),
+        "generator_cpu_ms_per_update": round(generator_cpu * 1000 / max(1, len(latencies)), 1),
     }
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=200)
-    print(json.dumps(asyncio.run(main(parser.parse_args().users))))
+    parser.add_argument("--think", type=float, nargs=2, default=(1.0, 5.0), metavar=("MIN", "MAX"))
+    parser.add_argument("--spawn-rate", type=float, default=10.0, help="users started per second")
+    parser.add_argument("--seed", type=int, default=1)
+    arguments = parser.parse_args()
+    print(
+        json.dumps(
+            asyncio.run(
+                main(arguments.users, tuple(arguments.think), arguments.spawn_rate, arguments.seed)
+            )
+        )
+    )

@@ -10,9 +10,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiogram import BaseMiddleware
-from aiogram.types import CallbackQuery, ErrorEvent, Message, TelegramObject
+from aiogram.types import CallbackQuery, ErrorEvent, Message, TelegramObject, User
 
 from manager_bot import texts
+from manager_bot.db.fsm_storage import SqlStorage
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 from manager_bot.logs import REQUEST_ID, new_request_id
@@ -27,7 +28,9 @@ class UserMiddleware(BaseMiddleware):
 
     A user's row is written when first seen, when their name changes, and at most
     every few minutes otherwise: not on every update, which would serialise all
-    users on the database's single writer.
+    users on the database's single writer. It is written once the handler is done, so
+    the answer does not wait in the database's queue; still inside the user's lock,
+    so it is there before their next update (an agent is made in a later one).
     """
 
     REFRESH_SECONDS = 300.0
@@ -37,18 +40,24 @@ class UserMiddleware(BaseMiddleware):
         self._written: dict[int, tuple[str | None, str, float]] = {}
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
-        sender = getattr(event, "from_user", None)
-        if sender is not None and not sender.is_bot:
-            now = time.monotonic()
-            known = self._written.get(sender.id)
-            fresh = known is not None and known[:2] == (sender.username, sender.first_name)
-            if not fresh or now - known[2] > self.REFRESH_SECONDS:  # type: ignore[index]
-                async with self._db.session() as session:
-                    await Repositories(session).users.upsert(
-                        user_id=sender.id, username=sender.username, first_name=sender.first_name
-                    )
-                self._written[sender.id] = (sender.username, sender.first_name, now)
-        return await handler(event, data)
+        try:
+            return await handler(event, data)
+        finally:
+            sender = getattr(event, "from_user", None)
+            if sender is not None and not sender.is_bot:
+                await self._record(sender)
+
+    async def _record(self, sender: User) -> None:
+        now = time.monotonic()
+        known = self._written.get(sender.id)
+        fresh = known is not None and known[:2] == (sender.username, sender.first_name)
+        if fresh and now - known[2] <= self.REFRESH_SECONDS:  # type: ignore[index]
+            return
+        async with self._db.session() as session:
+            await Repositories(session).users.upsert(
+                user_id=sender.id, username=sender.username, first_name=sender.first_name
+            )
+        self._written[sender.id] = (sender.username, sender.first_name, now)
 
 
 class PerUserOrderMiddleware(BaseMiddleware):
@@ -74,6 +83,21 @@ class PerUserOrderMiddleware(BaseMiddleware):
         finally:
             if not lock.locked() and not lock._waiters:  # nobody queued: forget the lock
                 self._locks.pop(sender.id, None)
+
+
+class FsmWriteBatch(BaseMiddleware):
+    """A handler's wizard-state changes reach the database in one write, as it finishes.
+
+    Registered after PerUserOrderMiddleware, so the write lands while the user's lock
+    is held: the next update of theirs cannot be written first and then overwritten.
+    """
+
+    def __init__(self, storage: SqlStorage) -> None:
+        self._storage = storage
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        async with self._storage.batch():
+            return await handler(event, data)
 
 
 class ThrottleMiddleware(BaseMiddleware):

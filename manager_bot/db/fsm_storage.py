@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiogram.fsm.state import State
@@ -16,6 +19,19 @@ from manager_bot.db.models import FsmState
 from manager_bot.db.session import Database
 
 _KEYS = DefaultKeyBuilder(with_bot_id=True, with_business_connection_id=True, with_destiny=True)
+
+
+@dataclass
+class _Batch:
+    """Keys changed inside one `SqlStorage.batch()`; closed once written."""
+
+    keys: set[str] = field(default_factory=set)
+    open: bool = True
+
+
+# Per task: a task started inside a batch (a deploy running beside the dispatcher)
+# inherits the variable, but writes straight through once the batch has closed.
+_BATCH: ContextVar[_Batch | None] = ContextVar("fsm_batch", default=None)
 
 
 class SqlStorage(BaseStorage):
@@ -45,17 +61,50 @@ class SqlStorage(BaseStorage):
     async def _store(self, key: str, state: str | None, data: str) -> None:
         if await self._load(key) == (state, data):
             return
-        # One upsert statement, no ORM round trip: this runs on most wizard steps.
+        batch = _BATCH.get()
+        if batch is not None and batch.open:
+            self._cache[key] = (state, data)
+            batch.keys.add(key)
+            return
+        await self._write([key], {key: (state, data)})
+        self._cache[key] = (state, data)
+
+    async def _write(self, keys: list[str], values: Mapping[str, tuple[str | None, str]]) -> None:
+        # One upsert statement per key, no ORM round trip: this runs on most wizard steps.
         insert = (
             postgresql_insert if self._db.engine.dialect.name == "postgresql" else sqlite_insert
         )
-        statement = insert(FsmState).values(key=key, state=state, data=data)
-        statement = statement.on_conflict_do_update(
-            index_elements=[FsmState.key], set_={"state": state, "data": data}
-        )
         async with self._db.session() as session:
-            await session.execute(statement)
-        self._cache[key] = (state, data)
+            for key in keys:
+                state, data = values[key]
+                statement = insert(FsmState).values(key=key, state=state, data=data)
+                statement = statement.on_conflict_do_update(
+                    index_elements=[FsmState.key], set_={"state": state, "data": data}
+                )
+                await session.execute(statement)
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        """Changes inside are written once, together, on the way out (even after an error).
+
+        A wizard step sets the state and the data separately; one commit instead of two
+        halves the writes on the database's single writer. The in-memory copy is current
+        throughout, so reads inside and outside the batch see every change at once.
+        """
+        outer = _BATCH.get()
+        if outer is not None and outer.open:
+            yield  # nested: the outer batch writes
+            return
+        batch = _Batch()
+        token = _BATCH.set(batch)
+        try:
+            yield
+        finally:
+            batch.open = False
+            _BATCH.reset(token)
+            if batch.keys:
+                keys = sorted(batch.keys)
+                await self._write(keys, {key: self._cache[key] for key in keys})
 
     async def set_state(self, key: StorageKey, state: str | State | None = None) -> None:
         value = state.state if isinstance(state, State) else state

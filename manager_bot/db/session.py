@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+READERS = 2  # SQLite connections for Database.reading()
+
 
 def ensure_sqlite_directory(url: str) -> None:
     """SQLite creates the file but not its folder (data/ on a fresh clone)."""
@@ -25,17 +27,23 @@ def ensure_sqlite_directory(url: str) -> None:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
-def create_engine(url: str) -> AsyncEngine:
-    parsed = make_url(url)
-    if parsed.drivername.startswith("sqlite"):
+def is_sqlite(url: str) -> bool:
+    return make_url(url).drivername.startswith("sqlite")
+
+
+def create_engine(url: str, *, read_only: bool = False) -> AsyncEngine:
+    if is_sqlite(url):
         ensure_sqlite_directory(url)
         # One connection: SQLite has one writer, and writers racing on several
         # connections meet SQLITE_BUSY, whose retry sleeps (up to 100 ms a time)
         # were most of the manager's latency under load. Queued on one connection,
         # each statement waits only for the ones ahead of it.
+        # No rollback when a connection goes back to the pool: Database.session always
+        # commits or rolls back itself, and that round trip was one in six of each session's.
         engine = create_async_engine(
-            url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0, pool_timeout=60
-        )
+            url, connect_args={"timeout": 30}, pool_size=READERS if read_only else 1,
+            max_overflow=0, pool_timeout=60, pool_reset_on_return=None,
+        )  # fmt: skip
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(connection: Any, _record: Any) -> None:
@@ -45,6 +53,8 @@ def create_engine(url: str) -> AsyncEngine:
             cursor.execute("PRAGMA journal_mode=WAL")
             # With WAL, NORMAL never corrupts; it only skips an fsync per commit.
             cursor.execute("PRAGMA synchronous=NORMAL")
+            if read_only:
+                cursor.execute("PRAGMA query_only=ON")
             cursor.close()
 
         return engine
@@ -58,6 +68,11 @@ class Database:
         self.url = url
         self.engine = create_engine(url)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite: reads get connections of their own (WAL lets them run beside the one
+        # writer), so a check made before an answer does not queue behind a deploy's
+        # writes. Other databases pool connections already.
+        self._read_engine = create_engine(url, read_only=True) if is_sqlite(url) else self.engine
+        self._read_sessions = async_sessionmaker(self._read_engine, expire_on_commit=False)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -69,6 +84,15 @@ class Database:
                 await session.rollback()
                 raise
 
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncSession]:
+        """A session for queries only (SQLite refuses writes in it); sees what is committed."""
+        async with self._read_sessions() as session:
+            try:
+                yield session
+            finally:
+                await session.rollback()  # ends the read: a held snapshot would go stale
+
     async def ping(self) -> None:
         """One round trip; raises the driver's error if the database cannot be reached."""
         async with self.engine.connect() as connection:
@@ -76,3 +100,4 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        await self._read_engine.dispose()

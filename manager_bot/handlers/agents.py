@@ -43,10 +43,14 @@ class AgentEdit(StatesGroup):
 
 
 async def send_card(
-    message: Message, agent: Agent, *, deployer: Deployer, edit: bool = False
-) -> None:
-    observed = await deployer.observed(agent.id)
-    usage = await fetch_usage(observed.probe_url if observed else None)
+    message: Message, agent: Agent, *, deployer: Deployer, edit: bool = False,
+    just_deployed: bool = False,
+) -> None:  # fmt: skip
+    """The agent card; `just_deployed` skips reading usage, as there is none yet."""
+    usage = None
+    if not just_deployed:
+        observed = await deployer.observed(agent.id)
+        usage = await fetch_usage(observed.probe_url if observed else None)
     text, markup = texts.agent_card(agent, usage=usage), keyboards.agent_card(agent)
     if edit:
         try:

@@ -40,7 +40,7 @@ from manager_bot.services.errors import (
 )
 from manager_bot.services.llm_keys import KeyCheck, check_key
 from manager_bot.services.providers import Provider, find_provider
-from manager_bot.services.telegram import AgentTokenError, looks_like_token
+from manager_bot.services.telegram import AgentTokenError, BotIdentity, looks_like_token
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,9 @@ async def bot_step_hint(
     """A token pasted before tapping "I already have a bot" is taken (and deleted) all the same."""
     token = (message.text or "").strip()
     if looks_like_token(token):
-        await _delete_quietly(message)
         await _accept_token(
             message, state, token=token, managed=False, deployer=deployer, vault=vault,
-            providers=providers,
+            providers=providers, delete_first=True,
         )  # fmt: skip
         return
     await message.answer(texts.CHOOSE_BOT_HINT)
@@ -123,34 +122,47 @@ async def pasted_token(
     message: Message, state: FSMContext, deployer: Deployer, vault: Vault,
     providers: tuple[Provider, ...],
 ) -> None:  # fmt: skip
-    """Deletes the message first: whatever it is, it may be a secret."""
-    await _delete_quietly(message)
+    """Deletes the message whatever it is (it may be a secret), while the token is checked."""
     token = (message.text or "").strip()
     if not looks_like_token(token):
+        await _delete_quietly(message)
         await message.answer(texts.TOKEN_SHAPE)
         return
     await _accept_token(
-        message,
-        state,
-        token=token,
-        managed=False,
-        deployer=deployer,
-        vault=vault,
-        providers=providers,
-    )
+        message, state, token=token, managed=False, deployer=deployer, vault=vault,
+        providers=providers, delete_first=True,
+    )  # fmt: skip
 
 
 async def token_step_hint(message: Message) -> None:
     await message.answer(texts.PASTE_TOKEN)
 
 
+async def _check_token(
+    message: Message, token: str, deployer: Deployer, *, delete_first: bool
+) -> BotIdentity:
+    assert message.from_user is not None
+    check = deployer.check_token(token, owner_id=message.from_user.id)
+    if not delete_first:
+        return await check
+    # Both finish (an invalid token waits for the deletion too) before anything is said.
+    deleted, checked = await asyncio.gather(_delete_quietly(message), check, return_exceptions=True)
+    for outcome in (deleted, checked):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    assert isinstance(checked, BotIdentity)
+    return checked
+
+
 async def _accept_token(
     message: Message, state: FSMContext, *, token: str, managed: bool, deployer: Deployer,
-    vault: Vault, providers: tuple[Provider, ...],
+    vault: Vault, providers: tuple[Provider, ...], delete_first: bool = False,
 ) -> None:  # fmt: skip
+    """Checks the token; `delete_first` deletes the message carrying it meanwhile, and
+    no answer is sent before that deletion is done."""
     assert message.from_user is not None
     try:
-        identity = await deployer.check_token(token, owner_id=message.from_user.id)
+        identity = await _check_token(message, token, deployer, delete_first=delete_first)
     except InvalidBotToken as error:
         unreachable = error.reason == AgentTokenError.UNREACHABLE
         await message.answer(texts.TOKEN_UNREACHABLE if unreachable else texts.TOKEN_INVALID)
@@ -327,7 +339,7 @@ async def _deploy(
         await progress_message.edit_text(texts.DEPLOY_THROTTLED.format(minutes=minutes))
         return
     await message.answer(texts.DEPLOYED.format(username=agent.bot_username))
-    await send_card(message, agent, deployer=deployer)
+    await send_card(message, agent, deployer=deployer, just_deployed=True)
 
 
 async def confirm_step_hint(message: Message) -> None:

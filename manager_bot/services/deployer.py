@@ -144,7 +144,7 @@ class Deployer:
         return self._config.max_agents_per_user
 
     async def quota_reached(self, owner_id: int) -> bool:
-        async with self._db.session() as session:
+        async with self._db.reading() as session:
             count = await Repositories(session).agents.count_active(owner_id)
         return count >= self._config.max_agents_per_user
 
@@ -163,7 +163,7 @@ class Deployer:
     async def check_token(self, token: str, *, owner_id: int) -> BotIdentity:
         """getMe, plus: not already running as someone's agent."""
         identity = await self._identify(token)
-        async with self._db.session() as session:
+        async with self._db.reading() as session:
             if await Repositories(session).agents.by_bot_id(identity.id) is not None:
                 raise BotAlreadyUsed(identity.username)
         return identity
@@ -184,7 +184,7 @@ class Deployer:
     async def deploy_wait(self, owner_id: int) -> int:
         """Seconds until this user may start another deploy (0: now)."""
         since = utcnow() - self._config.deploy_window
-        async with self._db.session() as session:
+        async with self._db.reading() as session:
             recent = await Repositories(session).audit.times(
                 actor_id=owner_id, action="deploy", outcome="started", since=since
             )

@@ -179,3 +179,21 @@ async def test_own_llm_key_is_checked_and_deleted(
     right = await user.send("sk-rightrightrightright00")
     await user.wait_for(text_contains="Last step")
     assert {wrong["message_id"], right["message_id"]} <= set(user.deleted_own_messages())
+
+
+async def test_a_tap_and_a_message_sent_together_are_handled_in_order(
+    local_manager: Manager, telegram: FakeTelegram
+) -> None:
+    """A button press and a message are different kinds of update; one user's still queue."""
+    agent_bot = telegram.add_bot(username="quick_fingers_bot")
+    user = telegram.user(local_manager.fake)
+    await user.send("/deploy")
+    await user.press("I already have a bot")
+    await user.send(agent_bot.token)
+    await user.wait_for(text_contains="Got it: @quick_fingers_bot")
+    await user.press("OpenAI · gpt-4o-mini")  # the prompt follows before any answer
+    await user.send("You are quick.")
+    summary = await user.wait_for(text_contains="Ready to deploy")
+    assert "You are quick." in summary["text"]
+    hints = [m for m in user.messages() if "Please pick a model" in m["text"]]
+    assert hints == []

@@ -132,6 +132,9 @@ class FakeBot:
     manager: FakeBot | None = None  # the bot that created this one through Managed Bots
     webhook: WebhookState | None = None
     sent: list[JsonDict] = field(default_factory=list)
+    # The same messages by chat: simulated users look up their own chat on every change,
+    # and a scan of `sent` made the load generator quadratic in bench/manager.py.
+    sent_by_chat: dict[int, list[JsonDict]] = field(default_factory=dict)
     deleted: list[tuple[int, int]] = field(default_factory=list)
     drafts: list[JsonDict] = field(default_factory=list)
     chat_actions: list[JsonDict] = field(default_factory=list)
@@ -143,6 +146,9 @@ class FakeBot:
     # Bumped on every message sent or edited: waiters compare against it.
     seq: int = 0
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    # Per-chat waiters: a change in one chat wakes only its own waiters, so 200 simulated
+    # users do not each wake up (and take the lock in turn) on every message to anyone.
+    chat_changed: dict[int, asyncio.Condition] = field(default_factory=dict)
     rate_limit: float | None = None
     recent_sends: deque[float] = field(default_factory=deque)
     # Flood control out of the blue, as Telegram sometimes answers: (probability, rng).
@@ -158,12 +164,27 @@ class FakeBot:
             "username": self.username,
         }
 
+    def changed_in(self, chat_id: int) -> asyncio.Condition:
+        return self.chat_changed.setdefault(chat_id, asyncio.Condition())
+
+    async def announce(self, chat_id: int) -> None:
+        """A message in `chat_id` was sent, edited or deleted: wake its waiters and bot-wide ones."""
+        self.seq += 1
+        for condition in (self.chat_changed.get(chat_id), self.changed):
+            if condition is not None:
+                async with condition:
+                    condition.notify_all()
+
+    def record(self, message: JsonDict) -> None:
+        self.sent.append(message)
+        self.sent_by_chat.setdefault(message["chat"]["id"], []).append(message)
+
     def messages_in(self, chat_id: int) -> list[JsonDict]:
-        return [m for m in self.sent if m["chat"]["id"] == chat_id and not m.get("_deleted")]
+        return [m for m in self.sent_by_chat.get(chat_id, ()) if not m.get("_deleted")]
 
     def find_message(self, chat_id: int, message_id: int) -> JsonDict | None:
-        for message in self.sent:
-            if message["chat"]["id"] == chat_id and message["message_id"] == message_id:
+        for message in self.sent_by_chat.get(chat_id, ()):
+            if message["message_id"] == message_id:
                 return None if message.get("_deleted") else message
         return None
 
@@ -506,8 +527,8 @@ class FakeTelegram:
             message["_reply_keyboard"] = markup
         if params.get("parse_mode"):
             message["_parse_mode"] = params["parse_mode"]
+        bot.record(message)
         await self._touch(bot, message)
-        bot.sent.append(message)
         return _public(message)
 
     async def _edit_message_text(self, bot: FakeBot, params: JsonDict) -> JsonDict:
@@ -575,9 +596,7 @@ class FakeTelegram:
             if message is not None:
                 message["_deleted"] = True
         bot.deleted.append((chat_id, message_id))
-        async with bot.changed:
-            bot.seq += 1
-            bot.changed.notify_all()
+        await bot.announce(chat_id)
         return True
 
     async def _send_chat_action(self, bot: FakeBot, params: JsonDict) -> bool:
@@ -701,10 +720,8 @@ class FakeTelegram:
         return chat_id
 
     async def _touch(self, bot: FakeBot, message: JsonDict) -> None:
-        async with bot.changed:
-            bot.seq += 1
-            message["_seq"] = bot.seq
-            bot.changed.notify_all()
+        message["_seq"] = bot.seq + 1  # announce() bumps bot.seq to this
+        await bot.announce(message["chat"]["id"])
 
     def _wakeup(self, bot: FakeBot) -> asyncio.Event:
         return self._wakeups.setdefault(bot.id, asyncio.Event())

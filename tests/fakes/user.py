@@ -113,9 +113,10 @@ class _ChatParticipant:
                 return message
             return None
 
+        changed = self.bot.changed_in(self.chat_id)
         try:
-            async with self.bot.changed:
-                found = await asyncio.wait_for(self.bot.changed.wait_for(match), timeout)
+            async with changed:
+                found = await asyncio.wait_for(changed.wait_for(match), timeout)
         except TimeoutError:
             seen = [_visible_text(m)[:200] for m in self.bot.messages_in(self.chat_id)[-5:]]
             raise AssertionError(
@@ -230,9 +231,10 @@ class SimUser(_ChatParticipant):
                 return True
             return False
 
+        changed = self.bot.changed_in(self.chat_id)
         try:
-            async with self.bot.changed:
-                await asyncio.wait_for(self.bot.changed.wait_for(locate), timeout)
+            async with changed:
+                await asyncio.wait_for(changed.wait_for(locate), timeout)
         except TimeoutError:
             messages = self.bot.messages_in(self.chat_id)
             labels = [

@@ -117,6 +117,52 @@ async def test_fsm_state_survives_a_restart(sqlite_url: str) -> None:
     await second.close()
 
 
+async def test_fsm_batch_writes_once_on_the_way_out_even_after_an_error(
+    database_url: str,
+) -> None:
+    await upgrade(database_url)
+    key = StorageKey(bot_id=1, chat_id=3, user_id=3)
+    database, elsewhere = Database(database_url), Database(database_url)
+    storage = SqlStorage(database)
+    try:
+        with pytest.raises(RuntimeError):
+            async with storage.batch():
+                await storage.set_state(key, "Deploy:model")
+                async with storage.batch():  # nested: still the outer one's write
+                    await storage.update_data(key, {"username": "demo_bot"})
+                # This manager sees its own change at once; the database has none yet.
+                assert await storage.get_state(key) == "Deploy:model"
+                assert await SqlStorage(elsewhere).get_state(key) is None
+                raise RuntimeError("the handler failed after changing the state")
+        stored = SqlStorage(elsewhere)  # another manager process, empty cache
+        assert await stored.get_state(key) == "Deploy:model"
+        assert await stored.get_data(key) == {"username": "demo_bot"}
+        await storage.set_state(key, None)  # outside a batch: written at once
+        assert await SqlStorage(elsewhere).get_state(key) is None
+    finally:
+        await database.close()
+        await elsewhere.close()
+
+
+async def test_reading_sessions_see_commits_and_refuse_writes_on_sqlite(sqlite_url: str) -> None:
+    await upgrade(sqlite_url)
+    database = Database(sqlite_url)
+    try:
+        async with database.reading() as session:  # opened before the write below
+            assert await Repositories(session).users.get(7) is None
+        async with database.session() as session:
+            await Repositories(session).users.upsert(user_id=7, username="u7", first_name="U")
+        async with database.reading() as session:
+            assert (await Repositories(session).users.get(7)) is not None
+        with pytest.raises(Exception, match=r"readonly|read-only|query_only"):
+            async with database.reading() as session:
+                await session.execute(text("DELETE FROM users"))
+        async with database.reading() as session:
+            assert (await Repositories(session).users.get(7)) is not None
+    finally:
+        await database.close()
+
+
 async def test_fsm_state_in_redis(redis_url: str, sqlite_url: str) -> None:
     database = Database(sqlite_url)
     key = StorageKey(bot_id=1, chat_id=2, user_id=2)
