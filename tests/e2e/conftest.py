@@ -214,14 +214,19 @@ async def deploy_directly(
     )  # fmt: skip
 
 
-async def fill_wizard(user: SimUser, telegram: FakeTelegram, username: str) -> None:
-    """/deploy with a pasted token up to the summary card (Deploy not yet pressed)."""
+async def paste_token(user: SimUser, telegram: FakeTelegram, username: str) -> None:
+    """/deploy with a pasted token of a new bot, up to the choice of model."""
     bot = telegram.add_bot(username=username, first_name=username.removesuffix("_bot").title())
     await user.send("/deploy")
     await user.press("I already have a bot")
     await user.wait_for(text_contains="Paste")
     await user.send(bot.token)
     await user.wait_for(text_contains=f"Got it: @{username}")
+
+
+async def fill_wizard(user: SimUser, telegram: FakeTelegram, username: str) -> None:
+    """/deploy with a pasted token up to the summary card (Deploy not yet pressed)."""
+    await paste_token(user, telegram, username)
     await user.press("OpenAI · gpt-4o-mini")
     await user.wait_for(text_contains="Last step")
     await user.send("You are a test agent.")

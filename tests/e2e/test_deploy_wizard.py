@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import PUBLIC_URL, Manager
+from tests.e2e.conftest import PUBLIC_URL, Manager, paste_token
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram
@@ -147,12 +147,8 @@ async def test_a_bot_already_used_and_the_quota(
 async def test_the_wizard_survives_a_manager_restart(
     local_manager: Manager, telegram: FakeTelegram
 ) -> None:
-    agent_bot = telegram.add_bot(username="patient_bot")
     user = telegram.user(local_manager.fake)
-    await user.send("/deploy")
-    await user.press("I already have a bot")
-    await user.send(agent_bot.token)
-    await user.wait_for(text_contains="Got it")
+    await paste_token(user, telegram, "patient_bot")
     await local_manager.restart()
     await user.press("OpenAI · gpt-4o-mini")
     await user.wait_for(text_contains="Last step")
@@ -185,12 +181,8 @@ async def test_a_tap_and_a_message_sent_together_are_handled_in_order(
     local_manager: Manager, telegram: FakeTelegram
 ) -> None:
     """A button press and a message are different kinds of update; one user's still queue."""
-    agent_bot = telegram.add_bot(username="quick_fingers_bot")
     user = telegram.user(local_manager.fake)
-    await user.send("/deploy")
-    await user.press("I already have a bot")
-    await user.send(agent_bot.token)
-    await user.wait_for(text_contains="Got it: @quick_fingers_bot")
+    await paste_token(user, telegram, "quick_fingers_bot")
     await user.press("OpenAI · gpt-4o-mini")  # the prompt follows before any answer
     await user.send("You are quick.")
     summary = await user.wait_for(text_contains="Ready to deploy")
