@@ -66,17 +66,16 @@ class SqlStorage(BaseStorage):
             self._cache[key] = (state, data)
             batch.keys.add(key)
             return
-        await self._write([key], {key: (state, data)})
+        await self._write({key: (state, data)})
         self._cache[key] = (state, data)
 
-    async def _write(self, keys: list[str], values: Mapping[str, tuple[str | None, str]]) -> None:
+    async def _write(self, rows: Mapping[str, tuple[str | None, str]]) -> None:
         # One upsert statement per key, no ORM round trip: this runs on most wizard steps.
         insert = (
             postgresql_insert if self._db.engine.dialect.name == "postgresql" else sqlite_insert
         )
         async with self._db.session() as session:
-            for key in keys:
-                state, data = values[key]
+            for key, (state, data) in sorted(rows.items()):
                 statement = insert(FsmState).values(key=key, state=state, data=data)
                 statement = statement.on_conflict_do_update(
                     index_elements=[FsmState.key], set_={"state": state, "data": data}
@@ -103,8 +102,7 @@ class SqlStorage(BaseStorage):
             batch.open = False
             _BATCH.reset(token)
             if batch.keys:
-                keys = sorted(batch.keys)
-                await self._write(keys, {key: self._cache[key] for key in keys})
+                await self._write({key: self._cache[key] for key in batch.keys})
 
     async def set_state(self, key: StorageKey, state: str | State | None = None) -> None:
         value = state.state if isinstance(state, State) else state

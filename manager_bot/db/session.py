@@ -19,16 +19,15 @@ from sqlalchemy.ext.asyncio import (
 READERS = 2  # SQLite connections for Database.reading()
 
 
-def ensure_sqlite_directory(url: str) -> None:
-    """SQLite creates the file but not its folder (data/ on a fresh clone)."""
-    parsed = make_url(url)
-    database = parsed.database or ""
-    if parsed.drivername.startswith("sqlite") and database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-
-
 def is_sqlite(url: str) -> bool:
     return make_url(url).drivername.startswith("sqlite")
+
+
+def ensure_sqlite_directory(url: str) -> None:
+    """SQLite creates the file but not its folder (data/ on a fresh clone)."""
+    database = make_url(url).database or ""
+    if is_sqlite(url) and database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
 def create_engine(url: str, *, read_only: bool = False) -> AsyncEngine:

@@ -112,7 +112,7 @@ async def bot_step_hint(
     if looks_like_token(token):
         await _accept_token(
             message, state, token=token, managed=False, deployer=deployer, vault=vault,
-            providers=providers, delete_first=True,
+            providers=providers, delete_message=True,
         )  # fmt: skip
         return
     await message.answer(texts.CHOOSE_BOT_HINT)
@@ -130,7 +130,7 @@ async def pasted_token(
         return
     await _accept_token(
         message, state, token=token, managed=False, deployer=deployer, vault=vault,
-        providers=providers, delete_first=True,
+        providers=providers, delete_message=True,
     )  # fmt: skip
 
 
@@ -139,11 +139,11 @@ async def token_step_hint(message: Message) -> None:
 
 
 async def _check_token(
-    message: Message, token: str, deployer: Deployer, *, delete_first: bool
+    message: Message, token: str, deployer: Deployer, *, delete_message: bool
 ) -> BotIdentity:
     assert message.from_user is not None
     check = deployer.check_token(token, owner_id=message.from_user.id)
-    if not delete_first:
+    if not delete_message:
         return await check
     # Both finish (an invalid token waits for the deletion too) before anything is said.
     deleted, checked = await asyncio.gather(_delete_quietly(message), check, return_exceptions=True)
@@ -156,13 +156,13 @@ async def _check_token(
 
 async def _accept_token(
     message: Message, state: FSMContext, *, token: str, managed: bool, deployer: Deployer,
-    vault: Vault, providers: tuple[Provider, ...], delete_first: bool = False,
+    vault: Vault, providers: tuple[Provider, ...], delete_message: bool = False,
 ) -> None:  # fmt: skip
-    """Checks the token; `delete_first` deletes the message carrying it meanwhile, and
+    """Checks the token; `delete_message` deletes the message carrying it meanwhile, and
     no answer is sent before that deletion is done."""
     assert message.from_user is not None
     try:
-        identity = await _check_token(message, token, deployer, delete_first=delete_first)
+        identity = await _check_token(message, token, deployer, delete_message=delete_message)
     except InvalidBotToken as error:
         unreachable = error.reason == AgentTokenError.UNREACHABLE
         await message.answer(texts.TOKEN_UNREACHABLE if unreachable else texts.TOKEN_INVALID)

@@ -167,9 +167,12 @@ class FakeBot:
     def changed_in(self, chat_id: int) -> asyncio.Condition:
         return self.chat_changed.setdefault(chat_id, asyncio.Condition())
 
-    async def announce(self, chat_id: int) -> None:
-        """A message in `chat_id` was sent, edited or deleted: wake its waiters and bot-wide ones."""
+    async def announce(self, chat_id: int, message: JsonDict | None = None) -> None:
+        """A message in `chat_id` was sent, edited (`message`, stamped with the new `seq`)
+        or deleted: wake that chat's waiters and the bot-wide ones."""
         self.seq += 1
+        if message is not None:
+            message["_seq"] = self.seq
         for condition in (self.chat_changed.get(chat_id), self.changed):
             if condition is not None:
                 async with condition:
@@ -720,8 +723,7 @@ class FakeTelegram:
         return chat_id
 
     async def _touch(self, bot: FakeBot, message: JsonDict) -> None:
-        message["_seq"] = bot.seq + 1  # announce() bumps bot.seq to this
-        await bot.announce(message["chat"]["id"])
+        await bot.announce(message["chat"]["id"], message)
 
     def _wakeup(self, bot: FakeBot) -> asyncio.Event:
         return self._wakeups.setdefault(bot.id, asyncio.Event())
