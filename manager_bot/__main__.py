@@ -1,4 +1,4 @@
-"""Command line of the manager: `python -m manager_bot [run|migrate|keygen|rotate-keys|doctor]`."""
+"""Command line of the manager: `python -m manager_bot [run|gateway|migrate|keygen|rotate-keys|doctor]`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from manager_bot.config import ManagerSettings
+from manager_bot.config import ManagerSettings, PlatformSettings
 from runtime.settings_loading import (
     ConfigError,
     exit_with_config_error,
@@ -26,7 +26,14 @@ def _run(settings: ManagerSettings) -> int:
     return 0
 
 
-def _migrate(settings: ManagerSettings) -> int:
+def _gateway(settings: PlatformSettings) -> int:
+    from manager_bot.gateway.process import run_gateway
+
+    asyncio.run(run_gateway(settings))
+    return 0
+
+
+def _migrate(settings: PlatformSettings) -> int:
     from manager_bot.db.migrate import upgrade
 
     asyncio.run(upgrade(settings.database_url.get_secret_value()))
@@ -41,7 +48,7 @@ def _keygen(settings: ManagerSettings | None) -> int:
     return 0
 
 
-def _rotate_keys(settings: ManagerSettings) -> int:
+def _rotate_keys(settings: PlatformSettings) -> int:
     from manager_bot.crypto import VaultError, load_vault
     from manager_bot.db.secrets import rotate_secrets
     from manager_bot.db.session import Database
@@ -73,13 +80,26 @@ def _doctor(settings: ManagerSettings) -> int:
     return 1 if failed else 0
 
 
-# name -> (help, function, needs settings)
-COMMANDS: dict[str, tuple[str, Callable[[Any], int], bool]] = {
-    "run": ("run the manager bot (default)", _run, True),
-    "migrate": ("upgrade the database to the latest schema", _migrate, True),
-    "keygen": ("print a new Fernet key for ENCRYPTION_KEYS", _keygen, False),
-    "rotate-keys": ("re-encrypt every stored secret with the first key", _rotate_keys, True),
-    "doctor": ("check configuration, database, keys, token, cluster, PUBLIC_URL", _doctor, True),
+# name -> (help, function, the settings it reads)
+COMMANDS: dict[str, tuple[str, Callable[[Any], int], type[PlatformSettings] | None]] = {
+    "run": ("run the manager bot (default)", _run, ManagerSettings),
+    "gateway": (
+        "serve the LLM gateway on its own (GATEWAY_HOST:GATEWAY_PORT; no bot token needed)",
+        _gateway,
+        PlatformSettings,
+    ),
+    "migrate": ("upgrade the database to the latest schema", _migrate, PlatformSettings),
+    "keygen": ("print a new Fernet key for ENCRYPTION_KEYS", _keygen, None),
+    "rotate-keys": (
+        "re-encrypt every stored secret with the first key",
+        _rotate_keys,
+        PlatformSettings,
+    ),
+    "doctor": (
+        "check configuration, database, keys, token, cluster, PUBLIC_URL",
+        _doctor,
+        ManagerSettings,
+    ),
 }
 
 
@@ -98,11 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _, command, needs_settings = COMMANDS[args.command or "run"]
-    if not needs_settings:
+    _, command, settings_class = COMMANDS[args.command or "run"]
+    if settings_class is None:
         return command(None)
     try:
-        settings = load_settings(ManagerSettings)
+        settings = load_settings(settings_class)
     except ConfigError as error:
         if args.command == "doctor":  # a failed check like the others, not a usage error
             print(f"FAIL  {'configuration':<15} {error}")

@@ -22,6 +22,8 @@ from manager_bot.crypto import Vault, load_vault
 from manager_bot.db.fsm_storage import SqlStorage, build_fsm_storage
 from manager_bot.db.migrate import upgrade
 from manager_bot.db.session import Database
+from manager_bot.gateway.process import build_gateway
+from manager_bot.gateway.server import Gateway
 from manager_bot.handlers import admin, agents, common, deploy, start
 from manager_bot.logs import configure_logging
 from manager_bot.metrics import TelegramErrorMetrics, UpdateMetricsMiddleware
@@ -37,8 +39,10 @@ from manager_bot.response_models import KeepResponseModels
 from manager_bot.scheduler import Scheduler
 from manager_bot.services.admin import AdminConsole, BanList
 from manager_bot.services.broadcast import Broadcaster
+from manager_bot.services.budgets import Budgets
 from manager_bot.services.deployer import Deployer, DeployerConfig
 from manager_bot.services.health import HealthConfig, HealthMonitor
+from manager_bot.services.notices import NoticeSender
 from manager_bot.services.notifications import Notifier
 from manager_bot.services.providers import available_providers
 from manager_bot.services.telegram import AgentTelegram
@@ -63,6 +67,7 @@ def build_bot(settings: ManagerSettings) -> Bot:
 COMMANDS = [
     BotCommand(command="deploy", description="Create a new AI bot"),
     BotCommand(command="agents", description="Your bots"),
+    BotCommand(command="usage", description="Tokens used and left today"),
     BotCommand(command="status", description="State of a bot"),
     BotCommand(command="restart", description="Restart a bot"),
     BotCommand(command="stop", description="Stop a bot"),
@@ -80,6 +85,7 @@ ADMIN_COMMANDS = [
     BotCommand(command="ban", description="Ban a user: /ban <user_id>"),
     BotCommand(command="unban", description="Lift a ban: /unban <user_id>"),
     BotCommand(command="audit", description="Recent audit log"),
+    BotCommand(command="budget", description="Daily token budget: /budget <agent|user> <tokens>"),
 ]
 
 
@@ -102,6 +108,7 @@ def build_deployer(
     vault: Vault,
     backend: Backend,
     telegram: AgentTelegram,
+    gateway_url: str,
     ready_timeout: float = 90.0,
     ready_poll_interval: float = 0.5,
 ) -> Deployer:
@@ -117,6 +124,7 @@ def build_deployer(
             public_url=settings.public_url,
             telegram_api_url=settings.telegram_api_url,
             max_agents_per_user=settings.max_agents_per_user,
+            gateway_url=gateway_url,
             ready_timeout=ready_timeout,
             ready_poll_interval=ready_poll_interval,
         ),
@@ -140,6 +148,7 @@ def build_scheduler(
     return Scheduler(
         monitor=HealthMonitor(database=database, backend=backend, deployer=deployer, config=config),
         notifier=Notifier(bot=bot, database=database, admin_ids=list(settings.admin_ids)),
+        notices=NoticeSender(bot=bot, database=database, admin_ids=list(settings.admin_ids)),
         deployer=deployer,
         health_interval=settings.health_interval,
     )
@@ -156,6 +165,7 @@ def build_dispatcher(
     bans: BanList,
 ) -> Dispatcher:
     """The Dispatcher with every feature Router and the services handlers ask for."""
+    budgets = Budgets(database=database, default_budget=settings.agent_daily_token_budget)
     dispatcher = Dispatcher(
         storage=storage,
         settings=settings,
@@ -163,7 +173,8 @@ def build_dispatcher(
         vault=vault,
         providers=available_providers(settings),
         broadcaster=broadcaster,
-        admin=AdminConsole(database=database, deployer=deployer, bans=bans),
+        budgets=budgets,
+        admin=AdminConsole(database=database, deployer=deployer, bans=bans, budgets=budgets),
     )
     dispatcher.update.outer_middleware(UpdateMetricsMiddleware())
     # One instance of each for messages and button presses alike: a user's order, rate
@@ -197,38 +208,32 @@ def build_backend(settings: ManagerSettings) -> Backend:
     return LocalBackend(data_dir=DATA_DIR)
 
 
-def _secrets(settings: ManagerSettings) -> list[str]:
-    values = [settings.manager_bot_token.get_secret_value()]
-    for optional in (
-        settings.openai_api_key,
-        settings.anthropic_api_key,
-        settings.gemini_api_key,
-        settings.azure_openai_api_key,
-        settings.redis_url,
-    ):
-        if optional is not None:
-            values.append(optional.get_secret_value())
-    values.extend(key.get_secret_value() for key in settings.encryption_keys)
-    return values
-
-
 async def run_manager(settings: ManagerSettings) -> None:
     """Upgrade the database, take over running agents, reconcile, then poll Telegram."""
-    configure_logging(settings.log_format, _secrets(settings))
+    configure_logging(settings.log_format, settings.secret_values())
     database_url = settings.database_url.get_secret_value()
     await upgrade(database_url)
     database = Database(database_url)
     vault = load_vault(settings, data_dir=DATA_DIR)
     backend = build_backend(settings)
+    gateway: Gateway | None = None
+    gateway_url = settings.agents_gateway_url
     if isinstance(backend, LocalBackend):
+        # One machine: the gateway runs here, on 127.0.0.1, before any agent starts.
+        gateway = build_gateway(settings=settings, database=database, vault=vault)
+        gateway_url = await gateway.start(settings.gateway_host, settings.gateway_port)
         await backend.adopt()
     agent_telegram = AgentTelegram(api_url=settings.telegram_api_url)
     deployer = build_deployer(
-        settings=settings, database=database, vault=vault, backend=backend, telegram=agent_telegram
-    )
+        settings=settings, database=database, vault=vault, backend=backend,
+        telegram=agent_telegram, gateway_url=gateway_url,
+    )  # fmt: skip
     status = StatusServer(agent_counts=deployer.agent_counts)
     if settings.metrics_port:
         await status.start(settings.metrics_host, settings.metrics_port)
+    upgraded = await deployer.ensure_gateway_credentials()
+    if upgraded:
+        log.info("%d agents moved to the LLM gateway (their provider keys removed)", upgraded)
     report = await deployer.reconcile()
     log.info("reconciled: %d applied, %d removed", len(report.applied), len(report.removed))
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
@@ -275,4 +280,6 @@ async def run_manager(settings: ManagerSettings) -> None:
         await status.stop()
         await agent_telegram.close()
         await backend.close()
+        if gateway is not None:
+            await gateway.stop()
         await database.close()

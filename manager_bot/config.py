@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -9,6 +10,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///data/hatchbot.db"
 DEFAULT_AGENT_IMAGE = "ghcr.io/hatchbot/hatchbot:latest"
+GATEWAY_SERVICE = "hatchbot-llm-gateway"  # k8s/base/llm-gateway.yaml
 
 
 def _split_commas(value: object) -> object:
@@ -17,17 +19,23 @@ def _split_commas(value: object) -> object:
     return value
 
 
-class ManagerSettings(BaseSettings):
-    """Configuration of `python -m manager_bot`, read from the environment."""
+def _http_url(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+class PlatformSettings(BaseSettings):
+    """What the LLM gateway needs (`python -m manager_bot gateway`): the database, the
+    keys that open the vault, the providers' platform keys, budgets and limits. It has
+    no bot token: a gateway pod cannot speak as the manager."""
 
     model_config = SettingsConfigDict(
         case_sensitive=False, extra="ignore", hide_input_in_errors=True
     )
 
-    manager_bot_token: SecretStr = Field(description="the manager bot's token")
-    admin_ids: Annotated[list[int], NoDecode] = Field(
-        default_factory=list, description="comma-separated Telegram user ids with admin rights"
-    )
     database_url: SecretStr = Field(
         default=SecretStr(DEFAULT_DATABASE_URL),
         description="SQLAlchemy async URL",
@@ -36,6 +44,122 @@ class ManagerSettings(BaseSettings):
     encryption_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="comma-separated Fernet keys; the first encrypts, all decrypt",
+    )
+    openai_api_key: SecretStr | None = Field(default=None, description="platform key for OpenAI")
+    openai_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible base URL for the OpenAI provider"
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, description="platform key for Anthropic"
+    )
+    gemini_api_key: SecretStr | None = Field(default=None, description="platform key for Gemini")
+    azure_openai_api_key: SecretStr | None = Field(
+        default=None, description="platform key for Azure OpenAI"
+    )
+    azure_openai_endpoint: str | None = Field(
+        default=None, description="Azure OpenAI endpoint, https://<resource>.openai.azure.com"
+    )
+    azure_openai_api_version: str = Field(
+        default="2024-10-21", description="Azure OpenAI API version"
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="log lines as text, or one JSON object per line"
+    )
+    gateway_host: str = Field(
+        default="127.0.0.1", description="address the LLM gateway listens on (0.0.0.0 in a pod)"
+    )
+    gateway_port: int = Field(
+        default=9190, ge=0, le=65535, description="port of the LLM gateway (0: any free port)"
+    )
+    agent_daily_token_budget: int = Field(
+        default=200_000, ge=0, description="tokens an agent may use per UTC day (admins raise it)"
+    )
+    gateway_max_tokens: int = Field(
+        default=1024, ge=16, le=128_000, description="cap on max_tokens of one completion"
+    )
+    gateway_user_rate_per_minute: float = Field(
+        default=20.0, gt=0, description="requests a minute one chat user may cause, per agent"
+    )
+    gateway_user_burst: int = Field(
+        default=5, ge=1, description="requests one chat user may make at once before the rate"
+    )
+    gateway_agent_concurrency: int = Field(
+        default=8, ge=1, description="completions one agent may have in flight at once"
+    )
+    gateway_flush_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="how often counted usage is written to the database"
+    )
+    gateway_cache_seconds: float = Field(
+        default=2.0, ge=0, le=60, description="how long the gateway trusts an agent's stored row"
+    )
+    gateway_allowed_endpoints: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="internal hosts (host or host:port) users' own endpoints may use",
+    )
+    k8s_cluster_cidrs: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="pod and service CIDRs: refused as endpoints and egress"
+    )
+
+    @field_validator(
+        "encryption_keys", "gateway_allowed_endpoints", "k8s_cluster_cidrs", mode="before"
+    )
+    @classmethod
+    def _platform_lists(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("k8s_cluster_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a CIDR such as 10.0.0.0/8") from None
+        return value
+
+    @field_validator("openai_base_url", "azure_openai_endpoint")
+    @classmethod
+    def _provider_url(cls, value: str | None) -> str | None:
+        return _http_url(value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if "://" not in url:
+            raise ValueError(
+                "must be an SQLAlchemy URL such as sqlite+aiosqlite:///data/hatchbot.db"
+            )
+        scheme = url.split("://", 1)[0]
+        if scheme in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(
+                "must name an async driver: sqlite+aiosqlite:// or postgresql+asyncpg://"
+            )
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.get_secret_value().startswith("sqlite")
+
+    def secret_values(self) -> list[str]:
+        """Every secret setting's value, for the log redaction filter."""
+        values = [key.get_secret_value() for key in self.encryption_keys]
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr) and name != "database_url":
+                values.append(value.get_secret_value())
+        url = self.database_url.get_secret_value()
+        if "@" in url:  # only a URL with credentials holds a secret
+            values.append(url)
+        return [value for value in values if value]
+
+
+class ManagerSettings(PlatformSettings):
+    """Configuration of `python -m manager_bot`, read from the environment."""
+
+    manager_bot_token: SecretStr = Field(description="the manager bot's token")
+    admin_ids: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="comma-separated Telegram user ids with admin rights"
     )
     backend: Literal["local", "kubernetes"] = Field(
         default="local", description="local or kubernetes"
@@ -62,6 +186,10 @@ class ManagerSettings(BaseSettings):
         default="hatchbot-system",
         description="namespace the manager runs in (allowed in to probe agents)",
     )
+    gateway_url: str | None = Field(
+        default=None,
+        description="LLM base URL agents use (the gateway's Service); unset: the in-process one",
+    )
     agent_image: str = Field(
         default=DEFAULT_AGENT_IMAGE, description="runtime image for agent pods"
     )
@@ -70,28 +198,8 @@ class ManagerSettings(BaseSettings):
     )
     health_interval: int = Field(default=30, ge=1, description="seconds between health sweeps")
     max_agents_per_user: int = Field(default=3, ge=0, description="quota of agents per user")
-    openai_api_key: SecretStr | None = Field(default=None, description="platform key for OpenAI")
-    openai_base_url: str | None = Field(
-        default=None, description="OpenAI-compatible base URL for the OpenAI provider"
-    )
-    anthropic_api_key: SecretStr | None = Field(
-        default=None, description="platform key for Anthropic"
-    )
-    gemini_api_key: SecretStr | None = Field(default=None, description="platform key for Gemini")
-    azure_openai_api_key: SecretStr | None = Field(
-        default=None, description="platform key for Azure OpenAI"
-    )
-    azure_openai_endpoint: str | None = Field(
-        default=None, description="Azure OpenAI endpoint, https://<resource>.openai.azure.com"
-    )
-    azure_openai_api_version: str = Field(
-        default="2024-10-21", description="Azure OpenAI API version"
-    )
     broadcast_rate: float = Field(
         default=30.0, gt=0, le=1000, description="broadcast messages per second, overall"
-    )
-    log_format: Literal["text", "json"] = Field(
-        default="text", description="log lines as text, or one JSON object per line"
     )
     metrics_host: str = Field(
         default="127.0.0.1",
@@ -101,34 +209,15 @@ class ManagerSettings(BaseSettings):
         default=9090, ge=0, le=65535, description="port of /metrics, /healthz, /readyz; 0: off"
     )
 
-    @field_validator("admin_ids", "encryption_keys", mode="before")
+    @field_validator("admin_ids", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_commas(value)
 
-    @field_validator("telegram_api_url", "public_url", "openai_base_url", "azure_openai_endpoint")
+    @field_validator("telegram_api_url", "public_url", "gateway_url")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None if value == "" else value
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
-        return value.rstrip("/")
-
-    @field_validator("database_url")
-    @classmethod
-    def _async_driver(cls, value: SecretStr) -> SecretStr:
-        url = value.get_secret_value()
-        if "://" not in url:
-            raise ValueError(
-                "must be an SQLAlchemy URL such as sqlite+aiosqlite:///data/hatchbot.db"
-            )
-        scheme = url.split("://", 1)[0]
-        if scheme in ("sqlite", "postgresql", "postgres"):
-            raise ValueError(
-                "must name an async driver: sqlite+aiosqlite:// or postgresql+asyncpg://"
-            )
-        return value
+    def _manager_url(cls, value: str | None) -> str | None:
+        return _http_url(value)
 
     @model_validator(mode="after")
     def _public_url_for_kubernetes(self) -> ManagerSettings:
@@ -137,5 +226,11 @@ class ManagerSettings(BaseSettings):
         return self
 
     @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.get_secret_value().startswith("sqlite")
+    def agents_gateway_url(self) -> str:
+        """The LLM base URL agents are given: GATEWAY_URL, else the gateway's Service on
+        Kubernetes, else the manager's in-process gateway."""
+        if self.gateway_url:
+            return self.gateway_url
+        if self.backend == "kubernetes":
+            return f"http://{GATEWAY_SERVICE}.{self.k8s_manager_namespace}.svc.cluster.local/v1"
+        return f"http://127.0.0.1:{self.gateway_port}/v1"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from manager_bot.config import ManagerSettings
+from manager_bot.config import PlatformSettings
 
 log = logging.getLogger(__name__)
 KEY_FILE = "fernet.key"
@@ -59,7 +59,7 @@ def generate_key() -> str:
     return Fernet.generate_key().decode()
 
 
-def load_vault(settings: ManagerSettings, *, data_dir: Path = Path("data")) -> Vault:
+def load_vault(settings: PlatformSettings, *, data_dir: Path = Path("data")) -> Vault:
     keys = [key.get_secret_value() for key in settings.encryption_keys]
     if keys:
         return Vault(keys)

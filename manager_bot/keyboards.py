@@ -134,6 +134,21 @@ def confirm_delete(agent: Agent) -> InlineKeyboardMarkup:
     return builder.as_markup()
 
 
+def budget_notice(agent: Agent, *, can_raise: bool) -> InlineKeyboardMarkup:
+    """Under a budget notice: the card, and for admins a way to raise the limit."""
+    builder = InlineKeyboardBuilder()
+    builder.button(
+        text=texts.OPEN_CARD_BUTTON, callback_data=AgentAction(action="open", agent_id=agent.id)
+    )
+    if can_raise:
+        builder.button(
+            text=texts.RAISE_LIMIT_BUTTON,
+            callback_data=AdminAction(action="budget", value=agent.id),
+        )
+    builder.adjust(1)
+    return builder.as_markup()
+
+
 def health_alert(agent: Agent, *, gave_up: bool) -> InlineKeyboardMarkup:
     """Buttons under a health notification: what the owner most likely wants next."""
     builder = InlineKeyboardBuilder()

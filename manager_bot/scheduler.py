@@ -19,10 +19,12 @@ from manager_bot.backends.base import BackendError
 from manager_bot.logs import new_request_id
 from manager_bot.services.deployer import Deployer
 from manager_bot.services.health import HealthMonitor, SweepReport
+from manager_bot.services.notices import NoticeSender
 from manager_bot.services.notifications import Notifier
 
 log = logging.getLogger(__name__)
 RECONCILE_INTERVAL = 600  # orphans and drift the health sweep does not cover
+NOTICES_INTERVAL = 5  # the outbox: budget notices written by the gateway
 STOP_TIMEOUT = 20.0
 
 
@@ -32,11 +34,13 @@ class Scheduler:
         *,
         monitor: HealthMonitor,
         notifier: Notifier,
+        notices: NoticeSender,
         deployer: Deployer,
         health_interval: int,
     ) -> None:
         self._monitor = monitor
         self._notifier = notifier
+        self._notices = notices
         self._deployer = deployer
         self._interval = health_interval
         self._scheduler = AsyncIOScheduler(timezone=UTC)
@@ -52,6 +56,10 @@ class Scheduler:
         self._scheduler.add_job(
             self.reconcile, "interval", seconds=RECONCILE_INTERVAL, id="reconcile", **common
         )
+        self._scheduler.add_job(
+            self.deliver_notices, "interval", seconds=NOTICES_INTERVAL, id="notices",
+            **{**common, "misfire_grace_time": NOTICES_INTERVAL},
+        )  # fmt: skip
         self._scheduler.start()
 
     async def stop(self) -> None:
@@ -91,6 +99,15 @@ class Scheduler:
             len(report.gave_up),
         )  # fmt: skip
         return report
+
+    async def deliver_notices(self) -> int:
+        """Send what the outbox owes; a failure leaves it owed for the next run."""
+        with self._tracked():
+            try:
+                return await self._notices.deliver()
+            except Exception:
+                log.exception("delivering notices failed; they stay owed")
+                return 0
 
     async def reconcile(self) -> None:
         with self._tracked():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from html import escape
 
 from manager_bot.db.models import Agent, as_utc, utcnow
+from manager_bot.services.budgets import Spend
 
 WELCOME = (
     "👋 Hi! I'm Hatchbot. I turn a prompt into a live AI bot on Telegram.\n"
@@ -137,7 +138,54 @@ def agent_button(agent: Agent) -> str:
     return f"{state_icon(agent)} {agent.name} (@{agent.bot_username})"
 
 
-def agent_card(agent: Agent, *, usage: dict[str, float] | None) -> str:
+def tokens(count: int) -> str:
+    """12,345 -> "12.3k": budgets and usage at a glance."""
+    if count >= 1_000_000:
+        return f"{count / 1_000_000:.1f}M"
+    if count >= 10_000:
+        return f"{count / 1000:.0f}k"
+    if count >= 1000:
+        return f"{count / 1000:.1f}k"
+    return str(count)
+
+
+def spend_line(spend: Spend) -> str:
+    """Today, this month, and what is left of today's budget."""
+    left = "no daily limit" if spend.left is None else f"{tokens(spend.left)} left today"
+    return (
+        f"Tokens: {tokens(spend.today.tokens)} today · {tokens(spend.month.tokens)} this month"
+        f" · {left}"
+    )
+
+
+USAGE_HEADER = "<b>Usage</b> (tokens; days end at 00:00 UTC)"
+USAGE_NONE = "You have no agents yet. /deploy creates one."
+USAGE_LINE = "• @{username}: {line}"
+BUDGET_80 = (
+    "📈 @{username} has used {used} of its {budget} tokens today (80%). At the limit it "
+    "answers that it is resting until 00:00 UTC."
+)
+BUDGET_100 = (
+    "⛔ @{username} reached its daily limit of {budget} tokens. It tells its users it is "
+    "resting until 00:00 UTC, when the limit resets."
+)
+OPEN_CARD_BUTTON = "🃏 Open card"
+RAISE_LIMIT_BUTTON = "➕ Double today's limit"
+LIMIT_RAISED = "➕ @{username} may now use {budget} tokens a day."
+BUDGET_USAGE = (
+    "Usage: /budget <agent_id or user_id> <tokens a day>, e.g. /budget 42 500000 (0 = no limit)."
+)
+BUDGET_SET_AGENT = "Daily budget of @{username} set to {budget} tokens."
+BUDGET_SET_USER = "Daily budget of every agent of user {user_id} set to {budget} tokens."
+BUDGET_NOT_FOUND = "No agent or user {target}."
+
+
+def budget_notice(*, username: str, percent: int, used: int, budget: int) -> str:
+    template = BUDGET_100 if percent >= 100 else BUDGET_80
+    return template.format(username=username, used=tokens(used), budget=tokens(budget))
+
+
+def agent_card(agent: Agent, *, spend: Spend | None = None) -> str:
     state = "stopped" if agent.desired_state == "stopped" else agent.observed_state or "starting"
     since = agent.observed_at.strftime("%Y-%m-%d %H:%M UTC") if agent.observed_at else "—"
     lines = [
@@ -154,10 +202,8 @@ def agent_card(agent: Agent, *, usage: dict[str, float] | None) -> str:
         muted_until = agent.muted_until
         muted = " · 🔕 muted" if muted_until and as_utc(muted_until) > utcnow() else ""
         lines.append(f"Health: {health}{muted}")
-    if usage:
-        messages = int(usage.get("replies", 0))
-        tokens = int(usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0))
-        lines.append(f"Messages: {messages} · Tokens: {tokens}")
+    if spend is not None:
+        lines.append(spend_line(spend))
     lines.append(f"Version: {agent.revision}")
     return "\n".join(lines)
 
@@ -223,8 +269,8 @@ STATS = (
     "<b>Agents</b>: {agents}\n"
     "<b>Deploys</b> last 24 h: {deploys_day_ok} ok, {deploys_day_failed} failed · "
     "last 7 days: {deploys_week_ok} ok, {deploys_week_failed} failed\n"
-    "<b>Agents' traffic</b> (running agents that answered): {replies} messages, "
-    "{tokens} tokens from {reporting} agents"
+    "<b>LLM usage</b> (counted by the gateway): today {tokens_day} tokens in "
+    "{requests_day} requests · this month {tokens_month} tokens in {requests_month} requests"
 )
 USERS_PAGE = "<b>Users</b> {first}–{last} of {total}:\n{lines}"
 USERS_EMPTY = "No users yet."

@@ -49,6 +49,9 @@ TEXTS = {
     "auth": "I can't reach my AI model right now: its API key was rejected. "
     "My owner has been told and needs to update it.",
     "rate_limit": "I'm getting too many requests right now. Please try again in a minute.",
+    "budget": "This bot has reached its daily limit; it resets at 00:00 UTC.",
+    "user_rate": "You're writing faster than I can think. Please wait a minute and try again.",
+    "disabled": "This bot is paused by its owner right now. Please try again later.",
     "other": "Sorry, something went wrong while I was thinking. Please try again.",
     "empty": "I have no answer to that, sorry.",
 }
@@ -256,7 +259,10 @@ class Conversations:
         usage = Usage()
         typing = asyncio.create_task(self._keep_typing(chat_id))
         try:
-            reply = await self._generate(chat_id, prompt, usage, stream_drafts=private)
+            sender = message.get("from") or {}
+            reply = await self._generate(
+                chat_id, prompt, usage, stream_drafts=private, chat_user=sender.get("id")
+            )
         except LlmError as error:
             self._metrics.llm_failed(error.kind)
             log.warning("LLM call failed (%s) for chat %s", error.kind, chat_id)
@@ -275,13 +281,14 @@ class Conversations:
         self._metrics.handling_overhead.observe(max(own_time, 0.0))
 
     async def _generate(
-        self, chat_id: int, prompt: list[dict[str, str]], usage: Usage, *, stream_drafts: bool
-    ) -> str:
+        self, chat_id: int, prompt: list[dict[str, str]], usage: Usage, *, stream_drafts: bool,
+        chat_user: int | None = None,
+    ) -> str:  # fmt: skip
         pieces: list[str] = []
         draft_id = int(time.time() * 1000) % 2_000_000_000 + 1
         # The first draft goes out once the answer has taken FEEDBACK_DELAY.
         last_draft, shown = self._clock() - DRAFT_INTERVAL + FEEDBACK_DELAY, ""
-        async for piece in self._llm.stream(prompt, usage):
+        async for piece in self._llm.stream(prompt, usage, chat_user=chat_user):
             pieces.append(piece)
             now = self._clock()
             if stream_drafts and now - last_draft >= DRAFT_INTERVAL:

@@ -23,12 +23,18 @@ class RuntimeSettings(BaseSettings):
     llm_base_url: str | None = Field(
         default=None, description="OpenAI-compatible base URL (Azure: the resource endpoint)"
     )
-    llm_api_key: SecretStr | None = Field(default=None, description="the LLM provider's key")
+    llm_api_key: SecretStr | None = Field(
+        default=None, description="the agent's gateway credential (never a provider key)"
+    )
     llm_provider: Literal["openai", "azure"] = Field(
         default="openai", description="openai (any compatible endpoint) or azure"
     )
     llm_api_version: str = Field(default="2024-10-21", description="Azure OpenAI API version")
     system_prompt: str = Field(default="You are a helpful assistant.", description="system prompt")
+    system_prompt_file: str | None = Field(
+        default=None,
+        description="file holding the system prompt (mounted from the agent's Secret); wins",
+    )
     webhook_secret: SecretStr | None = Field(
         default=None, description="X-Telegram-Bot-Api-Secret-Token expected on webhooks"
     )
@@ -59,6 +65,19 @@ class RuntimeSettings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _prompt_from_file(self) -> RuntimeSettings:
+        """The prompt is data, read as written: never an env value the kubelet expands."""
+        if self.system_prompt_file:
+            try:
+                with open(self.system_prompt_file, encoding="utf-8", newline="") as handle:
+                    self.system_prompt = handle.read()
+            except (OSError, UnicodeDecodeError):
+                raise ValueError(
+                    "SYSTEM_PROMPT_FILE cannot be read (is the agent's Secret mounted?)"
+                ) from None
+        return self
 
     @model_validator(mode="after")
     def _secret_for_webhooks(self) -> RuntimeSettings:

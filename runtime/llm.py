@@ -21,8 +21,17 @@ REQUEST_TIMEOUT = 60.0
 MAX_RETRIES = 2
 
 
+CHAT_USER_HEADER = "X-Hatchbot-Chat-User"  # the gateway's per-user rate limit key
+# The gateway's stable error codes, as kinds the chat has words for.
+GATEWAY_CODES = {
+    "daily_budget_exhausted": "budget",
+    "user_rate_limited": "user_rate",
+    "agent_disabled": "disabled",
+}
+
+
 class LlmError(Exception):
-    """An LLM call failed; `kind` is auth, rate_limit or other."""
+    """An LLM call failed; `kind` is auth, rate_limit, budget, user_rate, disabled or other."""
 
     def __init__(self, kind: str) -> None:
         super().__init__(kind)
@@ -60,6 +69,10 @@ def build_client(settings: RuntimeSettings) -> openai.AsyncOpenAI:
 
 
 def classify(error: Exception) -> str:
+    if isinstance(error, openai.APIStatusError):
+        code = error.code if isinstance(error.code, str) else None
+        if code in GATEWAY_CODES:
+            return GATEWAY_CODES[code]
     if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
         return "auth"
     if isinstance(error, openai.RateLimitError):
@@ -80,8 +93,13 @@ class Llm:
     async def close(self) -> None:
         await self._client.close()
 
-    async def stream(self, messages: list[dict[str, str]], usage: Usage) -> AsyncIterator[str]:
-        """Yields text pieces as they arrive; fills `usage` when the stream ends."""
+    async def stream(
+        self, messages: list[dict[str, str]], usage: Usage, *, chat_user: int | None = None
+    ) -> AsyncIterator[str]:
+        """Yields text pieces as they arrive; fills `usage` when the stream ends.
+
+        `chat_user` (who wrote) lets the gateway limit each user's rate; it is a header
+        the gateway strips, not the body's `user`, which would go on to the provider."""
         started = time.monotonic()
         try:
             stream: Any = await self._completions.create(
@@ -95,6 +113,7 @@ class Llm:
                 extra_body={"messages": messages},
                 stream=True,
                 stream_options={"include_usage": True},
+                extra_headers={CHAT_USER_HEADER: str(chat_user)} if chat_user else None,
             )
             async for chunk in stream:
                 if chunk.usage is not None:

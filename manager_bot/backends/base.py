@@ -26,11 +26,13 @@ def object_name(agent_id: str) -> str:
 
 @dataclass(frozen=True)
 class AgentSecrets:
-    """What must never be logged: reaches pods only through a Kubernetes Secret or env."""
+    """What must never be logged: reaches pods only through a Kubernetes Secret or env.
+
+    No provider key is ever here: an agent holds only its own gateway credential."""
 
     bot_token: SecretStr
     webhook_secret: SecretStr
-    llm_api_key: SecretStr | None = None
+    gateway_key: SecretStr | None = None
 
 
 @dataclass(frozen=True)
@@ -41,17 +43,16 @@ class AgentSpec:
     secrets: AgentSecrets
     llm_model: str
     system_prompt: str
-    llm_base_url: str | None = None
-    llm_provider: str = "openai"
-    llm_api_version: str | None = None
+    llm_base_url: str | None = None  # the LLM gateway's /v1
     telegram_api_url: str = "https://api.telegram.org"
     history_limit: int = 20
     allowed_user_ids: tuple[int, ...] = ()
     # False keeps the workload at zero replicas / no process: re-applying a
     # stopped agent (reconcile) must not resume it.
     running: bool = True
-    # Bumped on every change of prompt/model/key; part of the pod template, so
-    # an edit is a rolling update and a re-apply of the same revision a no-op.
+    # Bumped on every change of prompt, model or key. Recorded on the workload, not in
+    # the pod: pods roll when what they see changes (`config_hash`), so a new key,
+    # which only the gateway sees, reaches the agent without a restart.
     revision: int = 1
 
 

@@ -129,6 +129,7 @@ class KubernetesBackend:
             gateway=settings.k8s_gateway,
             ingress_namespace=settings.k8s_ingress_namespace,
             manager_namespace=settings.k8s_manager_namespace,
+            cluster_cidrs=tuple(settings.k8s_cluster_cidrs),
         )
         return cls(api_client=k8s.ApiClient(configuration), cluster=cluster)
 
@@ -165,13 +166,14 @@ class KubernetesBackend:
         await self._run(self._request, "PATCH", path, body=body, content_type=MERGE)
 
     async def delete(self, agent_id: str) -> None:
+        # The NetworkPolicy goes last: it guards the pods until they are gone.
         for kind in (
             "VirtualService",
             "HTTPRoute",
-            "NetworkPolicy",
             "Service",
             "Deployment",
             "Secret",
+            "NetworkPolicy",
         ):
             if kind in ("VirtualService", "HTTPRoute") and not self._route_kind_installed(kind):
                 continue

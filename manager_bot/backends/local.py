@@ -41,8 +41,13 @@ POLL_SECONDS = 0.25
 RUNTIME_ROOT = Path(runtime.__file__).resolve().parents[1]
 
 
-def runtime_env(spec: AgentSpec, *, port: int) -> dict[str, str]:
-    """The runtime contract for a local agent: polling mode, no webhook secret needed."""
+PROMPT_FILE = "system-prompt"
+
+
+def runtime_env(spec: AgentSpec, *, port: int, prompt_file: Path) -> dict[str, str]:
+    """The runtime contract for a local agent: polling mode, the prompt in a file beside it.
+
+    The LLM key is the agent's gateway credential: no provider key reaches a process."""
     env = {
         "BOT_TOKEN": spec.secrets.bot_token.get_secret_value(),
         "WEBHOOK_SECRET": spec.secrets.webhook_secret.get_secret_value(),
@@ -50,17 +55,14 @@ def runtime_env(spec: AgentSpec, *, port: int) -> dict[str, str]:
         "MODE": "polling",
         "PORT": str(port),
         "LLM_MODEL": spec.llm_model,
-        "LLM_PROVIDER": spec.llm_provider,
-        "SYSTEM_PROMPT": spec.system_prompt,
+        "SYSTEM_PROMPT_FILE": str(prompt_file),
         "TELEGRAM_API_URL": spec.telegram_api_url,
         "HISTORY_LIMIT": str(spec.history_limit),
     }
-    if spec.secrets.llm_api_key is not None:
-        env["LLM_API_KEY"] = spec.secrets.llm_api_key.get_secret_value()
+    if spec.secrets.gateway_key is not None:
+        env["LLM_API_KEY"] = spec.secrets.gateway_key.get_secret_value()
     if spec.llm_base_url:
         env["LLM_BASE_URL"] = spec.llm_base_url
-    if spec.llm_api_version:
-        env["LLM_API_VERSION"] = spec.llm_api_version
     if spec.allowed_user_ids:
         env["ALLOWED_USER_IDS"] = ",".join(map(str, spec.allowed_user_ids))
     return env
@@ -123,6 +125,10 @@ class _Agent:
     @property
     def env_file(self) -> Path:
         return self.directory / "env"
+
+    @property
+    def prompt_file(self) -> Path:
+        return self.directory / PROMPT_FILE
 
     @property
     def state_file(self) -> Path:
@@ -196,9 +202,11 @@ class LocalBackend:
         if agent is None:
             agent = _Agent(agent_id=spec.agent_id, directory=self._root / spec.agent_id)
             self._agents[spec.agent_id] = agent
-        env = runtime_env(spec, port=agent.port or 0)
-        new_hash = _env_hash(env)
+        env = runtime_env(spec, port=agent.port or 0, prompt_file=agent.prompt_file)
+        # The prompt is part of what the process sees: an edit restarts it.
+        new_hash = _env_hash({**env, PROMPT_FILE: spec.system_prompt})
         await asyncio.to_thread(self._write_env, agent, env)
+        await asyncio.to_thread(self._write_prompt, agent, spec.system_prompt)
         if not spec.running:
             await self._stop(agent)
             return
@@ -387,6 +395,14 @@ class LocalBackend:
         with os.fdopen(descriptor, "w") as handle:
             json.dump(env, handle)
         os.replace(temporary, agent.env_file)
+
+    def _write_prompt(self, agent: _Agent, prompt: str) -> None:
+        """Written whole, then renamed: a starting runtime never reads half a prompt."""
+        temporary = agent.prompt_file.with_suffix(".tmp")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as handle:
+            handle.write(prompt)
+        os.replace(temporary, agent.prompt_file)
 
     def _read_env(self, agent: _Agent) -> dict[str, str] | None:
         try:

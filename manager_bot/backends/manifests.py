@@ -1,9 +1,14 @@
 """Pure functions: one agent's Kubernetes objects, from its spec and the cluster settings.
 
-Secrets reach the pod only through the Secret (`envFrom`), never as literal env
-values. The pod meets the "restricted" Pod Security Standard. Pod-template
-annotations carry the revision and a hash of the secret data, so an edit or a
-token rotation rolls the pod while re-applying the same spec changes nothing.
+Secrets reach the pod only through `secretKeyRef`, never as literal env values.
+Nothing a user writes becomes configuration: the kubelet expands `$(NAME)` in
+every literal env value (against the variables defined before it, secrets
+included), so each literal goes through `kubelet_literal`, and the system prompt
+is not an env value at all but a file mounted from the agent's Secret. The pod
+meets the "restricted" Pod Security Standard. A pod-template annotation hashes
+everything the pod sees, so an edit or a token rotation rolls the pod, while a
+change only the gateway sees (a new LLM key) and a re-apply of the same spec
+change nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +31,17 @@ from manager_bot.backends.base import (
 JsonDict = dict[str, Any]
 RUNTIME_USER = 10001
 SERVICE_PORT = 80
+GATEWAY_PORT = 8080  # the LLM gateway pods' port (k8s/base/llm-gateway.yaml)
+GATEWAY_COMPONENT = {"app.kubernetes.io/component": "llm-gateway"}
+CONFIG_MOUNT = "/etc/hatchbot/agent"
+PROMPT_KEY = "system-prompt"
+SECRET_ENV = ("BOT_TOKEN", "WEBHOOK_SECRET", "LLM_API_KEY")
+# Egress to 443 goes to public addresses only: never the cluster, the node's
+# metadata service or anything private (plus the operator's cluster CIDRs).
+NON_PUBLIC_CIDRS = (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16",
+    "100.64.0.0/10", "0.0.0.0/8",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,7 @@ class ClusterConfig:
     # Where the manager reaches agents' /readyz and /metrics; None: the Service's
     # cluster DNS name. Set (to "<base>/agent-<id>") only where that name does not resolve.
     probe_base: str | None = None
+    cluster_cidrs: tuple[str, ...] = ()  # K8S_CLUSTER_CIDRS: pod and service ranges
     cpu_request: str = "50m"
     memory_request: str = "64Mi"
     cpu_limit: str = "500m"
@@ -82,13 +99,22 @@ def _metadata(spec: AgentSpec, cluster: ClusterConfig) -> JsonDict:
     }
 
 
+def kubelet_literal(value: str) -> str:
+    """A literal env value as the kubelet must pass it on: `$$` is its escape for `$`, so
+    no `$(NAME)` inside it can expand into another variable (a secret, say)."""
+    return value.replace("$", "$$")
+
+
 def secret_data(spec: AgentSpec) -> dict[str, str]:
+    """The agent's Secret: its bot token, webhook secret and gateway credential (never a
+    provider key), and the system prompt, mounted as a file."""
     data = {
         "BOT_TOKEN": spec.secrets.bot_token.get_secret_value(),
         "WEBHOOK_SECRET": spec.secrets.webhook_secret.get_secret_value(),
+        PROMPT_KEY: spec.system_prompt,
     }
-    if spec.secrets.llm_api_key is not None:
-        data["LLM_API_KEY"] = spec.secrets.llm_api_key.get_secret_value()
+    if spec.secrets.gateway_key is not None:
+        data["LLM_API_KEY"] = spec.secrets.gateway_key.get_secret_value()
     return data
 
 
@@ -103,29 +129,34 @@ def secret(spec: AgentSpec, cluster: ClusterConfig) -> JsonDict:
 
 
 def runtime_env(spec: AgentSpec) -> list[JsonDict]:
-    """The runtime contract's non-secret settings, as literal env values."""
+    """The runtime contract: secrets by reference, the rest as escaped literal values."""
+    name = object_name(spec.agent_id)
+    secret_refs: list[JsonDict] = [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
+        for key in SECRET_ENV
+        if key != "LLM_API_KEY" or spec.secrets.gateway_key is not None
+    ]
     values = {
         "AGENT_ID": spec.agent_id,
         "MODE": "webhook",
         "PORT": str(RUNTIME_PORT),
         "LLM_MODEL": spec.llm_model,
-        "LLM_PROVIDER": spec.llm_provider,
-        "SYSTEM_PROMPT": spec.system_prompt,
+        "SYSTEM_PROMPT_FILE": f"{CONFIG_MOUNT}/{PROMPT_KEY}",
         "TELEGRAM_API_URL": spec.telegram_api_url,
         "HISTORY_LIMIT": str(spec.history_limit),
     }
     if spec.llm_base_url:
         values["LLM_BASE_URL"] = spec.llm_base_url
-    if spec.llm_api_version:
-        values["LLM_API_VERSION"] = spec.llm_api_version
     if spec.allowed_user_ids:
         values["ALLOWED_USER_IDS"] = ",".join(map(str, spec.allowed_user_ids))
-    return [{"name": name, "value": value} for name, value in values.items()]
+    literals = [{"name": key, "value": kubelet_literal(value)} for key, value in values.items()]
+    return secret_refs + literals
 
 
-def secret_hash(spec: AgentSpec) -> str:
-    digest = hashlib.sha256(json.dumps(secret_data(spec), sort_keys=True).encode())
-    return digest.hexdigest()[:16]
+def config_hash(spec: AgentSpec) -> str:
+    """Everything the pod sees (env and Secret): a change rolls it, nothing else does."""
+    seen = {"env": runtime_env(spec), "secret": secret_data(spec)}
+    return hashlib.sha256(json.dumps(seen, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def deployment(spec: AgentSpec, cluster: ClusterConfig) -> JsonDict:
@@ -137,7 +168,6 @@ def deployment(spec: AgentSpec, cluster: ClusterConfig) -> JsonDict:
         "args": ["runtime"],
         "ports": [{"name": "http", "containerPort": RUNTIME_PORT, "protocol": "TCP"}],
         "env": runtime_env(spec),
-        "envFrom": [{"secretRef": {"name": name}}],
         "resources": {
             "requests": {"cpu": cluster.cpu_request, "memory": cluster.memory_request},
             "limits": {"cpu": cluster.cpu_limit, "memory": cluster.memory_limit},
@@ -157,12 +187,18 @@ def deployment(spec: AgentSpec, cluster: ClusterConfig) -> JsonDict:
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+        ],
     }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(spec, cluster),
+        "metadata": {
+            **_metadata(spec, cluster),
+            "annotations": {"hatchbot.io/revision": str(spec.revision)},
+        },
         "spec": {
             "replicas": 1 if spec.running else 0,
             "revisionHistoryLimit": 2,
@@ -172,10 +208,7 @@ def deployment(spec: AgentSpec, cluster: ClusterConfig) -> JsonDict:
             "template": {
                 "metadata": {
                     "labels": labels(spec.agent_id),
-                    "annotations": {
-                        "hatchbot.io/revision": str(spec.revision),
-                        "hatchbot.io/secret-hash": secret_hash(spec),
-                    },
+                    "annotations": {"hatchbot.io/config-hash": config_hash(spec)},
                 },
                 "spec": {
                     "automountServiceAccountToken": False,
@@ -186,7 +219,17 @@ def deployment(spec: AgentSpec, cluster: ClusterConfig) -> JsonDict:
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}],
+                    "volumes": [
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
+                        {
+                            "name": "config",
+                            "secret": {
+                                "secretName": name,
+                                "items": [{"key": PROMPT_KEY, "path": PROMPT_KEY}],
+                                "defaultMode": 0o444,
+                            },
+                        },
+                    ],
                 },
             },
         },
@@ -209,7 +252,8 @@ def service(spec: AgentSpec, cluster: ClusterConfig) -> JsonDict:
 
 
 def network_policy(spec: AgentSpec, cluster: ClusterConfig) -> JsonDict:
-    """Ingress: the gateway (webhooks) and the manager (probes). Egress: DNS and HTTPS."""
+    """Ingress: the ingress gateway (webhooks) and the manager (probes).
+    Egress: cluster DNS, the LLM gateway, and HTTPS to public addresses (Telegram)."""
     sources = sorted({cluster.ingress_namespace, cluster.manager_namespace})
     return {
         "apiVersion": "networking.k8s.io/v1",
@@ -220,33 +264,57 @@ def network_policy(spec: AgentSpec, cluster: ClusterConfig) -> JsonDict:
             "policyTypes": ["Ingress", "Egress"],
             "ingress": [
                 {
-                    "from": [
-                        {
-                            "namespaceSelector": {
-                                "matchExpressions": [
-                                    {
-                                        "key": "kubernetes.io/metadata.name",
-                                        "operator": "In",
-                                        "values": sources,
-                                    }
-                                ]
-                            }
-                        }
-                    ],
+                    "from": [{"namespaceSelector": _namespaces(*sources)}],
                     "ports": [{"protocol": "TCP", "port": RUNTIME_PORT}],
                 }
             ],
             "egress": [
                 {
+                    "to": [
+                        {
+                            "namespaceSelector": _namespaces("kube-system"),
+                            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                        }
+                    ],
                     "ports": [
                         {"protocol": "UDP", "port": 53},
                         {"protocol": "TCP", "port": 53},
-                    ]
+                    ],
                 },
-                {"ports": [{"protocol": "TCP", "port": 443}]},
+                {
+                    "to": [
+                        {
+                            "namespaceSelector": _namespaces(cluster.manager_namespace),
+                            "podSelector": {"matchLabels": dict(GATEWAY_COMPONENT)},
+                        }
+                    ],
+                    "ports": [{"protocol": "TCP", "port": GATEWAY_PORT}],
+                },
+                {
+                    "to": [_public_internet(cluster)],
+                    "ports": [{"protocol": "TCP", "port": 443}],
+                },
             ],
         },
     }
+
+
+def _namespaces(*names: str) -> JsonDict:
+    return {
+        "matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": list(names)}
+        ]
+    }
+
+
+def _public_internet(cluster: ClusterConfig) -> JsonDict:
+    """0.0.0.0/0 but the private, loopback, link-local and cluster ranges (IPv4: the
+    ipBlock's `except` must lie inside its CIDR)."""
+    excluded = list(NON_PUBLIC_CIDRS)
+    for cidr in cluster.cluster_cidrs:
+        if ":" not in cidr and cidr not in excluded:
+            excluded.append(cidr)
+    return {"ipBlock": {"cidr": "0.0.0.0/0", "except": excluded}}
 
 
 def route(spec: AgentSpec, cluster: ClusterConfig) -> JsonDict | None:
@@ -299,12 +367,13 @@ def route(spec: AgentSpec, cluster: ClusterConfig) -> JsonDict | None:
 
 
 def agent_manifests(spec: AgentSpec, cluster: ClusterConfig) -> list[JsonDict]:
-    """Every object of one agent, in apply order (the Secret before the pods that read it)."""
+    """Every object of one agent, in apply order: the NetworkPolicy before any pod exists,
+    the Secret before the pods that read it."""
     objects = [
+        network_policy(spec, cluster),
         secret(spec, cluster),
         deployment(spec, cluster),
         service(spec, cluster),
-        network_policy(spec, cluster),
     ]
     routed = route(spec, cluster)
     if routed is not None:

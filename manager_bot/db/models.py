@@ -5,11 +5,12 @@ from __future__ import annotations
 import enum
 import secrets
 import string
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -67,6 +68,8 @@ class User(Base):
     language: Mapped[str | None] = mapped_column(String(16))
     is_banned: Mapped[bool] = mapped_column(Boolean, default=False)
     blocked_bot: Mapped[bool] = mapped_column(Boolean, default=False)
+    # An admin's raise of the daily token budget for all of this user's agents.
+    daily_token_budget: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -77,6 +80,7 @@ class Agent(Base):
         Index("ix_agents_owner_id", "owner_id"),
         Index("ix_agents_desired_state", "desired_state"),
         Index("ix_agents_bot_id", "bot_id"),
+        Index("ix_agents_gateway_key_hash", "gateway_key_hash", unique=True),
     )
 
     id: Mapped[str] = mapped_column(String(16), primary_key=True, default=new_agent_id)
@@ -90,8 +94,15 @@ class Agent(Base):
     provider: Mapped[str] = mapped_column(String(32))
     model: Mapped[str] = mapped_column(String(128))
     llm_api_key_encrypted: Mapped[str | None] = mapped_column(Text)
+    # A user's own OpenAI-compatible endpoint (provider "custom"); only the gateway calls it.
+    llm_base_url: Mapped[str | None] = mapped_column(String(300))
     system_prompt: Mapped[str] = mapped_column(Text)
     revision: Mapped[int] = mapped_column(Integer, default=1)
+    # The agent's credential for the LLM gateway: encrypted (to rebuild its Secret) and
+    # hashed (the gateway looks agents up by it). Replaced on every token rotation.
+    gateway_key_encrypted: Mapped[str | None] = mapped_column(Text)
+    gateway_key_hash: Mapped[str | None] = mapped_column(String(64))
+    daily_token_budget: Mapped[int | None] = mapped_column(BigInteger)  # an admin's raise
     desired_state: Mapped[str] = mapped_column(String(16), default=DesiredState.RUNNING.value)
     observed_state: Mapped[str | None] = mapped_column(String(32))
     observed_reason: Mapped[str | None] = mapped_column(String(256))
@@ -120,6 +131,7 @@ class AgentRevision(Base):
     model: Mapped[str] = mapped_column(String(128))
     system_prompt: Mapped[str] = mapped_column(Text)
     llm_api_key_encrypted: Mapped[str | None] = mapped_column(Text)
+    llm_base_url: Mapped[str | None] = mapped_column(String(300))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     created_by: Mapped[int | None] = mapped_column(BigInteger)
 
@@ -179,3 +191,34 @@ class FsmState(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     state: Mapped[str | None] = mapped_column(String(255))
     data: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class AgentUsage(Base):
+    """Tokens and requests of one agent on one UTC day, counted by the gateway."""
+
+    __tablename__ = "agent_usage"
+
+    agent_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Notice(Base):
+    """A message owed to a user (the outbox): written by whoever notices, sent by the
+    manager, so a process without the bot's token (the gateway) can still tell people."""
+
+    __tablename__ = "notices"
+    __table_args__ = (Index("ix_notices_pending", "sent_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # Deduplicates: the same key is owed once (e.g. "budget-80:<agent>:<day>").
+    key: Mapped[str] = mapped_column(String(96), unique=True)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    agent_id: Mapped[str | None] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="{}")  # JSON, never a secret
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)

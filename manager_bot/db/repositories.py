@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import Select, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from manager_bot.db.models import (
     Agent,
     AgentRevision,
+    AgentUsage,
     AuditEntry,
     Broadcast,
     Delivery,
     DesiredState,
+    Notice,
     User,
     utcnow,
 )
@@ -144,6 +149,23 @@ class Agents:
         rows = (await self._session.execute(query)).all()
         return {(desired, observed or "unknown"): int(count) for desired, observed, count in rows}
 
+    async def by_gateway_key(self, key_hash: str) -> tuple[Agent, User | None] | None:
+        """The agent holding this gateway credential, with its owner (budgets, bans)."""
+        query = (
+            select(Agent, User)
+            .outerjoin(User, User.id == Agent.owner_id)
+            .where(Agent.gateway_key_hash == key_hash)
+        )
+        row = (await self._session.execute(query)).first()
+        return (row[0], row[1]) if row is not None else None
+
+    async def without_gateway_key(self) -> Sequence[Agent]:
+        """Live agents made before the gateway: they get a credential at start-up."""
+        query = select(Agent).where(
+            Agent.desired_state.in_(ACTIVE), Agent.gateway_key_hash.is_(None)
+        )
+        return (await self._session.scalars(query)).all()
+
 
 class Revisions:
     def __init__(self, session: AsyncSession) -> None:
@@ -158,6 +180,7 @@ class Revisions:
             model=agent.model,
             system_prompt=agent.system_prompt,
             llm_api_key_encrypted=agent.llm_api_key_encrypted,
+            llm_base_url=agent.llm_base_url,
             created_by=created_by,
         )
         self._session.add(revision)
@@ -326,6 +349,131 @@ class Broadcasts:
         return {status: int(count) for status, count in (await self._session.execute(query)).all()}
 
 
+def _dialect(session: AsyncSession) -> Any:
+    """The dialect module whose `insert` has ON CONFLICT (SQLite's or PostgreSQL's)."""
+    return postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+
+
+@dataclass(frozen=True)
+class UsageDelta:
+    agent_id: str
+    day: date
+    prompt_tokens: int
+    completion_tokens: int
+    requests: int
+
+
+@dataclass(frozen=True)
+class UsageTotals:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    requests: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Usage:
+    """Per-agent daily usage, counted by the gateway and written in batches."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, deltas: Sequence[UsageDelta]) -> dict[tuple[str, date], int]:
+        """Adds each delta to its (agent, day) row; returns the rows' new token totals.
+
+        One upsert per row (`ON CONFLICT DO UPDATE ... RETURNING`, on SQLite and
+        PostgreSQL alike): increments, so gateway replicas never overwrite each other."""
+        dialect = _dialect(self._session)
+        totals: dict[tuple[str, date], int] = {}
+        for delta in deltas:
+            statement = dialect.insert(AgentUsage).values(
+                agent_id=delta.agent_id, day=delta.day, prompt_tokens=delta.prompt_tokens,
+                completion_tokens=delta.completion_tokens, requests=delta.requests,
+            )  # fmt: skip
+            table = AgentUsage.__table__.c
+            statement = statement.on_conflict_do_update(
+                index_elements=[table.agent_id, table.day],
+                set_={
+                    "prompt_tokens": table.prompt_tokens + statement.excluded.prompt_tokens,
+                    "completion_tokens": table.completion_tokens
+                    + statement.excluded.completion_tokens,
+                    "requests": table.requests + statement.excluded.requests,
+                },
+            ).returning(table.prompt_tokens + table.completion_tokens)
+            total = (await self._session.execute(statement)).scalar_one()
+            totals[(delta.agent_id, delta.day)] = int(total)
+        return totals
+
+    async def totals(
+        self, *, since: date, until: date | None = None, agent_ids: Sequence[str] | None = None
+    ) -> dict[str, UsageTotals]:
+        """Usage per agent summed over days `since`..`until` (inclusive)."""
+        query = select(
+            AgentUsage.agent_id,
+            func.sum(AgentUsage.prompt_tokens),
+            func.sum(AgentUsage.completion_tokens),
+            func.sum(AgentUsage.requests),
+        ).where(AgentUsage.day >= since)
+        if until is not None:
+            query = query.where(AgentUsage.day <= until)
+        if agent_ids is not None:
+            query = query.where(AgentUsage.agent_id.in_(agent_ids))
+        rows = (await self._session.execute(query.group_by(AgentUsage.agent_id))).all()
+        return {
+            agent_id: UsageTotals(int(prompt or 0), int(completion or 0), int(requests or 0))
+            for agent_id, prompt, completion, requests in rows
+        }
+
+    async def platform_totals(self, *, since: date) -> UsageTotals:
+        query = select(
+            func.sum(AgentUsage.prompt_tokens),
+            func.sum(AgentUsage.completion_tokens),
+            func.sum(AgentUsage.requests),
+        ).where(AgentUsage.day >= since)
+        prompt, completion, requests = (await self._session.execute(query)).one()
+        return UsageTotals(int(prompt or 0), int(completion or 0), int(requests or 0))
+
+    async def tokens_on(self, agent_id: str, day: date) -> int:
+        row = await self._session.get(AgentUsage, (agent_id, day))
+        return row.prompt_tokens + row.completion_tokens if row is not None else 0
+
+
+class Notices:
+    """The outbox of messages owed to users; a key is owed at most once."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def owe(
+        self, *, key: str, user_id: int, kind: str, agent_id: str | None, detail: str = "{}"
+    ) -> None:
+        dialect = _dialect(self._session)
+        statement = dialect.insert(Notice).values(
+            key=key, user_id=user_id, agent_id=agent_id, kind=kind, detail=detail,
+            created_at=utcnow(), attempts=0,
+        )  # fmt: skip
+        await self._session.execute(statement.on_conflict_do_nothing(index_elements=["key"]))
+
+    async def pending(self, limit: int = 100) -> Sequence[Notice]:
+        query = select(Notice).where(Notice.sent_at.is_(None)).order_by(Notice.id).limit(limit)
+        return (await self._session.scalars(query)).all()
+
+    async def mark_sent(self, notice_id: int) -> None:
+        await self._session.execute(
+            update(Notice).where(Notice.id == notice_id).values(sent_at=utcnow())
+        )
+
+    async def count_attempt(self, notice_id: int) -> None:
+        await self._session.execute(
+            update(Notice).where(Notice.id == notice_id).values(attempts=Notice.attempts + 1)
+        )
+
+    async def all(self) -> Sequence[Notice]:
+        return (await self._session.scalars(select(Notice).order_by(Notice.id))).all()
+
+
 class Repositories:
     """All repositories over one session (one unit of work)."""
 
@@ -336,3 +484,5 @@ class Repositories:
         self.revisions = Revisions(session)
         self.audit = Audit(session)
         self.broadcasts = Broadcasts(session)
+        self.usage = Usage(session)
+        self.notices = Notices(session)

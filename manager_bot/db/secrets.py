@@ -10,7 +10,12 @@ from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 
 ENCRYPTED_FIELDS: dict[type, tuple[str, ...]] = {
-    Agent: ("token_encrypted", "webhook_secret_encrypted", "llm_api_key_encrypted"),
+    Agent: (
+        "token_encrypted",
+        "webhook_secret_encrypted",
+        "llm_api_key_encrypted",
+        "gateway_key_encrypted",
+    ),
     AgentRevision: ("llm_api_key_encrypted",),
 }
 

@@ -1,4 +1,5 @@
-"""The admin console in chat: /broadcast, /broadcast_cancel, /stats, /users, /ban, /unban, /audit.
+"""The admin console in chat: /broadcast, /broadcast_cancel, /stats, /users, /ban, /unban,
+/audit, /budget.
 
 The whole Router is filtered to ADMIN_IDS: for anyone else these commands fall
 through to the ordinary "I don't know that one" reply, and their buttons to
@@ -20,6 +21,8 @@ from manager_bot.db.repositories import AUDIENCES
 from manager_bot.keyboards import AdminAction
 from manager_bot.services.admin import USERS_PER_PAGE, AdminConsole
 from manager_bot.services.broadcast import Broadcaster, Content
+from manager_bot.services.budgets import Budgets
+from manager_bot.services.errors import AgentNotFound
 
 TEXT_LIMIT, CAPTION_LIMIT = 4096, 1024
 
@@ -196,6 +199,51 @@ async def audit(message: Message, admin: AdminConsole) -> None:
     await message.answer("<b>Audit log</b> (newest first)\n" + "\n".join(lines))
 
 
+async def set_budget(message: Message, command: CommandObject, budgets: Budgets) -> None:
+    """/budget <agent_id|user_id> <tokens>: one agent's, or all of a user's agents'."""
+    assert message.from_user is not None
+    parts = (command.args or "").split()
+    if len(parts) != 2 or not parts[1].isdigit() or len(parts[1]) > 12:
+        await message.answer(texts.BUDGET_USAGE)
+        return
+    target, tokens = parts[0][:20], int(parts[1])
+    if target.isdigit():
+        if await budgets.raise_user(
+            actor_id=message.from_user.id, user_id=int(target), tokens=tokens
+        ):
+            await message.answer(texts.BUDGET_SET_USER.format(user_id=target, budget=tokens))
+            return
+    else:
+        try:
+            agent = await budgets.raise_agent(
+                actor_id=message.from_user.id, agent_id=target, tokens=tokens
+            )
+        except AgentNotFound:
+            pass
+        else:
+            await message.answer(
+                texts.BUDGET_SET_AGENT.format(username=agent.bot_username, budget=tokens)
+            )
+            return
+    await message.answer(texts.BUDGET_NOT_FOUND.format(target=escape(target)))
+
+
+async def double_budget(query: CallbackQuery, callback_data: AdminAction, budgets: Budgets) -> None:
+    """The button under a budget notice: that agent's daily limit, doubled."""
+    try:
+        agent, budget = await budgets.double(
+            actor_id=query.from_user.id, agent_id=callback_data.value[:16]
+        )
+    except AgentNotFound:
+        await query.answer(texts.NOT_FOUND)
+        return
+    await query.answer()
+    if isinstance(query.message, Message):
+        await query.message.answer(
+            texts.LIMIT_RAISED.format(username=agent.bot_username, budget=texts.tokens(budget))
+        )
+
+
 def _user_id(command: CommandObject) -> int | None:
     argument = (command.args or "").strip()
     return int(argument) if argument.isdigit() and len(argument) <= 15 else None
@@ -213,6 +261,7 @@ def build_router(admin_ids: list[int]) -> Router:
     router.message.register(users, Command("users"))
     router.message.register(ban_or_unban, Command("ban", "unban"))
     router.message.register(audit, Command("audit"))
+    router.message.register(set_budget, Command("budget"))
     router.message.register(composed, Compose.message, F.text & ~F.text.startswith("/"))
     router.message.register(composed, Compose.message, F.photo)
     router.message.register(compose_hint, Compose.message)
@@ -223,4 +272,5 @@ def build_router(admin_ids: list[int]) -> Router:
     router.callback_query.register(send, Compose.confirm, AdminAction.filter(F.action == "send"))
     router.message.register(step_hint, Compose.confirm)
     router.callback_query.register(users_page, AdminAction.filter(F.action == "users"))
+    router.callback_query.register(double_budget, AdminAction.filter(F.action == "budget"))
     return router

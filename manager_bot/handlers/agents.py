@@ -19,6 +19,7 @@ from aiogram.types import BufferedInputFile, CallbackQuery, Message
 from manager_bot import keyboards, texts
 from manager_bot.db.models import Agent
 from manager_bot.keyboards import AgentAction, ModelChoice
+from manager_bot.services.budgets import Budgets
 from manager_bot.services.deployer import MAX_PROMPT_CHARS, Deployer
 from manager_bot.services.errors import (
     AgentNotFound,
@@ -30,7 +31,6 @@ from manager_bot.services.errors import (
 )
 from manager_bot.services.llm_keys import KeyCheck, check_key
 from manager_bot.services.providers import Provider, find_provider
-from manager_bot.services.usage import fetch_usage
 
 LOG_LINES = 40
 LOG_AS_FILE_ABOVE = 3500
@@ -43,15 +43,12 @@ class AgentEdit(StatesGroup):
 
 
 async def send_card(
-    message: Message, agent: Agent, *, deployer: Deployer, edit: bool = False,
-    just_deployed: bool = False,
-) -> None:  # fmt: skip
-    """The agent card; `just_deployed` skips reading usage, as there is none yet."""
-    usage = None
-    if not just_deployed:
-        observed = await deployer.observed(agent.id)
-        usage = await fetch_usage(observed.probe_url if observed else None)
-    text, markup = texts.agent_card(agent, usage=usage), keyboards.agent_card(agent)
+    message: Message, agent: Agent, *, budgets: Budgets | None, edit: bool = False
+) -> None:
+    """The agent card, with its usage (one read of the database; none just after a deploy,
+    where `budgets` is None)."""
+    spend = None if budgets is None else (await budgets.spend_of([agent]))[agent.id]
+    text, markup = texts.agent_card(agent, spend=spend), keyboards.agent_card(agent)
     if edit:
         try:
             await message.edit_text(text, reply_markup=markup)
@@ -83,6 +80,21 @@ async def back_to_list(query: CallbackQuery, deployer: Deployer) -> None:
     await query.message.edit_text(texts.AGENTS, reply_markup=keyboards.agent_list(agents))
 
 
+async def usage(message: Message, deployer: Deployer, budgets: Budgets) -> None:
+    """/usage: tokens today and this month, and what is left of today's budget, per agent."""
+    assert message.from_user is not None
+    agents = await deployer.agents_of(message.from_user.id)
+    if not agents:
+        await message.answer(texts.USAGE_NONE)
+        return
+    spends = await budgets.spend_of(agents)
+    lines = [
+        texts.USAGE_LINE.format(username=a.bot_username, line=texts.spend_line(spends[a.id]))
+        for a in agents
+    ]
+    await message.answer("\n".join([texts.USAGE_HEADER, *lines]))
+
+
 # -- commands with an agent name, or a picker --------------------------------------------
 
 COMMAND_ACTIONS = {
@@ -96,7 +108,7 @@ COMMAND_ACTIONS = {
 
 
 async def agent_command(
-    message: Message, command: CommandObject, deployer: Deployer, bot: Bot
+    message: Message, command: CommandObject, deployer: Deployer, budgets: Budgets, bot: Bot
 ) -> None:
     """`/restart my_bot` acts at once; `/restart` alone shows a picker."""
     assert message.from_user is not None
@@ -116,8 +128,9 @@ async def agent_command(
         await message.answer(texts.NOT_FOUND)
         return
     await _perform(
-        message, action, matches[0].id, user_id=message.from_user.id, deployer=deployer, bot=bot
-    )
+        message, action, matches[0].id, user_id=message.from_user.id, deployer=deployer,
+        budgets=budgets, bot=bot,
+    )  # fmt: skip
 
 
 # -- card actions -----------------------------------------------------------------------
@@ -148,36 +161,37 @@ async def start_edit(
 
 
 async def card_action(
-    query: CallbackQuery, callback_data: AgentAction, deployer: Deployer, bot: Bot
-) -> None:
+    query: CallbackQuery, callback_data: AgentAction, deployer: Deployer, budgets: Budgets,
+    bot: Bot,
+) -> None:  # fmt: skip
     await query.answer()
     assert isinstance(query.message, Message)
     await _perform(
         query.message, callback_data.action, callback_data.agent_id,
-        user_id=query.from_user.id, deployer=deployer, bot=bot, edit=True,
+        user_id=query.from_user.id, deployer=deployer, budgets=budgets, bot=bot, edit=True,
     )  # fmt: skip
 
 
 async def _perform(
-    message: Message, action: str, agent_id: str, *, user_id: int, deployer: Deployer, bot: Bot,
-    edit: bool = False,
+    message: Message, action: str, agent_id: str, *, user_id: int, deployer: Deployer,
+    budgets: Budgets, bot: Bot, edit: bool = False,
 ) -> None:  # fmt: skip
     """One card action, for buttons and commands alike."""
     try:
         agent = await deployer.agent(owner_id=user_id, agent_id=agent_id)
         if action == "open":
-            await send_card(message, agent, deployer=deployer, edit=edit)
+            await send_card(message, agent, budgets=budgets, edit=edit)
         elif action == "restart":
             await deployer.restart(owner_id=user_id, agent_id=agent.id)
             await message.answer(texts.RESTARTED.format(username=agent.bot_username))
         elif action == "stop":
             agent = await deployer.stop(owner_id=user_id, agent_id=agent.id)
             await message.answer(texts.STOPPED.format(username=agent.bot_username))
-            await send_card(message, agent, deployer=deployer)
+            await send_card(message, agent, budgets=budgets)
         elif action == "resume":
             agent = await deployer.resume(owner_id=user_id, agent_id=agent.id)
             await message.answer(texts.RESUMED.format(username=agent.bot_username))
-            await send_card(message, agent, deployer=deployer)
+            await send_card(message, agent, budgets=budgets)
         elif action == "revert":
             agent = await deployer.revert(owner_id=user_id, agent_id=agent.id)
             await message.answer(texts.REVERTED.format(username=agent.bot_username))
@@ -320,6 +334,7 @@ def build_router() -> Router:
     """A fresh Router (a Router belongs to one Dispatcher; tests and restarts build several)."""
     router = Router(name="agents")
     router.message.register(list_agents, Command("agents"))
+    router.message.register(usage, Command("usage"))
     router.callback_query.register(back_to_list, AgentAction.filter(F.action == "list"))
     router.message.register(agent_command, Command(*COMMAND_ACTIONS))
     router.callback_query.register(

@@ -339,7 +339,7 @@ async def _deploy(
         await progress_message.edit_text(texts.DEPLOY_THROTTLED.format(minutes=minutes))
         return
     await message.answer(texts.DEPLOYED.format(username=agent.bot_username))
-    await send_card(message, agent, deployer=deployer, just_deployed=True)
+    await send_card(message, agent, budgets=None)
 
 
 async def confirm_step_hint(message: Message) -> None:

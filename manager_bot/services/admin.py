@@ -13,6 +13,7 @@ from datetime import timedelta
 from manager_bot.db.models import Agent, AuditEntry, User, utcnow
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
+from manager_bot.services.budgets import Budgets
 from manager_bot.services.deployer import Deployer
 
 USERS_PER_PAGE = 10
@@ -45,10 +46,13 @@ class UsersPage:
 
 
 class AdminConsole:
-    def __init__(self, *, database: Database, deployer: Deployer, bans: BanList) -> None:
+    def __init__(
+        self, *, database: Database, deployer: Deployer, bans: BanList, budgets: Budgets
+    ) -> None:
         self._db = database
         self._deployer = deployer
         self._bans = bans
+        self._budgets = budgets
 
     async def stats(self, actor_id: int) -> dict[str, object]:
         now = utcnow()
@@ -59,13 +63,14 @@ class AdminConsole:
             day = await repos.audit.outcomes("deploy", now - timedelta(days=1))
             week = await repos.audit.outcomes("deploy", now - timedelta(days=7))
             await repos.audit.record(actor_id=actor_id, action="stats", agent_id=None, outcome="ok")
-        replies, tokens, reporting = await self._deployer.usage_totals()
+        day_usage, month_usage = await self._budgets.platform()
         return {
             "users": users["total"], "banned": users["banned"], "blocked": users["blocked"],
             "agents": agents,
             "deploys_day_ok": day.get("ok", 0), "deploys_day_failed": day.get("failed", 0),
             "deploys_week_ok": week.get("ok", 0), "deploys_week_failed": week.get("failed", 0),
-            "replies": int(replies), "tokens": int(tokens), "reporting": reporting,
+            "tokens_day": day_usage.tokens, "requests_day": day_usage.requests,
+            "tokens_month": month_usage.tokens, "requests_month": month_usage.requests,
         }  # fmt: skip
 
     async def users_page(self, actor_id: int, page: int) -> UsersPage:

@@ -34,6 +34,7 @@ from manager_bot.crypto import Vault
 from manager_bot.db.models import Agent, DesiredState, as_utc, utcnow
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
+from manager_bot.gateway.credentials import credential_hash, new_credential
 from manager_bot.metrics import DEPLOYS
 from manager_bot.services.errors import (
     AgentNotFound,
@@ -45,14 +46,13 @@ from manager_bot.services.errors import (
     NoPreviousRevision,
     QuotaReached,
 )
-from manager_bot.services.providers import Provider, find_provider
+from manager_bot.services.providers import Provider, find_provider, is_model_id
 from manager_bot.services.telegram import (
     AgentTelegram,
     AgentTokenError,
     BotIdentity,
     WebhookStatus,
 )
-from manager_bot.services.usage import fetch_usage
 from runtime.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ class NewAgent:
     system_prompt: str
     llm_api_key: str | None = None
     managed: bool = False
+    llm_base_url: str | None = None  # the "custom" provider: the user's own endpoint
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class DeployerConfig:
     public_url: str | None
     telegram_api_url: str
     max_agents_per_user: int
+    gateway_url: str  # the LLM base URL agents get (their only way to a model)
     ready_timeout: float = 90.0
     ready_poll_interval: float = 0.5
     # At most this many deploys per user in the window (counted in the audit log,
@@ -197,9 +199,12 @@ class Deployer:
         wait = await self.deploy_wait(request.owner_id)
         if wait:
             raise DeployThrottled(wait)
-        provider = self._check_config(request.provider, request.model, request.llm_api_key)
+        provider = self._check_config(
+            request.provider, request.model, request.llm_api_key, request.llm_base_url
+        )
         prompt = self._check_prompt(request.system_prompt)
         identity = await self._identify(request.bot_token)
+        credential = new_credential()
         async with self._db.session() as session:
             repos = Repositories(session)
             if (
@@ -221,6 +226,9 @@ class Deployer:
                     provider=provider.name,
                     model=request.model,
                     llm_api_key_encrypted=self._encrypt_optional(request.llm_api_key),
+                    llm_base_url=request.llm_base_url if provider.is_custom else None,
+                    gateway_key_encrypted=self._vault.encrypt(credential),
+                    gateway_key_hash=credential_hash(credential),
                     system_prompt=prompt,
                     revision=1,
                     desired_state=DesiredState.RUNNING.value,
@@ -289,21 +297,26 @@ class Deployer:
         provider: str | None = None,
         model: str | None = None,
         llm_api_key: str | None = None,
+        llm_base_url: str | None = None,
     ) -> Agent:
-        """A new revision (prompt, model or key) rolled out to the running agent."""
+        """A new revision (prompt, model or key). Pods roll only for what they see (prompt,
+        model); a new key or endpoint reaches the gateway without restarting the agent."""
         async with self._db.session() as session:
             repos = Repositories(session)
             agent = await self._owned(repos, owner_id, agent_id)
             new_provider = provider or agent.provider
             new_model = model or agent.model
+            same_provider = new_provider == agent.provider
             key = llm_api_key
-            if key is None and new_provider == agent.provider and agent.llm_api_key_encrypted:
+            if key is None and same_provider and agent.llm_api_key_encrypted:
                 key = self._vault.decrypt(agent.llm_api_key_encrypted)
-            self._check_config(new_provider, new_model, key)
+            base_url = llm_base_url or (agent.llm_base_url if same_provider else None)
+            checked = self._check_config(new_provider, new_model, key, base_url)
             if system_prompt is not None:
                 agent.system_prompt = self._check_prompt(system_prompt)
             agent.provider, agent.model = new_provider, new_model
             agent.llm_api_key_encrypted = self._encrypt_optional(key)
+            agent.llm_base_url = base_url if checked.is_custom else None
             agent.revision += 1
             await repos.revisions.record(agent, created_by=owner_id)
             await repos.audit.record(
@@ -324,6 +337,7 @@ class Deployer:
             agent.provider, agent.model = previous.provider, previous.model
             agent.system_prompt = previous.system_prompt
             agent.llm_api_key_encrypted = previous.llm_api_key_encrypted
+            agent.llm_base_url = previous.llm_base_url
             agent.revision += 1
             await repos.revisions.record(agent, created_by=owner_id)
             await repos.audit.record(
@@ -334,14 +348,18 @@ class Deployer:
         return await self._reload(agent.id)
 
     async def rotate_token(self, *, owner_id: int, agent_id: str, new_token: str) -> Agent:
-        """A new token for the same bot (Managed Bots' replaceManagedBotToken)."""
+        """A new token for the same bot (Managed Bots' replaceManagedBotToken); the gateway
+        credential is replaced with it, so whatever held the old pair holds nothing."""
         identity = await self._identify(new_token)
+        credential = new_credential()
         async with self._db.session() as session:
             repos = Repositories(session)
             agent = await self._owned(repos, owner_id, agent_id)
             if identity.id != agent.bot_id:
                 raise InvalidBotToken("the new token belongs to another bot")
             agent.token_encrypted = self._vault.encrypt(new_token)
+            agent.gateway_key_encrypted = self._vault.encrypt(credential)
+            agent.gateway_key_hash = credential_hash(credential)
             await repos.audit.record(
                 actor_id=owner_id, action="rotate-token", agent_id=agent.id, outcome="ok"
             )
@@ -387,25 +405,21 @@ class Deployer:
                 log.warning("could not stop agent %s of a banned user: %s", agent.id, error)
         return len(running)
 
-    async def usage_totals(self, *, concurrency: int = 32) -> tuple[float, float, int]:
-        """(replies, tokens, agents that answered) summed over running agents' /metrics."""
-        try:
-            observed = await self._backend.observe_all()
-        except BackendError:
-            return 0.0, 0.0, 0
-        limit = asyncio.Semaphore(concurrency)
-
-        async def one(url: str | None) -> dict[str, float] | None:
-            async with limit:
-                return await fetch_usage(url)
-
-        found = await asyncio.gather(
-            *(one(o.probe_url) for o in observed.values() if o.state == ObservedState.RUNNING)
-        )
-        usages = [u for u in found if u is not None]
-        replies = sum(u.get("replies", 0.0) for u in usages)
-        tokens = sum(u.get("prompt_tokens", 0.0) + u.get("completion_tokens", 0.0) for u in usages)
-        return replies, tokens, len(usages)
+    async def ensure_gateway_credentials(self) -> int:
+        """Agents made before the gateway get a credential and are re-applied at once, so
+        their pods and processes lose the provider key they used to hold."""
+        async with self._db.session() as session:
+            agents = list(await Repositories(session).agents.without_gateway_key())
+            for agent in agents:
+                credential = new_credential()
+                agent.gateway_key_encrypted = self._vault.encrypt(credential)
+                agent.gateway_key_hash = credential_hash(credential)
+        for agent in agents:
+            try:
+                await self._backend.apply(self.spec_for(agent))
+            except BackendError as error:
+                log.warning("agent %s keeps its old workload for now: %s", agent.id, error)
+        return len(agents)
 
     # -- health (the health sweep's repairs; the system is the actor) -------------------
 
@@ -514,24 +528,23 @@ class Deployer:
     # -- helpers ------------------------------------------------------------------------
 
     def spec_for(self, agent: Agent) -> AgentSpec:
-        provider = find_provider(self._providers, agent.provider)
-        key: SecretStr | None = None
-        if agent.llm_api_key_encrypted:
-            key = SecretStr(self._vault.decrypt(agent.llm_api_key_encrypted))
-        elif provider is not None and provider.platform_key is not None:
-            key = provider.platform_key
+        """What the agent's pod or process gets: its own secrets and the gateway's URL,
+        never a provider key (the gateway finds the right key itself)."""
+        gateway_key = (
+            SecretStr(self._vault.decrypt(agent.gateway_key_encrypted))
+            if agent.gateway_key_encrypted
+            else None
+        )
         return AgentSpec(
             agent_id=agent.id,
             secrets=AgentSecrets(
                 bot_token=SecretStr(self._vault.decrypt(agent.token_encrypted)),
                 webhook_secret=SecretStr(self._vault.decrypt(agent.webhook_secret_encrypted)),
-                llm_api_key=key,
+                gateway_key=gateway_key,
             ),
             llm_model=agent.model,
             system_prompt=agent.system_prompt,
-            llm_base_url=provider.base_url if provider else None,
-            llm_provider=provider.runtime_provider if provider else "openai",
-            llm_api_version=provider.api_version if provider else None,
+            llm_base_url=self._config.gateway_url,
             telegram_api_url=self._config.telegram_api_url,
             running=agent.desired_state == DesiredState.RUNNING,
             revision=agent.revision,
@@ -603,14 +616,19 @@ class Deployer:
         except AgentTokenError as error:
             raise InvalidBotToken(error.reason) from None
 
-    def _check_config(self, provider_name: str, model: str, key: str | None) -> Provider:
+    def _check_config(
+        self, provider_name: str, model: str, key: str | None, base_url: str | None = None
+    ) -> Provider:
+        """Any model id a provider may serve ("Other model..."), not only the catalogue's."""
         provider = find_provider(self._providers, provider_name)
         if provider is None:
             raise InvalidAgentConfig(f"unknown provider {provider_name!r}")
-        if model not in provider.models:
-            raise InvalidAgentConfig(f"unknown model {model!r} for {provider.label}")
+        if model not in provider.models and not is_model_id(model):
+            raise InvalidAgentConfig(f"{model[:40]!r} is not a model name")
         if provider.needs_user_key and not key:
             raise InvalidAgentConfig(f"{provider.label} needs your own API key")
+        if provider.is_custom and not base_url:
+            raise InvalidAgentConfig("your own endpoint needs its URL")
         return provider
 
     @staticmethod
@@ -632,8 +650,9 @@ class Deployer:
             self._vault.decrypt(agent.token_encrypted),
             self._vault.decrypt(agent.webhook_secret_encrypted),
         ]
-        if agent.llm_api_key_encrypted:
-            values.append(self._vault.decrypt(agent.llm_api_key_encrypted))
+        for optional in (agent.llm_api_key_encrypted, agent.gateway_key_encrypted):
+            if optional:
+                values.append(self._vault.decrypt(optional))
         return values
 
     @staticmethod

@@ -8,11 +8,16 @@ the user; without one the wizard asks for the user's own key.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pydantic import SecretStr
 
-from manager_bot.config import ManagerSettings
+from manager_bot.config import PlatformSettings
+
+CUSTOM = "custom"  # a user's own OpenAI-compatible endpoint (Ollama, vLLM, OpenRouter...)
+# Model ids a user may type ("Other model..."): what providers use, nothing that breaks a URL.
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -27,10 +32,15 @@ class Provider:
 
     @property
     def needs_user_key(self) -> bool:
-        return self.platform_key is None
+        """A user's own endpoint may need no key at all (a local Ollama)."""
+        return self.platform_key is None and self.name != CUSTOM
+
+    @property
+    def is_custom(self) -> bool:
+        return self.name == CUSTOM
 
 
-def available_providers(settings: ManagerSettings) -> tuple[Provider, ...]:
+def available_providers(settings: PlatformSettings) -> tuple[Provider, ...]:
     """Providers in the order the wizard shows them; Azure only when it has an endpoint."""
     providers = [
         Provider(
@@ -67,7 +77,14 @@ def available_providers(settings: ManagerSettings) -> tuple[Provider, ...]:
                 api_version=settings.azure_openai_api_version,
             )
         )
+    providers.append(
+        Provider(name=CUSTOM, label="My own endpoint", base_url=None, models=(), platform_key=None)
+    )
     return tuple(providers)
+
+
+def is_model_id(text: str) -> bool:
+    return MODEL_ID.fullmatch(text) is not None
 
 
 def find_provider(providers: tuple[Provider, ...], name: str) -> Provider | None:

@@ -28,6 +28,8 @@ from manager_bot.db.fsm_storage import SqlStorage
 from manager_bot.db.migrate import upgrade
 from manager_bot.db.models import Agent
 from manager_bot.db.session import Database
+from manager_bot.gateway.process import build_gateway
+from manager_bot.gateway.server import Gateway
 from manager_bot.scheduler import Scheduler
 from manager_bot.services.admin import BanList
 from manager_bot.services.broadcast import Broadcaster
@@ -57,6 +59,8 @@ class Manager:
     restart: Callable[[], Any]
     scheduler: Scheduler  # not started: tests run `health_check()` when they want a sweep
     broadcaster: Broadcaster
+    gateway: Gateway
+    vault: Vault
 
 
 class _Running:
@@ -98,10 +102,14 @@ async def start_manager(
     await upgrade(url)
     database = Database(url)
     vault = Vault([generate_key()])
+    gateway = build_gateway(settings=settings, database=database, vault=vault)
+    gateway_url = await gateway.start("127.0.0.1", 0)
+    if mode == "webhook":  # pods reach the gateway by its Service's name
+        gateway_url = settings.agents_gateway_url
     agent_telegram = AgentTelegram(api_url=telegram.url)
     deployer = build_deployer(
         settings=settings, database=database, vault=vault, backend=backend,
-        telegram=agent_telegram, ready_timeout=30,
+        telegram=agent_telegram, gateway_url=gateway_url, ready_timeout=30,
     )  # fmt: skip
 
     notifier_bot = build_bot(settings)
@@ -128,8 +136,11 @@ async def start_manager(
         running = start()
 
     try:
-        yield Manager(fake, deployer, database, backend, restart, scheduler, broadcaster)
+        yield Manager(
+            fake, deployer, database, backend, restart, scheduler, broadcaster, gateway, vault
+        )
     finally:
+        await gateway.stop()
         await broadcaster.close()
         await scheduler.stop()
         await notifier_bot.session.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.conftest import Manager, deploy_directly, fill_wizard
+from tests.fakes.kubelet_env import container_env, mounted_files, secret_strings
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.user import SimUser
@@ -44,18 +45,12 @@ async def test_card_actions_stop_resume_edit_revert_logs_delete(
     await user.wait_for(text_contains="Send the new instructions")
     await user.send("You are a pirate.")
     await user.wait_for(text_contains="has new instructions")
-    env = kube.get_object("deployments", "agents", deployment)["spec"]["template"]["spec"][
-        "containers"
-    ][0]["env"]
-    assert {"name": "SYSTEM_PROMPT", "value": "You are a pirate."} in env
+    assert prompt_in(kube, deployment) == "You are a pirate."
     await user.send("/status card_bot")
     await user.wait_for(text_contains="Version: 2")
     await user.press("Revert")
     await user.wait_for(text_contains="back to its previous settings")
-    env = kube.get_object("deployments", "agents", deployment)["spec"]["template"]["spec"][
-        "containers"
-    ][0]["env"]
-    assert {"name": "SYSTEM_PROMPT", "value": "You are a test agent."} in env
+    assert prompt_in(kube, deployment) == "You are a test agent."
 
     kube.set_pod_log(
         "agents", deployment, f"started\nusing token {telegram.bot('card_bot').token}\nready"
@@ -205,3 +200,12 @@ async def test_deploys_are_throttled_politely(
     await user.press("Deploy")
     await user.wait_for(text_contains="That's a lot of deploys in a short time")
     assert len(await kube_manager.deployer.agents_of(user.id)) == 5
+
+
+def prompt_in(kube: FakeKubernetes, name: str) -> str:
+    """The prompt the pod reads: the file its Deployment mounts from the agent's Secret."""
+    pod = kube.get_object("deployments", "agents", name)["spec"]["template"]["spec"]
+    secrets = {name: secret_strings(kube.get_object("secrets", "agents", name))}
+    files = mounted_files(pod, pod["containers"][0], secrets=secrets, config_maps={})
+    env = container_env(pod["containers"][0], secrets=secrets, config_maps={})
+    return files[env["SYSTEM_PROMPT_FILE"]]

@@ -37,7 +37,7 @@ def spec(agent_id: str) -> AgentSpec:
         secrets=AgentSecrets(
             bot_token=SecretStr("7000000001:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
             webhook_secret=SecretStr("hook_secret_value_123"),
-            llm_api_key=SecretStr("sk-agentkeyagentkeyagentkey"),
+            gateway_key=SecretStr("sk-agentkeyagentkeyagentkey"),
         ),
         llm_model="gpt-4o-mini",
         system_prompt="Be brief.",
@@ -71,7 +71,8 @@ def test_every_installed_object_validates_against_its_schema(variant: str) -> No
     for obj in objects:
         validate(obj)
     kinds = sorted(o["kind"] for o in objects)
-    assert kinds.count("Deployment") == 1 and "Gateway" in kinds
+    deployments = sorted(o["metadata"]["name"] for o in objects if o["kind"] == "Deployment")
+    assert deployments == ["hatchbot-llm-gateway", "hatchbot-manager"] and "Gateway" in kinds
     assert settings_from_config_map(variant)["K8S_ROUTER"] == variant
     (gateway,) = [o for o in objects if o["kind"] == "Gateway"]
     data = settings_from_config_map(variant)
@@ -196,7 +197,10 @@ def test_the_restricted_check_catches_a_root_pod() -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_agent_and_manager_pods_meet_the_restricted_standard(variant: str) -> None:
-    (manager,) = [o for o in rendered(variant) if o["kind"] == "Deployment"]
+    (manager,) = [
+        o for o in rendered(variant)
+        if o["kind"] == "Deployment" and o["metadata"]["name"] == "hatchbot-manager"
+    ]  # fmt: skip
     (agent,) = [
         o for o in agent_manifests(spec("first00001"), cluster_for(variant))
         if o["kind"] == "Deployment"

@@ -20,6 +20,8 @@ from manager_bot.db.migrate import upgrade
 from manager_bot.db.models import DesiredState
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
+from manager_bot.gateway.process import build_gateway
+from manager_bot.gateway.server import Gateway
 from manager_bot.services.deployer import Deployer, DeployerConfig, DeployStep, NewAgent
 from manager_bot.services.errors import (
     AgentNotFound,
@@ -52,6 +54,11 @@ class World:
     telegram: FakeTelegram
     llm: FakeOpenAI
     database_url: str
+    gateway: Gateway
+
+    async def close(self) -> None:
+        await self.gateway.stop()
+        await self.database.close()
 
 
 def settings_for(telegram: FakeTelegram, llm: FakeOpenAI) -> ManagerSettings:
@@ -72,17 +79,21 @@ async def build_world(
     await upgrade(url)
     database = Database(url)
     agent_telegram = AgentTelegram(api_url=telegram.url)
+    settings, vault = settings_for(telegram, llm), Vault([generate_key()])
+    gateway = build_gateway(settings=settings, database=database, vault=vault)
+    gateway_url = await gateway.start("127.0.0.1", 0)
     deployer = Deployer(
         database=database,
-        vault=Vault([generate_key()]),
+        vault=vault,
         backend=backend,
         telegram=agent_telegram,
-        providers=available_providers(settings_for(telegram, llm)),
+        providers=available_providers(settings),
         config=DeployerConfig(
             mode=mode,
             public_url=PUBLIC_URL,
             telegram_api_url=telegram.url,
             max_agents_per_user=2,
+            gateway_url=gateway_url,
             ready_timeout=20,
             ready_poll_interval=0.05,
         ),
@@ -90,7 +101,7 @@ async def build_world(
     async with database.session() as session:
         for user_id in (OWNER, STRANGER):
             await Repositories(session).users.upsert(user_id=user_id, username=None, first_name="U")
-    return World(deployer, database, telegram, llm, url), agent_telegram
+    return World(deployer, database, telegram, llm, url, gateway), agent_telegram
 
 
 @pytest.fixture
@@ -117,7 +128,7 @@ async def kube_world(
     yield world
     await agent_telegram.close()
     await backend.close()
-    await world.database.close()
+    await world.close()
 
 
 def request(telegram: FakeTelegram, username: str = "helper_bot", **changes: str) -> NewAgent:
@@ -160,10 +171,10 @@ async def test_deploy_on_kubernetes_reports_steps_and_sets_the_webhook(
     assert bot.webhook.secret_token and len(bot.webhook.secret_token) >= 32
     deployment = kube.get_object("deployments", "agents", f"agent-{agent.id}")
     env = {
-        e["name"]: e["value"]
+        e["name"]: e.get("value")
         for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
     }
-    assert env["LLM_BASE_URL"] == kube_world.llm.url
+    assert env["LLM_BASE_URL"] == kube_world.gateway.url  # the gateway, not the provider
     assert new.bot_token not in str(deployment)
     async with kube_world.database.session() as session:
         entries = await Repositories(session).audit.recent()
@@ -238,7 +249,9 @@ async def test_bad_requests_are_refused_before_anything_is_made(
     with pytest.raises(InvalidBotToken):
         await kube_world.deployer.deploy(revoked)
     with pytest.raises(InvalidAgentConfig):
-        await kube_world.deployer.deploy(request(telegram, username="a_bot", model="gpt-9"))
+        await kube_world.deployer.deploy(
+            request(telegram, username="a_bot", model="gpt 9 <script>")
+        )
     with pytest.raises(InvalidAgentConfig, match="own API key"):
         await kube_world.deployer.deploy(
             request(telegram, username="b_bot", provider="anthropic", model="claude-haiku-4-5")
@@ -336,10 +349,20 @@ async def test_no_secret_in_the_database_after_a_deploy(
     new = request(world.telegram, llm_api_key=USER_KEY)
     agent = await world.deployer.deploy(new)
     webhook_secret = world.telegram.bot("helper_bot").webhook.secret_token  # type: ignore[union-attr]
-    await world.database.close()
+    async with world.database.session() as session:
+        stored = await Repositories(session).agents.get(agent.id)
+    assert stored is not None and stored.gateway_key_encrypted
+    gateway_key = world.deployer.spec_for(stored).secrets.gateway_key
+    assert gateway_key is not None
+    await world.close()
     raw = await raw_database_bytes(world.database_url)
     assert agent.bot_username.encode() in raw
-    for secret in (new.bot_token, USER_KEY, webhook_secret or "x" * 40):
+    for secret in (
+        new.bot_token,
+        USER_KEY,
+        webhook_secret or "x" * 40,
+        gateway_key.get_secret_value(),
+    ):
         assert secret.encode() not in raw
 
 
@@ -356,7 +379,7 @@ async def kube_world_factory(
     kubeconfig: Path, kube: FakeKubernetes, telegram: FakeTelegram, openai_server: FakeOpenAI
 ) -> AsyncIterator[object]:
     kube.auto_ready = True
-    made: list[tuple[AgentTelegram, KubernetesBackend]] = []
+    made: list[tuple[AgentTelegram, KubernetesBackend, World]] = []
 
     async def make(url: str) -> World:
         configuration = client.Configuration()
@@ -370,13 +393,14 @@ async def kube_world_factory(
         world, agent_telegram = await build_world(
             url=url, backend=backend, telegram=telegram, llm=openai_server, mode="webhook"
         )
-        made.append((agent_telegram, backend))
+        made.append((agent_telegram, backend, world))
         return world
 
     yield make
-    for agent_telegram, backend in made:
+    for agent_telegram, backend, world in made:
         await agent_telegram.close()
         await backend.close()
+        await world.gateway.stop()
 
 
 async def test_local_deploy_answers_through_the_fakes(
@@ -412,4 +436,4 @@ async def test_local_deploy_answers_through_the_fakes(
     finally:
         await backend.shutdown_agents()
         await agent_telegram.close()
-        await world.database.close()
+        await world.close()

@@ -12,6 +12,7 @@ from pydantic import SecretStr
 from manager_bot.backends.base import AgentSecrets, AgentSpec, BackendError, ObservedState
 from manager_bot.backends.kubernetes import KubernetesBackend
 from manager_bot.backends.manifests import ClusterConfig, agent_manifests
+from tests.fakes.kubelet_env import secret_strings
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.schemas import validate
 
@@ -28,7 +29,7 @@ def spec(agent_id: str = "a1b2c3d4e5", **changes: object) -> AgentSpec:
         secrets=AgentSecrets(
             bot_token=SecretStr(TOKEN),
             webhook_secret=SecretStr(HOOK),
-            llm_api_key=SecretStr(LLM_KEY),
+            gateway_key=SecretStr(LLM_KEY),
         ),
         llm_model="gpt-4o-mini",
         system_prompt="Be brief.",
@@ -75,14 +76,22 @@ def test_manifests_validate_and_keep_secrets_in_the_secret(router: str) -> None:
         assert obj["metadata"]["name"] == "agent-a1b2c3d4e5"
     kinds = [o["kind"] for o in objects]
     expected_route = {"istio": ["VirtualService"], "gateway-api": ["HTTPRoute"], "none": []}[router]
-    assert kinds == ["Secret", "Deployment", "Service", "NetworkPolicy", *expected_route]
-    deployment = objects[1]
+    # The policy first: no pod of the agent ever runs unguarded.
+    assert kinds == ["NetworkPolicy", "Secret", "Deployment", "Service", *expected_route]
+    deployment = objects[2]
     rendered = str(deployment)
     for secret in (TOKEN, LLM_KEY, HOOK):
         assert secret not in rendered
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert container["envFrom"] == [{"secretRef": {"name": "agent-a1b2c3d4e5"}}]
+    assert "envFrom" not in container  # each secret by name: nothing else rides along
+    references = {
+        e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e
+    }
+    assert references == {
+        key: {"name": "agent-a1b2c3d4e5", "key": key}
+        for key in ("BOT_TOKEN", "WEBHOOK_SECRET", "LLM_API_KEY")
+    }
     # The "restricted" Pod Security Standard.
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -142,12 +151,9 @@ async def test_edit_is_a_rolling_update(kube: FakeKubernetes, backend: Kubernete
     await backend.apply(spec(system_prompt="Be verbose.", revision=2))
     second = kube.get_object("deployments", "agents", "agent-a1b2c3d4e5")
     assert second["metadata"]["generation"] == first["metadata"]["generation"] + 1
-    annotations = second["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["hatchbot.io/revision"] == "2"
-    env = {
-        e["name"]: e["value"] for e in second["spec"]["template"]["spec"]["containers"][0]["env"]
-    }
-    assert env["SYSTEM_PROMPT"] == "Be verbose."
+    assert second["metadata"]["annotations"]["hatchbot.io/revision"] == "2"
+    stored = kube.get_object("secrets", "agents", "agent-a1b2c3d4e5")
+    assert secret_strings(stored)["system-prompt"] == "Be verbose."
     rotated = AgentSecrets(bot_token=SecretStr(TOKEN[:-1] + "B"), webhook_secret=SecretStr(HOOK))
     await backend.apply(spec(secrets=rotated, revision=2))
     third = kube.get_object("deployments", "agents", "agent-a1b2c3d4e5")

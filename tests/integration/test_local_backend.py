@@ -25,7 +25,7 @@ def spec(bot: FakeBot, telegram: FakeTelegram, llm: FakeOpenAI, **changes: objec
         secrets=AgentSecrets(
             bot_token=SecretStr(bot.token),
             webhook_secret=SecretStr("unused_in_polling"),
-            llm_api_key=SecretStr("sk-localagentkey000000000"),
+            gateway_key=SecretStr("sk-localagentkey000000000"),
         ),
         llm_model="gpt-4o-mini",
         system_prompt="Be brief.",
