@@ -2,10 +2,10 @@
 
 Rows are cached for `cache_seconds` (settings: GATEWAY_CACHE_SECONDS), so a Stop,
 a ban or a new key reaches every gateway replica within about that time, without
-a database query per completion. An expired row is still served while one
-background read refreshes it: agents whose rows expire together must not queue
-their completions behind a burst of reads (bench/gateway.py saw that as the
-added p99).
+a database query per completion. A row is served for up to twice that while
+one background read refreshes it: agents whose rows expire together must not
+queue their completions behind a burst of reads (bench/gateway.py saw that as
+the added p99). So a change reaches the gateway within 2 × GATEWAY_CACHE_SECONDS.
 """
 
 from __future__ import annotations
@@ -129,13 +129,23 @@ class AccountBook:
         now = self._clock()
         cached = self._known.get(key_hash)
         if cached is not None:
-            if now - cached.fetched_at >= self._ttl and key_hash not in self._reading:
-                self._start_read(key_hash, now)  # served stale meanwhile, refreshed behind
-            return cached
+            age = now - cached.fetched_at
+            if age < self._ttl:
+                return cached
+            if age < 2 * self._ttl:  # served while one read refreshes it behind
+                if key_hash not in self._reading:
+                    self._start_read(key_hash, now)
+                return cached
         missed_at = self._unknown.get(key_hash)
         if missed_at is not None and now - missed_at < self._ttl:
             return None
         reading = self._reading.get(key_hash) or self._start_read(key_hash, now)
+        return await asyncio.shield(reading)
+
+    async def reread(self, credential: str) -> AgentAccount | None:
+        """The row read now, whatever the cache holds (after a provider refused the key)."""
+        key_hash = credential_hash(credential)
+        reading = self._reading.get(key_hash) or self._start_read(key_hash, self._clock())
         return await asyncio.shield(reading)
 
     def _start_read(self, key_hash: str, now: float) -> asyncio.Task[AgentAccount | None]:

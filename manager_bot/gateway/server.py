@@ -130,6 +130,10 @@ class Gateway:
         self.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{bound}/v1"
         return self.url
 
+    async def flush(self) -> None:
+        """Write counted usage now (it is written every GATEWAY_FLUSH_SECONDS anyway)."""
+        await self._ledger.flush()
+
     async def stop(self) -> None:
         """Stop serving (in-flight streams end), then write the counted usage."""
         if self._runner is not None:
@@ -143,7 +147,7 @@ class Gateway:
     # -- /v1 -------------------------------------------------------------------------
 
     async def _account(self, request: web.Request) -> AgentAccount:
-        credential = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        credential = self._credential(request)
         account = await self._accounts.find(credential) if credential else None
         if account is None:
             raise Refused(401, "invalid_gateway_credential", "Unknown gateway credential.")
@@ -197,17 +201,18 @@ class Gateway:
         prompt_tokens = completion_tokens = 0
         try:
             payload = json.dumps(body).encode()
-            if streaming:
-                scanner = UsageScanner()
-                response = await self._forward_stream(request, upstream, payload, scanner)
-                reported = scanner.reported
-                if not reported.found and response.status == 200:
-                    # A stream cut short: charge an estimate rather than nothing.
-                    reported.prompt_tokens = bound // 4
-                    reported.completion_tokens = scanner.content_bytes // 16
-            else:
-                response, raw = await self._forward_buffered(upstream.chat_url, upstream, payload)
-                reported = reported_in_body(raw) if response.status == 200 else Reported()
+            for attempt in range(2):
+                response, reported = await self._forward(
+                    request, upstream, payload, streaming=streaming, bound=bound
+                )
+                if attempt or response.status not in (401, 403):
+                    break
+                # The key may have been replaced a moment ago (cached row): read it anew
+                # and try once more, so a user's new key works from the next message on.
+                fresh = await self._accounts.reread(self._credential(request))
+                if fresh is None or fresh.refusal or fresh.upstream in (None, upstream):
+                    break
+                upstream = self._upstream(fresh)
             prompt_tokens, completion_tokens = reported.prompt_tokens, reported.completion_tokens
             self.metrics.requests.labels("ok" if response.status == 200 else "upstream").inc()
             return response
@@ -225,7 +230,28 @@ class Gateway:
             self.metrics.tokens.labels("prompt").inc(prompt_tokens)
             self.metrics.tokens.labels("completion").inc(completion_tokens)
 
+    async def _forward(
+        self, request: web.Request, upstream: Upstream, payload: bytes, *, streaming: bool,
+        bound: int,
+    ) -> tuple[web.StreamResponse, Reported]:  # fmt: skip
+        """One try upstream: the response for the agent, and the usage it reported."""
+        if streaming:
+            scanner = UsageScanner()
+            response = await self._forward_stream(request, upstream, payload, scanner)
+            reported = scanner.reported
+            if not reported.found and response.status == 200:
+                # A stream cut short: charge an estimate rather than nothing.
+                reported.prompt_tokens = bound // 4
+                reported.completion_tokens = scanner.content_bytes // 16
+            return response, reported
+        answer, raw = await self._forward_buffered(upstream.chat_url, upstream, payload)
+        return answer, reported_in_body(raw) if answer.status == 200 else Reported()
+
     # -- checks ----------------------------------------------------------------------
+
+    @staticmethod
+    def _credential(request: web.Request) -> str:
+        return request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
 
     def _upstream(self, account: AgentAccount) -> Upstream:
         if account.upstream is None:

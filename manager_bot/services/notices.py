@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramForbiddenError
 
 from manager_bot import keyboards, texts
-from manager_bot.db.models import Notice
+from manager_bot.db.models import Agent
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 
@@ -31,22 +33,28 @@ class NoticeSender:
     async def deliver(self) -> int:
         """Send what is owed; returns how many were sent."""
         async with self._db.reading() as session:
-            owed = list(await Repositories(session).notices.pending())
+            repos = Repositories(session)
+            owed: list[_Owed] = []
+            for notice in await repos.notices.pending():
+                agent = await repos.agents.get(notice.agent_id) if notice.agent_id else None
+                # Copied out while the session is open: its end expires the rows.
+                owed.append(
+                    _Owed(notice.id, notice.key, notice.user_id, notice.kind,
+                          json.loads(notice.detail or "{}"), agent)
+                )  # fmt: skip
+                if agent is not None:
+                    session.expunge(agent)
         sent = 0
-        for notice in owed:
-            if await self._send(notice):
+        for owed_one in owed:
+            if await self._send(owed_one):
                 sent += 1
         return sent
 
-    async def _send(self, notice: Notice) -> bool:
-        agent = None
-        async with self._db.reading() as session:
-            if notice.agent_id:
-                agent = await Repositories(session).agents.get(notice.agent_id)
+    async def _send(self, notice: _Owed) -> bool:
+        agent, detail = notice.agent, notice.detail
         done = True
         try:
             if agent is not None and notice.kind == "budget":
-                detail = json.loads(notice.detail)
                 await self._bot.send_message(
                     notice.user_id,
                     texts.budget_notice(
@@ -68,3 +76,13 @@ class NoticeSender:
             notices = Repositories(session).notices
             await (notices.mark_sent(notice.id) if done else notices.count_attempt(notice.id))
         return done
+
+
+@dataclass(frozen=True)
+class _Owed:
+    id: int
+    key: str
+    user_id: int
+    kind: str
+    detail: dict[str, Any]
+    agent: Agent | None

@@ -1,0 +1,77 @@
+"""The gateway's parts on their own: usage read from a stream, the rate bucket, the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+
+from manager_bot.db.migrate import upgrade
+from manager_bot.db.session import Database
+from manager_bot.gateway.accounts import AgentAccount
+from manager_bot.gateway.ledger import Admission, UsageLedger
+from manager_bot.gateway.limits import UserRateLimiter
+from manager_bot.gateway.streams import UsageScanner, prompt_bound
+
+
+def sse(*events: dict[str, object]) -> bytes:
+    return b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events) + b"data: [DONE]\n\n"
+
+
+def test_usage_is_found_however_the_stream_is_cut_into_chunks() -> None:
+    stream = sse(
+        {"choices": [{"delta": {"content": "hi"}}], "usage": None},
+        {"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 3}},
+    )
+    for size in (1, 2, 7, 64, len(stream)):
+        scanner = UsageScanner()
+        for start in range(0, len(stream), size):
+            scanner.feed(stream[start : start + size])
+        assert scanner.reported.found, size
+        assert (scanner.reported.prompt_tokens, scanner.reported.completion_tokens) == (12, 3)
+
+
+def test_the_prompt_bound_is_never_below_its_bytes() -> None:
+    messages = [{"role": "user", "content": "привет " * 100}, {"role": "user", "content": [1]}]
+    assert prompt_bound(messages) >= len(("привет " * 100).encode()) + len("[1]")
+
+
+def test_each_user_gets_a_burst_then_the_rate() -> None:
+    now = [0.0]
+    limiter = UserRateLimiter(per_minute=6, burst=2, clock=lambda: now[0])
+    assert [limiter.allow("a", "u") for _ in range(2)] == [0.0, 0.0]
+    assert limiter.allow("a", "u") == 10.0  # 6 a minute: one every 10 s
+    assert limiter.allow("a", "other") == 0.0 and limiter.allow("b", "u") == 0.0
+    now[0] = 10.0
+    assert limiter.allow("a", "u") == 0.0
+
+
+def account(budget: int) -> AgentAccount:
+    return AgentAccount(
+        agent_id="a1", owner_id=1, model="m", refusal=None, budget=budget,
+        used_in_database=0, day=datetime.now(UTC).date(), upstream=None, fetched_at=0.0,
+    )  # fmt: skip
+
+
+async def test_the_ledger_keeps_counting_what_it_is_writing(sqlite_url: str) -> None:
+    """Usage taken out to be written still counts until the write is done (no window in
+    which the budget looks unspent)."""
+    await upgrade(sqlite_url)
+    database = Database(sqlite_url)
+    ledger = UsageLedger(database=database, flush_seconds=60)
+    agent = account(budget=100)
+    try:
+        assert ledger.admit(agent, prompt_bound=10, max_tokens=20) is Admission.ADMITTED
+        ledger.settle(agent, reserved=30, prompt_tokens=50, completion_tokens=20)
+        assert ledger.used(agent) == 70
+        writing = asyncio.create_task(ledger.flush())
+        await asyncio.sleep(0)  # the flush has started its write and waits on the database
+        assert not writing.done() and ledger.used(agent) == 70
+        assert ledger.admit(agent, prompt_bound=40, max_tokens=20) is Admission.EXHAUSTED
+        await writing
+        assert ledger.used(agent) == 70
+        # Room left, but held by a request in flight: try again, not "exhausted".
+        assert ledger.admit(agent, prompt_bound=10, max_tokens=20) is Admission.ADMITTED
+        assert ledger.admit(agent, prompt_bound=10, max_tokens=20) is Admission.RESERVED
+    finally:
+        await database.close()
