@@ -22,6 +22,7 @@ from manager_bot.crypto import Vault, load_vault
 from manager_bot.db.fsm_storage import SqlStorage, build_fsm_storage
 from manager_bot.db.migrate import upgrade
 from manager_bot.db.session import Database
+from manager_bot.gateway.endpoints import EndpointGuard, EndpointPolicy
 from manager_bot.gateway.process import build_gateway
 from manager_bot.gateway.server import Gateway
 from manager_bot.handlers import admin, agents, common, deploy, start
@@ -174,6 +175,11 @@ def build_dispatcher(
         providers=available_providers(settings),
         broadcaster=broadcaster,
         budgets=budgets,
+        endpoint_guard=EndpointGuard(
+            EndpointPolicy.from_settings(
+                settings.gateway_allowed_endpoints, settings.k8s_cluster_cidrs
+            )
+        ),
         admin=AdminConsole(database=database, deployer=deployer, bans=bans, budgets=budgets),
     )
     dispatcher.update.outer_middleware(UpdateMetricsMiddleware())

@@ -55,14 +55,31 @@ def cancel_only() -> InlineKeyboardMarkup:
 
 
 def models(providers: tuple[Provider, ...]) -> InlineKeyboardMarkup:
+    """The catalogue, then "Other model…" per provider and the user's own endpoint (an
+    empty model in the callback data means: ask for it)."""
     builder = InlineKeyboardBuilder()
     for provider in providers:
+        suffix = " 🔑" if provider.needs_user_key else ""
         for model in provider.models:
-            suffix = " 🔑" if provider.needs_user_key else ""
             builder.button(
                 text=f"{provider.label} · {model}{suffix}",
                 callback_data=ModelChoice(provider=provider.name, model=model),
             )
+    for provider in providers:
+        label = (
+            texts.OWN_ENDPOINT_BUTTON
+            if provider.is_custom
+            else texts.OTHER_MODEL_BUTTON.format(provider=provider.label)
+        )
+        builder.button(text=label, callback_data=ModelChoice(provider=provider.name, model=""))
+    builder.button(text=texts.CANCEL_BUTTON, callback_data=WizardAction(action="cancel"))
+    builder.adjust(1)
+    return builder.as_markup()
+
+
+def no_key() -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    builder.button(text=texts.NO_KEY_BUTTON, callback_data=WizardAction(action="nokey"))
     builder.button(text=texts.CANCEL_BUTTON, callback_data=WizardAction(action="cancel"))
     builder.adjust(1)
     return builder.as_markup()

@@ -65,6 +65,25 @@ PASTE_KEY = (
 KEY_REJECTED = "{provider} rejected that key. Check it and paste it again, or /cancel."
 KEY_UNREACHABLE = "I couldn't reach {provider} to check the key. Paste it again in a moment."
 KEY_HINT = "Please paste the API key as text, or /cancel."
+OTHER_MODEL_BUTTON = "✍️ Other {provider} model…"
+OWN_ENDPOINT_BUTTON = "🔌 My own endpoint (OpenAI-compatible)…"
+ASK_MODEL_NAME = (
+    "Type the model's id exactly as {provider} names it (for example <code>{example}</code>)."
+)
+MODEL_NAME_HINT = (
+    "That isn't a model id: letters, digits and . _ : / @ + - only, up to 128 characters. "
+    "Try again, or /cancel."
+)
+ASK_ENDPOINT = (
+    "Send the base URL of your OpenAI-compatible endpoint, for example "
+    "<code>https://openrouter.ai/api/v1</code> (Ollama, vLLM and OpenRouter all work)."
+)
+ENDPOINT_REFUSED = "I can't use that URL: {reason}. Send another, or /cancel."
+ASK_ENDPOINT_KEY = (
+    "Paste the endpoint's API key (I delete your message right away and store it "
+    "encrypted), or tap the button if it needs none."
+)
+NO_KEY_BUTTON = "It needs no key"
 ASK_PROMPT = (
     "Last step: tell me what your bot should do, in your own words "
     "(up to {limit} characters), or pick a preset:"

@@ -18,7 +18,9 @@ from aiogram.types import BufferedInputFile, CallbackQuery, Message
 
 from manager_bot import keyboards, texts
 from manager_bot.db.models import Agent
-from manager_bot.keyboards import AgentAction, ModelChoice
+from manager_bot.gateway.endpoints import EndpointGuard, EndpointRefused
+from manager_bot.handlers.model_steps import checked_endpoint, model_name_question
+from manager_bot.keyboards import AgentAction, ModelChoice, WizardAction
 from manager_bot.services.budgets import Budgets
 from manager_bot.services.deployer import MAX_PROMPT_CHARS, Deployer
 from manager_bot.services.errors import (
@@ -30,7 +32,7 @@ from manager_bot.services.errors import (
     NoPreviousRevision,
 )
 from manager_bot.services.llm_keys import KeyCheck, check_key
-from manager_bot.services.providers import Provider, find_provider
+from manager_bot.services.providers import Provider, find_provider, is_model_id
 
 LOG_LINES = 40
 LOG_AS_FILE_ABOVE = 3500
@@ -39,6 +41,8 @@ LOG_AS_FILE_ABOVE = 3500
 class AgentEdit(StatesGroup):
     prompt = State()
     model = State()
+    endpoint = State()
+    model_name = State()
     key = State()
 
 
@@ -268,16 +272,66 @@ async def new_model(
     providers: tuple[Provider, ...],
 ) -> None:  # fmt: skip
     provider = find_provider(providers, callback_data.provider)
-    if provider is None or callback_data.model not in provider.models:
+    if provider is None or (callback_data.model and callback_data.model not in provider.models):
         await query.answer(texts.NOT_FOUND, show_alert=True)
         return
     await query.answer()
     assert isinstance(query.message, Message)
-    await state.update_data(provider=provider.name, model=callback_data.model)
-    if provider.needs_user_key:
-        await state.set_state(AgentEdit.key)
-        await query.message.answer(texts.PASTE_KEY.format(provider=provider.label))
+    await state.update_data(provider=provider.name, model=callback_data.model, endpoint=None)
+    if provider.is_custom:
+        await state.set_state(AgentEdit.endpoint)
+        await query.message.answer(texts.ASK_ENDPOINT)
+    elif not callback_data.model:
+        await state.set_state(AgentEdit.model_name)
+        await query.message.answer(model_name_question(provider))
+    else:
+        await _after_new_model(query.message, state, provider, deployer, query.from_user.id)
+
+
+async def new_endpoint(message: Message, state: FSMContext, endpoint_guard: EndpointGuard) -> None:
+    try:
+        url = await checked_endpoint(message.text or "", endpoint_guard)
+    except EndpointRefused as refused:
+        await message.answer(texts.ENDPOINT_REFUSED.format(reason=escape(str(refused))))
         return
+    await state.update_data(endpoint=url)
+    await state.set_state(AgentEdit.model_name)
+    await message.answer(model_name_question(None))
+
+
+async def new_model_name(
+    message: Message, state: FSMContext, deployer: Deployer, providers: tuple[Provider, ...]
+) -> None:
+    assert message.from_user is not None
+    model = (message.text or "").strip()
+    if not is_model_id(model):
+        await message.answer(texts.MODEL_NAME_HINT)
+        return
+    data = await state.update_data(model=model)
+    provider = find_provider(providers, str(data.get("provider")))
+    if provider is None:
+        await state.clear()
+        await message.answer(texts.CANCELLED)
+        return
+    await _after_new_model(message, state, provider, deployer, message.from_user.id)
+
+
+async def _after_new_model(
+    message: Message, state: FSMContext, provider: Provider, deployer: Deployer, user_id: int
+) -> None:
+    if provider.is_custom:
+        await state.set_state(AgentEdit.key)
+        await message.answer(texts.ASK_ENDPOINT_KEY, reply_markup=keyboards.no_key())
+    elif provider.needs_user_key:
+        await state.set_state(AgentEdit.key)
+        await message.answer(texts.PASTE_KEY.format(provider=provider.label))
+    else:
+        await _apply_model(message, state, user_id=user_id, deployer=deployer, key=None)
+
+
+async def new_model_no_key(query: CallbackQuery, state: FSMContext, deployer: Deployer) -> None:
+    await query.answer()
+    assert isinstance(query.message, Message)
     await _apply_model(
         query.message, state, user_id=query.from_user.id, deployer=deployer, key=None
     )
@@ -295,6 +349,9 @@ async def new_model_key(
     if provider is None:
         await state.clear()
         await message.answer(texts.CANCELLED)
+        return
+    if provider.is_custom:  # only the gateway connects to a user's endpoint
+        await _apply_model(message, state, user_id=message.from_user.id, deployer=deployer, key=key)
         return
     verdict = await check_key(provider, key)
     if verdict is not KeyCheck.OK:
@@ -316,6 +373,7 @@ async def _apply_model(
             provider=str(data["provider"]),
             model=str(data["model"]),
             llm_api_key=key,
+            llm_base_url=data.get("endpoint"),
         )
     except AgentNotFound:
         await message.answer(texts.NOT_FOUND)
@@ -328,6 +386,14 @@ async def _apply_model(
 
 async def edit_hint(message: Message) -> None:
     await message.answer(texts.CHOOSE_MODEL_HINT)
+
+
+async def endpoint_hint(message: Message) -> None:
+    await message.answer(texts.ASK_ENDPOINT)
+
+
+async def model_name_hint(message: Message) -> None:
+    await message.answer(texts.MODEL_NAME_HINT)
 
 
 def build_router() -> Router:
@@ -344,7 +410,14 @@ def build_router() -> Router:
     router.message.register(new_prompt, AgentEdit.prompt, F.text, ~F.text.startswith("/"))
     router.message.register(new_prompt_hint, AgentEdit.prompt)
     router.callback_query.register(new_model, AgentEdit.model, ModelChoice.filter())
+    router.message.register(new_endpoint, AgentEdit.endpoint, F.text, ~F.text.startswith("/"))
+    router.message.register(new_model_name, AgentEdit.model_name, F.text, ~F.text.startswith("/"))
+    router.callback_query.register(
+        new_model_no_key, AgentEdit.key, WizardAction.filter(F.action == "nokey")
+    )
     router.message.register(new_model_key, AgentEdit.key, F.text)
     router.message.register(edit_hint, AgentEdit.model)
     router.message.register(edit_hint, AgentEdit.key)
+    router.message.register(endpoint_hint, AgentEdit.endpoint)
+    router.message.register(model_name_hint, AgentEdit.model_name)
     return router

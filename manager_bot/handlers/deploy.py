@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from html import escape
 
 from aiogram import Bot, F, Router
 from aiogram.exceptions import TelegramBadRequest
@@ -21,7 +22,9 @@ from aiogram.types import CallbackQuery, Message, ReplyKeyboardRemove
 
 from manager_bot import keyboards, texts
 from manager_bot.crypto import Vault
+from manager_bot.gateway.endpoints import EndpointGuard, EndpointRefused
 from manager_bot.handlers.agents import send_card
+from manager_bot.handlers.model_steps import checked_endpoint, model_name_question
 from manager_bot.keyboards import ModelChoice, WizardAction
 from manager_bot.services.deployer import (
     MAX_PROMPT_CHARS,
@@ -39,7 +42,7 @@ from manager_bot.services.errors import (
     QuotaReached,
 )
 from manager_bot.services.llm_keys import KeyCheck, check_key
-from manager_bot.services.providers import Provider, find_provider
+from manager_bot.services.providers import Provider, find_provider, is_model_id
 from manager_bot.services.telegram import AgentTokenError, BotIdentity, looks_like_token
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,8 @@ class Deploy(StatesGroup):
     bot = State()
     token = State()
     model = State()
+    endpoint = State()  # "My own endpoint": its base URL
+    model_name = State()  # "Other model…": the id typed
     key = State()
     prompt = State()
     confirm = State()
@@ -183,21 +188,81 @@ async def picked_model(
     providers: tuple[Provider, ...],
 ) -> None:  # fmt: skip
     provider = find_provider(providers, callback_data.provider)
-    if provider is None or callback_data.model not in provider.models:
+    if provider is None or (callback_data.model and callback_data.model not in provider.models):
         await query.answer(texts.NOT_FOUND, show_alert=True)  # forged or stale data
         return
     await query.answer()
-    await state.update_data(provider=provider.name, model=callback_data.model, key=None)
+    await state.update_data(
+        provider=provider.name, model=callback_data.model, key=None, endpoint=None
+    )
     assert isinstance(query.message, Message)
-    if provider.needs_user_key:
-        await state.set_state(Deploy.key)
-        await query.message.answer(texts.PASTE_KEY.format(provider=provider.label))
+    if provider.is_custom:
+        await state.set_state(Deploy.endpoint)
+        await query.message.answer(texts.ASK_ENDPOINT)
+    elif not callback_data.model:
+        await state.set_state(Deploy.model_name)
+        await query.message.answer(model_name_question(provider))
+    else:
+        await _after_model(query.message, state, provider)
+
+
+async def typed_endpoint(
+    message: Message, state: FSMContext, endpoint_guard: EndpointGuard
+) -> None:
+    try:
+        url = await checked_endpoint(message.text or "", endpoint_guard)
+    except EndpointRefused as refused:
+        await message.answer(texts.ENDPOINT_REFUSED.format(reason=escape(str(refused))))
         return
+    await state.update_data(endpoint=url)
+    await state.set_state(Deploy.model_name)
+    await message.answer(model_name_question(None))
+
+
+async def typed_model_name(
+    message: Message, state: FSMContext, providers: tuple[Provider, ...]
+) -> None:
+    model = (message.text or "").strip()
+    if not is_model_id(model):
+        await message.answer(texts.MODEL_NAME_HINT)
+        return
+    data = await state.update_data(model=model)
+    provider = find_provider(providers, str(data.get("provider")))
+    if provider is None:
+        await state.clear()
+        await message.answer(texts.CANCELLED)
+        return
+    await _after_model(message, state, provider)
+
+
+async def _after_model(message: Message, state: FSMContext, provider: Provider) -> None:
+    """A model is chosen: its key next if one is needed, else the prompt."""
+    if provider.is_custom:
+        await state.set_state(Deploy.key)
+        await message.answer(texts.ASK_ENDPOINT_KEY, reply_markup=keyboards.no_key())
+    elif provider.needs_user_key:
+        await state.set_state(Deploy.key)
+        await message.answer(texts.PASTE_KEY.format(provider=provider.label))
+    else:
+        await _ask_prompt(message, state)
+
+
+async def no_key_needed(query: CallbackQuery, state: FSMContext) -> None:
+    await query.answer()
+    assert isinstance(query.message, Message)
     await _ask_prompt(query.message, state)
 
 
 async def model_step_hint(message: Message) -> None:
     await message.answer(texts.CHOOSE_MODEL_HINT)
+
+
+async def model_step_hint_typed(message: Message) -> None:
+    await message.answer(texts.MODEL_NAME_HINT)
+
+
+async def endpoint_step_hint(message: Message) -> None:
+    await message.answer(texts.ASK_ENDPOINT)
 
 
 async def pasted_key(
@@ -211,6 +276,10 @@ async def pasted_key(
         await message.answer(texts.CANCELLED)
         return
     key = (message.text or "").strip()
+    if provider.is_custom:  # only the gateway connects to a user's endpoint
+        await state.update_data(key=vault.encrypt(key))
+        await _ask_prompt(message, state)
+        return
     verdict = await check_key(provider, key)
     if verdict is KeyCheck.REJECTED:
         await message.answer(texts.KEY_REJECTED.format(provider=provider.label))
@@ -300,6 +369,7 @@ async def deploy(query: CallbackQuery, state: FSMContext, deployer: Deployer, va
         system_prompt=data["prompt"],
         llm_api_key=vault.decrypt(data["key"]) if data.get("key") else None,
         managed=bool(data.get("managed")),
+        llm_base_url=data.get("endpoint"),
     )
     await state.clear()
     # A deploy can take a minute (image pulls): run it beside the dispatcher, so the
@@ -358,6 +428,13 @@ def build_router() -> Router:
     router.message.register(token_step_hint, Deploy.token)
     router.callback_query.register(picked_model, Deploy.model, ModelChoice.filter())
     router.message.register(model_step_hint, Deploy.model)
+    router.message.register(typed_endpoint, Deploy.endpoint, F.text, ~F.text.startswith("/"))
+    router.message.register(typed_model_name, Deploy.model_name, F.text, ~F.text.startswith("/"))
+    router.message.register(endpoint_step_hint, Deploy.endpoint)
+    router.message.register(model_step_hint_typed, Deploy.model_name)
+    router.callback_query.register(
+        no_key_needed, Deploy.key, WizardAction.filter(F.action == "nokey")
+    )
     router.message.register(pasted_key, Deploy.key, F.text)
     router.message.register(key_step_hint, Deploy.key)
     router.message.register(typed_prompt, Deploy.prompt, F.text, ~F.text.startswith("/"))
