@@ -192,3 +192,25 @@ async def test_one_chat_user_flooding_a_bot_is_asked_to_slow_down(
     calm = telegram.user(telegram.bot("popular_bot"), first_name="Calm")
     await calm.send("hello")
     await calm.wait_for(text_contains="echo: hello", timeout=20)  # others are not slowed
+
+
+async def test_usage_survives_restarting_the_agent(
+    local_manager: Manager, telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    """Usage is the gateway's bookkeeping in the database, not a counter in the runtime."""
+    await join(local_manager, telegram)
+    agent = await deploy_directly(local_manager, telegram, OWNER, "counted_bot")
+    friend = telegram.user(telegram.bot("counted_bot"))
+    await friend.send("one two")
+    await friend.wait_for(text_contains="echo: one two", timeout=20)
+    pid = process_of(tmp_path, agent.id)
+    await local_manager.deployer.restart(owner_id=OWNER, agent_id=agent.id)
+    await friend.send("three")
+    await friend.wait_for(text_contains="echo: three", timeout=20)
+    assert process_of(tmp_path, agent.id) != pid
+    await local_manager.gateway.flush()
+    budgets = Budgets(database=local_manager.database, default_budget=0)
+    spend = (await budgets.spend_of([agent]))[agent.id]
+    # As the fake counts words: (5 + 2) + 3, then (5 + 1) + 2 (the restart lost the
+    # conversation's history: it still lives in the runtime's memory).
+    assert (spend.today.requests, spend.today.tokens) == (2, 18)

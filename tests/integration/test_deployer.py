@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from manager_bot.services.providers import available_providers
 from manager_bot.services.telegram import AgentTelegram
 from runtime.settings_loading import load_settings
 from tests.fakes.databases import raw_database_bytes
+from tests.fakes.kubelet_env import secret_strings
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram
@@ -437,3 +439,33 @@ async def test_local_deploy_answers_through_the_fakes(
         await backend.shutdown_agents()
         await agent_telegram.close()
         await world.close()
+
+
+async def test_agents_from_before_the_gateway_get_a_credential_and_lose_the_provider_key(
+    kube_world: World, kube: FakeKubernetes
+) -> None:
+    """An upgrade: an agent whose Secret still holds the platform key, with no credential."""
+    agent = await kube_world.deployer.deploy(request(kube_world.telegram))
+    name = f"agent-{agent.id}"
+    current = kube.get_object("secrets", "agents", name)
+    assert current is not None
+    kube.delete_object("secrets", "agents", name)
+    old_key = base64.b64encode(b"sk-platformkeyplatformkey00").decode()
+    kube.put_object(
+        "secrets",
+        {
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {k: current["metadata"][k] for k in ("name", "namespace", "labels")},
+            "data": {**current["data"], "LLM_API_KEY": old_key},
+        },
+    )  # fmt: skip
+    async with kube_world.database.session() as session:
+        stored = await Repositories(session).agents.get(agent.id)
+        assert stored is not None
+        stored.gateway_key_encrypted = stored.gateway_key_hash = None
+
+    assert await kube_world.deployer.ensure_gateway_credentials() == 1
+    assert await kube_world.deployer.ensure_gateway_credentials() == 0  # once
+    secret = secret_strings(kube.get_object("secrets", "agents", name))
+    assert secret["LLM_API_KEY"].startswith("hbgw_")
+    assert "sk-platformkeyplatformkey00" not in str(kube.get_object("secrets", "agents", name))
