@@ -18,8 +18,13 @@ from aiogram.types import BufferedInputFile, CallbackQuery, Message
 
 from manager_bot import keyboards, texts
 from manager_bot.db.models import Agent
-from manager_bot.gateway.endpoints import EndpointGuard, EndpointRefused
-from manager_bot.handlers.model_steps import checked_endpoint, model_name_question
+from manager_bot.gateway.endpoints import EndpointGuard
+from manager_bot.handlers.model_steps import (
+    ask_key_if_needed,
+    model_name_question,
+    take_endpoint,
+    take_model_name,
+)
 from manager_bot.keyboards import AgentAction, ModelChoice, WizardAction
 from manager_bot.services.budgets import Budgets
 from manager_bot.services.deployer import MAX_PROMPT_CHARS, Deployer
@@ -32,7 +37,7 @@ from manager_bot.services.errors import (
     NoPreviousRevision,
 )
 from manager_bot.services.llm_keys import KeyCheck, check_key
-from manager_bot.services.providers import Provider, find_provider, is_model_id
+from manager_bot.services.providers import Provider, find_provider
 
 LOG_LINES = 40
 LOG_AS_FILE_ABOVE = 3500
@@ -289,43 +294,22 @@ async def new_model(
 
 
 async def new_endpoint(message: Message, state: FSMContext, endpoint_guard: EndpointGuard) -> None:
-    try:
-        url = await checked_endpoint(message.text or "", endpoint_guard)
-    except EndpointRefused as refused:
-        await message.answer(texts.ENDPOINT_REFUSED.format(reason=escape(str(refused))))
-        return
-    await state.update_data(endpoint=url)
-    await state.set_state(AgentEdit.model_name)
-    await message.answer(model_name_question(None))
+    await take_endpoint(message, state, endpoint_guard, next_state=AgentEdit.model_name)
 
 
 async def new_model_name(
     message: Message, state: FSMContext, deployer: Deployer, providers: tuple[Provider, ...]
 ) -> None:
     assert message.from_user is not None
-    model = (message.text or "").strip()
-    if not is_model_id(model):
-        await message.answer(texts.MODEL_NAME_HINT)
-        return
-    data = await state.update_data(model=model)
-    provider = find_provider(providers, str(data.get("provider")))
-    if provider is None:
-        await state.clear()
-        await message.answer(texts.CANCELLED)
-        return
-    await _after_new_model(message, state, provider, deployer, message.from_user.id)
+    provider = await take_model_name(message, state, providers)
+    if provider is not None:
+        await _after_new_model(message, state, provider, deployer, message.from_user.id)
 
 
 async def _after_new_model(
     message: Message, state: FSMContext, provider: Provider, deployer: Deployer, user_id: int
 ) -> None:
-    if provider.is_custom:
-        await state.set_state(AgentEdit.key)
-        await message.answer(texts.ASK_ENDPOINT_KEY, reply_markup=keyboards.no_key())
-    elif provider.needs_user_key:
-        await state.set_state(AgentEdit.key)
-        await message.answer(texts.PASTE_KEY.format(provider=provider.label))
-    else:
+    if not await ask_key_if_needed(message, state, provider, key_state=AgentEdit.key):
         await _apply_model(message, state, user_id=user_id, deployer=deployer, key=None)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from html import escape
 
 from aiogram import Bot, F, Router
 from aiogram.exceptions import TelegramBadRequest
@@ -22,9 +21,14 @@ from aiogram.types import CallbackQuery, Message, ReplyKeyboardRemove
 
 from manager_bot import keyboards, texts
 from manager_bot.crypto import Vault
-from manager_bot.gateway.endpoints import EndpointGuard, EndpointRefused
+from manager_bot.gateway.endpoints import EndpointGuard
 from manager_bot.handlers.agents import send_card
-from manager_bot.handlers.model_steps import checked_endpoint, model_name_question
+from manager_bot.handlers.model_steps import (
+    ask_key_if_needed,
+    model_name_question,
+    take_endpoint,
+    take_model_name,
+)
 from manager_bot.keyboards import ModelChoice, WizardAction
 from manager_bot.services.deployer import (
     MAX_PROMPT_CHARS,
@@ -42,7 +46,7 @@ from manager_bot.services.errors import (
     QuotaReached,
 )
 from manager_bot.services.llm_keys import KeyCheck, check_key
-from manager_bot.services.providers import Provider, find_provider, is_model_id
+from manager_bot.services.providers import Provider, find_provider
 from manager_bot.services.telegram import AgentTokenError, BotIdentity, looks_like_token
 
 log = logging.getLogger(__name__)
@@ -209,41 +213,20 @@ async def picked_model(
 async def typed_endpoint(
     message: Message, state: FSMContext, endpoint_guard: EndpointGuard
 ) -> None:
-    try:
-        url = await checked_endpoint(message.text or "", endpoint_guard)
-    except EndpointRefused as refused:
-        await message.answer(texts.ENDPOINT_REFUSED.format(reason=escape(str(refused))))
-        return
-    await state.update_data(endpoint=url)
-    await state.set_state(Deploy.model_name)
-    await message.answer(model_name_question(None))
+    await take_endpoint(message, state, endpoint_guard, next_state=Deploy.model_name)
 
 
 async def typed_model_name(
     message: Message, state: FSMContext, providers: tuple[Provider, ...]
 ) -> None:
-    model = (message.text or "").strip()
-    if not is_model_id(model):
-        await message.answer(texts.MODEL_NAME_HINT)
-        return
-    data = await state.update_data(model=model)
-    provider = find_provider(providers, str(data.get("provider")))
-    if provider is None:
-        await state.clear()
-        await message.answer(texts.CANCELLED)
-        return
-    await _after_model(message, state, provider)
+    provider = await take_model_name(message, state, providers)
+    if provider is not None:
+        await _after_model(message, state, provider)
 
 
 async def _after_model(message: Message, state: FSMContext, provider: Provider) -> None:
     """A model is chosen: its key next if one is needed, else the prompt."""
-    if provider.is_custom:
-        await state.set_state(Deploy.key)
-        await message.answer(texts.ASK_ENDPOINT_KEY, reply_markup=keyboards.no_key())
-    elif provider.needs_user_key:
-        await state.set_state(Deploy.key)
-        await message.answer(texts.PASTE_KEY.format(provider=provider.label))
-    else:
+    if not await ask_key_if_needed(message, state, provider, key_state=Deploy.key):
         await _ask_prompt(message, state)
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from html import escape
 
-from manager_bot import texts
-from manager_bot.gateway.endpoints import EndpointGuard, normalize_base_url
-from manager_bot.services.providers import Provider
+from aiogram.fsm.context import FSMContext
+from aiogram.fsm.state import State
+from aiogram.types import Message
+
+from manager_bot import keyboards, texts
+from manager_bot.gateway.endpoints import EndpointGuard, EndpointRefused, normalize_base_url
+from manager_bot.services.providers import Provider, find_provider, is_model_id
 
 OWN_ENDPOINT_EXAMPLE = "llama3.1:8b"
 
@@ -27,3 +31,48 @@ async def checked_endpoint(text: str, guard: EndpointGuard) -> str:
     url = normalize_base_url(text)
     await guard.check_resolved(url)
     return url
+
+
+async def take_endpoint(
+    message: Message, state: FSMContext, guard: EndpointGuard, *, next_state: State
+) -> None:
+    """A typed endpoint URL: refused with the reason, or stored and the model id asked."""
+    try:
+        url = await checked_endpoint(message.text or "", guard)
+    except EndpointRefused as refused:
+        await message.answer(texts.ENDPOINT_REFUSED.format(reason=escape(str(refused))))
+        return
+    await state.update_data(endpoint=url)
+    await state.set_state(next_state)
+    await message.answer(model_name_question(None))
+
+
+async def take_model_name(
+    message: Message, state: FSMContext, providers: tuple[Provider, ...]
+) -> Provider | None:
+    """A typed model id, stored; None when the step is not over (the user was told why)."""
+    model = (message.text or "").strip()
+    if not is_model_id(model):
+        await message.answer(texts.MODEL_NAME_HINT)
+        return None
+    data = await state.update_data(model=model)
+    provider = find_provider(providers, str(data.get("provider")))
+    if provider is None:
+        await state.clear()
+        await message.answer(texts.CANCELLED)
+    return provider
+
+
+async def ask_key_if_needed(
+    message: Message, state: FSMContext, provider: Provider, *, key_state: State
+) -> bool:
+    """Asks for the key the chosen model needs (an own endpoint's may be none); False if
+    it needs none."""
+    if provider.is_custom:
+        await message.answer(texts.ASK_ENDPOINT_KEY, reply_markup=keyboards.no_key())
+    elif provider.needs_user_key:
+        await message.answer(texts.PASTE_KEY.format(provider=provider.label))
+    else:
+        return False
+    await state.set_state(key_state)
+    return True

@@ -68,3 +68,29 @@ async def test_a_users_own_endpoint_is_checked_then_served_through_the_gateway(
     assert request.body["model"] == "llama3.1:8b"
     # Nothing but the gateway asked the endpoint anything (no key check from the manager).
     assert [r.path for r in openai_server.requests] == ["/v1/chat/completions"]
+
+
+async def test_the_card_moves_an_agent_to_the_users_own_endpoint(
+    local_manager: Manager, telegram: FakeTelegram, openai_server: FakeOpenAI
+) -> None:
+    user = telegram.user(local_manager.fake)
+    await paste_token(user, telegram, "moving_bot")
+    await user.press("OpenAI · gpt-4o-mini")
+    await finish_and_deploy(user, "moving_bot")
+    await user.send("/status moving_bot")
+    await user.wait_for(text_contains="Version: 1")
+    await user.press("Change model")
+    await user.press("My own endpoint")
+    await user.wait_for(text_contains="base URL")
+    await user.send("http://localhost:11434/v1")
+    await user.wait_for(text_contains="can't use that URL")
+    await user.send(openai_server.url)
+    await user.send("qwen2.5:7b")
+    await user.wait_for(text_contains="needs none")
+    key = await user.send("sk-ownendpointkeyownendpoint")
+    await user.wait_for(text_contains="now uses qwen2.5:7b")
+    assert key["message_id"] in user.deleted_own_messages()
+    friend = telegram.user(telegram.bot("moving_bot"))
+    await friend.send("hi qwen")
+    await friend.wait_for(text_contains="echo: hi qwen", timeout=20)
+    assert openai_server.requests[-1].body["model"] == "qwen2.5:7b"
