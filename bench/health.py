@@ -115,7 +115,7 @@ async def sweep_once(count: int, scratch: Path) -> dict[str, Any]:
             database=database, vault=vault, backend=backend, telegram=agent_telegram,
             providers=[], config=DeployerConfig(
                 mode="webhook", public_url=PUBLIC_URL, telegram_api_url=telegram.url,
-                max_agents_per_user=count,
+                max_agents_per_user=count, gateway_url="http://gateway.invalid/v1",
             ),
         )  # fmt: skip
         monitor = HealthMonitor(

@@ -227,7 +227,15 @@ async def run_manager(settings: ManagerSettings) -> None:
     if isinstance(backend, LocalBackend):
         # One machine: the gateway runs here, on 127.0.0.1, before any agent starts.
         gateway = build_gateway(settings=settings, database=database, vault=vault)
-        gateway_url = await gateway.start(settings.gateway_host, settings.gateway_port)
+        try:
+            gateway_url = await gateway.start(settings.gateway_host, settings.gateway_port)
+        except OSError as error:
+            await gateway.stop()
+            raise SystemExit(
+                f"python -m manager_bot: the LLM gateway cannot listen on "
+                f"{settings.gateway_host}:{settings.gateway_port} ({error.strerror}); "
+                "set GATEWAY_PORT to a free port"
+            ) from None
         await backend.adopt()
     agent_telegram = AgentTelegram(api_url=settings.telegram_api_url)
     deployer = build_deployer(

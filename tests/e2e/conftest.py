@@ -40,6 +40,7 @@ from runtime.settings_loading import load_settings
 from tests.fakes.agent_pods import FakeAgentPods
 from tests.fakes.install import manager_kube  # noqa: F401 (the `kube` fixture, with RBAC)
 from tests.fakes.kubernetes_api import FakeKubernetes
+from tests.fakes.loopback import free_port
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeBot, FakeTelegram
 from tests.fakes.user import SimUser
@@ -264,7 +265,8 @@ async def start_manager_process(
             sys.executable, "-m", "manager_bot", cwd=cwd,
             env={
                 "PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO),
-                "MANAGER_BOT_TOKEN": bot.token, "TELEGRAM_API_URL": telegram.url, **env,
+                "MANAGER_BOT_TOKEN": bot.token, "TELEGRAM_API_URL": telegram.url,
+                "GATEWAY_PORT": str(free_port()), **env,
             },
             stdout=sink, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip

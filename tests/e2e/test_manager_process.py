@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import stat
 from pathlib import Path
 
@@ -98,3 +100,20 @@ async def test_manager_serves_probes_and_metrics_and_logs_json(
     assert failure["level"] == "ERROR" and failure["request_id"] in failure["message"]
     assert "Forbidden" in failure["exception"]
     assert manager.token not in output
+
+
+async def test_a_taken_gateway_port_stops_the_manager_with_one_clear_line(
+    telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    manager = telegram.add_bot(username="hatchbot_manager_bot")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = await start_manager_process(
+            telegram, manager, tmp_path, METRICS_PORT="0", GATEWAY_PORT=str(port)
+        )
+        assert await asyncio.wait_for(process.wait(), timeout=60) == 1
+    output = await stop_process(process)
+    assert f"the LLM gateway cannot listen on 127.0.0.1:{port}" in output
+    assert "set GATEWAY_PORT" in output and "Traceback" not in output
