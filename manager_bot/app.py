@@ -21,6 +21,7 @@ from manager_bot.config import ManagerSettings
 from manager_bot.crypto import Vault, load_vault
 from manager_bot.db.fsm_storage import SqlStorage, build_fsm_storage
 from manager_bot.db.migrate import upgrade
+from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 from manager_bot.gateway.endpoints import EndpointGuard, EndpointPolicy
 from manager_bot.gateway.process import build_gateway
@@ -46,6 +47,7 @@ from manager_bot.services.health import HealthConfig, HealthMonitor
 from manager_bot.services.notices import NoticeSender
 from manager_bot.services.notifications import Notifier
 from manager_bot.services.providers import available_providers
+from manager_bot.services.reconciler import Reconciler
 from manager_bot.services.telegram import AgentTelegram
 from manager_bot.status_server import StatusServer
 
@@ -110,6 +112,7 @@ def build_deployer(
     backend: Backend,
     telegram: AgentTelegram,
     gateway_url: str,
+    installation_id: str = "",
     ready_timeout: float = 90.0,
     ready_poll_interval: float = 0.5,
 ) -> Deployer:
@@ -126,6 +129,7 @@ def build_deployer(
             telegram_api_url=settings.telegram_api_url,
             max_agents_per_user=settings.max_agents_per_user,
             gateway_url=gateway_url,
+            installation_id=installation_id,
             ready_timeout=ready_timeout,
             ready_poll_interval=ready_poll_interval,
         ),
@@ -150,7 +154,7 @@ def build_scheduler(
         monitor=HealthMonitor(database=database, backend=backend, deployer=deployer, config=config),
         notifier=Notifier(bot=bot, database=database, admin_ids=list(settings.admin_ids)),
         notices=NoticeSender(bot=bot, database=database, admin_ids=list(settings.admin_ids)),
-        deployer=deployer,
+        reconciler=Reconciler(database=database, backend=backend, deployer=deployer),
         health_interval=settings.health_interval,
     )
 
@@ -208,6 +212,12 @@ def build_dispatcher(
     return dispatcher
 
 
+async def installation_id(database: Database) -> str:
+    """This installation's id, made on the first start of a new database."""
+    async with database.session() as session:
+        return await Repositories(session).installation.get_or_create()
+
+
 def build_backend(settings: ManagerSettings) -> Backend:
     if settings.backend == "kubernetes":
         return KubernetesBackend.from_settings(settings)
@@ -241,6 +251,7 @@ async def run_manager(settings: ManagerSettings) -> None:
     deployer = build_deployer(
         settings=settings, database=database, vault=vault, backend=backend,
         telegram=agent_telegram, gateway_url=gateway_url,
+        installation_id=await installation_id(database),
     )  # fmt: skip
     status = StatusServer(agent_counts=deployer.agent_counts)
     if settings.metrics_port:
@@ -248,7 +259,7 @@ async def run_manager(settings: ManagerSettings) -> None:
     upgraded = await deployer.ensure_gateway_credentials()
     if upgraded:
         log.info("%d agents moved to the LLM gateway (their provider keys removed)", upgraded)
-    report = await deployer.reconcile()
+    report = await Reconciler(database=database, backend=backend, deployer=deployer).reconcile()
     log.info("reconciled: %d applied, %d removed", len(report.applied), len(report.removed))
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     bot = build_bot(settings)

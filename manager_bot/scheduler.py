@@ -17,10 +17,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from manager_bot.backends.base import BackendError
 from manager_bot.logs import new_request_id
-from manager_bot.services.deployer import Deployer
 from manager_bot.services.health import HealthMonitor, SweepReport
 from manager_bot.services.notices import NoticeSender
 from manager_bot.services.notifications import Notifier
+from manager_bot.services.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 RECONCILE_INTERVAL = 600  # orphans and drift the health sweep does not cover
@@ -35,13 +35,13 @@ class Scheduler:
         monitor: HealthMonitor,
         notifier: Notifier,
         notices: NoticeSender,
-        deployer: Deployer,
+        reconciler: Reconciler,
         health_interval: int,
     ) -> None:
         self._monitor = monitor
         self._notifier = notifier
         self._notices = notices
-        self._deployer = deployer
+        self._reconciler = reconciler
         self._interval = health_interval
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._running: set[asyncio.Task[object]] = set()
@@ -116,7 +116,7 @@ class Scheduler:
     async def _reconcile(self) -> None:
         new_request_id()
         try:
-            report = await self._deployer.reconcile()
+            report = await self._reconciler.reconcile()
         except BackendError as error:
             log.warning("reconcile could not read the agents: %s", error)
             return

@@ -3,7 +3,8 @@
 Webhook mode (pods): Telegram POSTs to `/webhook/{AGENT_ID}`; an update is
 acknowledged at once and handled in the background, because Telegram retries
 any update not answered quickly. Polling mode (the local backend): getUpdates
-long polling, with the same HTTP server for health and metrics.
+long polling, with the same HTTP server for health and metrics (bound to
+127.0.0.1 there, `HOST`) and a log file the process rotates itself (`LOG_FILE`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import logging.handlers
+import os
 import signal
+import sys
 
 from aiohttp import web
 
@@ -21,10 +25,12 @@ from runtime.config import RuntimeSettings
 from runtime.llm import Llm, build_client
 from runtime.metrics import Metrics
 from runtime.redaction import install_redaction
+from runtime.settings_loading import EXIT_BAD_CONFIG
 from runtime.telegram import BotApi, TelegramApiError
 
 log = logging.getLogger("runtime")
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 DRAIN_SECONDS = 10.0
 POLL_TIMEOUT = 25
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -179,11 +185,15 @@ async def run(settings: RuntimeSettings, *, stop: asyncio.Event | None = None) -
     runtime = Runtime(settings)
     runner = web.AppRunner(runtime.web_app(), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, "0.0.0.0", settings.port)  # every interface: the pod's port
+    site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
     await runtime.start()
     log.info(
-        "agent %s serving on port %s (%s mode)", settings.agent_id, settings.port, settings.mode
+        "agent %s serving on %s:%s (%s mode)",
+        settings.agent_id,
+        settings.host,
+        settings.port,
+        settings.mode,
     )
     await stop.wait()
     log.info("stopping: finishing replies in flight")
@@ -191,15 +201,62 @@ async def run(settings: RuntimeSettings, *, stop: asyncio.Event | None = None) -
     await runner.cleanup()
 
 
+class LogFile(logging.handlers.RotatingFileHandler):
+    """The agent's log file, rotated by size while the process runs.
+
+    The process's stdout and stderr are pointed at the current file, at start and
+    after every rotation: what bypasses logging (a fatal error of the interpreter)
+    lands among the log lines, not in a file that was rotated away or deleted."""
+
+    def doRollover(self) -> None:
+        super().doRollover()
+        self.capture_standard_streams()
+
+    def capture_standard_streams(self) -> None:
+        if self.stream is None:  # only with `delay=True`, which is not used
+            return
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        for descriptor in (1, 2):
+            os.dup2(self.stream.fileno(), descriptor)
+
+
+def log_to_file(path: str, *, max_bytes: int, backups: int) -> None:
+    """Root logging into `path` (before `install_redaction`, which filters every handler)."""
+    handler = LogFile(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    handler.capture_standard_streams()
+
+
 def serve(settings: RuntimeSettings) -> int:
     secrets = [settings.bot_token.get_secret_value()]
     for optional in (settings.llm_api_key, settings.webhook_secret):
         if optional is not None:
             secrets.append(optional.get_secret_value())
+    if settings.log_file:
+        try:
+            log_to_file(
+                settings.log_file, max_bytes=settings.log_max_bytes, backups=settings.log_backups
+            )
+        except OSError as error:
+            print(
+                f"python -m runtime: LOG_FILE cannot be written ({error.strerror})", file=sys.stderr
+            )
+            return EXIT_BAD_CONFIG
     install_redaction(secrets)
     # The LLM client logs every HTTP request at INFO: a line per message is noise
     # in the agent's log and measurable CPU at hundreds of updates a second.
     for noisy in ("httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    asyncio.run(run(settings))
+    try:
+        asyncio.run(run(settings))
+    except Exception:
+        # Through logging, so the traceback is redacted (an error may quote a URL with
+        # the token); a bare traceback on stderr would not be.
+        log.exception("the runtime stopped on an unexpected error")
+        return 1
     return 0

@@ -39,6 +39,7 @@ class RuntimeSettings(BaseSettings):
         default=None, description="X-Telegram-Bot-Api-Secret-Token expected on webhooks"
     )
     mode: Literal["webhook", "polling"] = Field(default="webhook", description="webhook or polling")
+    host: str = Field(default="0.0.0.0", description="address the HTTP server binds")
     port: int = Field(default=8080, ge=1, le=65535, description="HTTP port")
     telegram_api_url: str = Field(
         default="https://api.telegram.org", description="Bot API base URL"
@@ -49,6 +50,15 @@ class RuntimeSettings(BaseSettings):
     allowed_user_ids: Annotated[list[int], NoDecode] = Field(
         default_factory=list, description="comma-separated user ids; empty = everyone"
     )
+    log_file: str | None = Field(
+        default=None,
+        description="file the process logs to (stdout and stderr too), rotated by size; "
+        "unset = stderr",
+    )
+    log_max_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="size at which LOG_FILE is rotated"
+    )
+    log_backups: int = Field(default=3, ge=1, le=100, description="rotated LOG_FILEs kept")
 
     @field_validator("allowed_user_ids", mode="before")
     @classmethod

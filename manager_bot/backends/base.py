@@ -16,6 +16,7 @@ from pydantic import SecretStr
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "hatchbot"
 AGENT_ID_LABEL = "hatchbot.io/agent-id"
+INSTALLATION_LABEL = "hatchbot.io/installation"
 RUNTIME_PORT = 8080
 
 
@@ -54,6 +55,9 @@ class AgentSpec:
     # the pod: pods roll when what they see changes (`config_hash`), so a new key,
     # which only the gateway sees, reaches the agent without a restart.
     revision: int = 1
+    # The manager's installation id, stamped on every object: reconcile removes only
+    # orphans that carry its own.
+    installation: str = ""
 
 
 class ObservedState(enum.StrEnum):
@@ -75,6 +79,10 @@ class Observed:
     since: datetime | None = None
     # Where the runtime's /readyz and /metrics answer (Service DNS or 127.0.0.1:port).
     probe_url: str | None = None
+    # What the running workload was made from (compared with `Backend.fingerprint(spec)`);
+    # None: the backend cannot tell, and only the state is compared.
+    fingerprint: str | None = None
+    installation: str | None = None  # the stamp found on the objects (None: none)
     details: dict[str, str] = field(default_factory=dict)
 
 
@@ -91,6 +99,9 @@ class Backend(Protocol):
 
     async def apply(self, spec: AgentSpec) -> None:
         """Create or update everything the agent needs; the same spec twice changes nothing."""
+
+    def fingerprint(self, spec: AgentSpec) -> str | None:
+        """What `Observed.fingerprint` reads once `spec` is applied (None: not tracked)."""
 
     async def restart(self, agent_id: str) -> None:
         """Restart the agent's process/pods (a rolling restart on Kubernetes)."""

@@ -24,6 +24,7 @@ from kubernetes import config as k8s_config
 
 from manager_bot.backends.base import (
     AGENT_ID_LABEL,
+    INSTALLATION_LABEL,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     AgentSpec,
@@ -32,7 +33,13 @@ from manager_bot.backends.base import (
     ObservedState,
     object_name,
 )
-from manager_bot.backends.manifests import SERVICE_PORT, ClusterConfig, agent_manifests
+from manager_bot.backends.manifests import (
+    CONFIG_HASH,
+    SERVICE_PORT,
+    ClusterConfig,
+    agent_manifests,
+    config_hash,
+)
 from manager_bot.config import ManagerSettings
 
 log = logging.getLogger(__name__)
@@ -147,6 +154,9 @@ class KubernetesBackend:
         for manifest in agent_manifests(spec, self._cluster):
             await self._run(self._apply_one, manifest)
 
+    def fingerprint(self, spec: AgentSpec) -> str | None:
+        return config_hash(spec)
+
     async def restart(self, agent_id: str) -> None:
         """What `kubectl rollout restart` does: a new pod-template annotation."""
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -161,9 +171,15 @@ class KubernetesBackend:
         await self._run(self._request, "PATCH", path, body=body, content_type=MERGE)
 
     async def stop(self, agent_id: str) -> None:
+        """Scale to zero; a Deployment that is gone runs nothing (reconcile re-creates it
+        at zero replicas if the agent is kept)."""
         path = self._object_path("Deployment", agent_id) + "/scale"
         body = {"spec": {"replicas": 0}}
-        await self._run(self._request, "PATCH", path, body=body, content_type=MERGE)
+        try:
+            await self._run(self._request, "PATCH", path, body=body, content_type=MERGE)
+        except KubernetesError as error:
+            if error.status != 404:
+                raise
 
     async def delete(self, agent_id: str) -> None:
         # The NetworkPolicy goes last: it guards the pods until they are gone.
@@ -229,8 +245,9 @@ class KubernetesBackend:
             agent_id = secret["metadata"].get("labels", {}).get(AGENT_ID_LABEL)
             if agent_id and agent_id not in observed:
                 observed[agent_id] = Observed(
-                    agent_id=agent_id, state=ObservedState.MISSING, reason="no Deployment"
-                )
+                    agent_id=agent_id, state=ObservedState.MISSING, reason="no Deployment",
+                    installation=secret["metadata"].get("labels", {}).get(INSTALLATION_LABEL),
+                )  # fmt: skip
         return observed
 
     # -- preflight (python -m manager_bot doctor) ------------------------------------
@@ -287,6 +304,10 @@ class KubernetesBackend:
         )
         since = _parse_time(deployment["metadata"].get("creationTimestamp"))
 
+        template = spec.get("template", {}).get("metadata", {})
+        fingerprint = (template.get("annotations") or {}).get(CONFIG_HASH)
+        installation = (deployment["metadata"].get("labels") or {}).get(INSTALLATION_LABEL)
+
         def seen(state: ObservedState, reason: str | None = None) -> Observed:
             return Observed(
                 agent_id=agent_id,
@@ -295,6 +316,8 @@ class KubernetesBackend:
                 restarts=restarts,
                 since=since,
                 probe_url=probe_url,
+                fingerprint=fingerprint,
+                installation=installation,
             )
 
         if spec.get("replicas", 1) == 0:

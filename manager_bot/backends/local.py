@@ -2,9 +2,16 @@
 
 The embedded default: no cluster, no public URL. A supervisor task per agent
 restarts a process that dies, with backoff, and gives up (crash-looping) after
-too many quick deaths. Agents outlive the manager: their state lives under
-`data/agents/<id>/` (env file 0600, state.json, runtime.log), and a new
-manager re-adopts live processes and restarts dead ones.
+too many quick deaths. Agents outlive the manager: their files live under
+`data/agents/<id>/` (env with the non-secret settings, system-prompt, state.json,
+runtime.log), and a new manager re-adopts the live processes.
+
+Secrets (bot token, webhook secret, gateway credential) never touch the disk: a
+process gets them in its environment when it is spawned, and the backend keeps
+them in memory from the last `apply`. A manager that has just started has none,
+so it cannot respawn a dead agent on its own: such an agent is observed MISSING,
+and reconcile (run at every start, right after `adopt`) or the health sweep
+applies it with the secrets from the vault.
 """
 
 from __future__ import annotations
@@ -30,10 +37,11 @@ import aiohttp
 
 import runtime
 from manager_bot.backends.base import AgentSpec, Observed, ObservedState
+from manager_bot.backends.manifests import SECRET_ENV
 
 log = logging.getLogger(__name__)
 
-LOG_LIMIT_BYTES = 1024 * 1024
+LOG_LIMIT_BYTES = 1024 * 1024  # runtime.log is rotated at this size, by the process itself
 LOG_BACKUPS = 3
 STOP_GRACE_SECONDS = 12.0  # the runtime drains replies for up to 10 s
 CRASH_WINDOW_SECONDS = 60.0
@@ -42,35 +50,49 @@ RUNTIME_ROOT = Path(runtime.__file__).resolve().parents[1]
 
 
 PROMPT_FILE = "system-prompt"
+ENV_FILE = "env"
 
 
-def runtime_env(spec: AgentSpec, *, port: int, prompt_file: Path) -> dict[str, str]:
-    """The runtime contract for a local agent: polling mode, the prompt in a file beside it.
-
-    The LLM key is the agent's gateway credential: no provider key reaches a process."""
-    env = {
-        "BOT_TOKEN": spec.secrets.bot_token.get_secret_value(),
-        "WEBHOOK_SECRET": spec.secrets.webhook_secret.get_secret_value(),
+def runtime_settings(
+    spec: AgentSpec, *, prompt_file: Path, log_file: Path, log_max_bytes: int, log_backups: int
+) -> dict[str, str]:
+    """The runtime contract for a local agent, secrets aside: polling mode, HTTP on
+    127.0.0.1 only, the prompt in a file beside it, a log the process rotates itself."""
+    settings = {
         "AGENT_ID": spec.agent_id,
         "MODE": "polling",
-        "PORT": str(port),
+        "HOST": "127.0.0.1",
         "LLM_MODEL": spec.llm_model,
         "SYSTEM_PROMPT_FILE": str(prompt_file),
         "TELEGRAM_API_URL": spec.telegram_api_url,
         "HISTORY_LIMIT": str(spec.history_limit),
+        "LOG_FILE": str(log_file),
+        "LOG_MAX_BYTES": str(log_max_bytes),
+        "LOG_BACKUPS": str(log_backups),
+    }
+    if spec.llm_base_url:
+        settings["LLM_BASE_URL"] = spec.llm_base_url
+    if spec.allowed_user_ids:
+        settings["ALLOWED_USER_IDS"] = ",".join(map(str, spec.allowed_user_ids))
+    return settings
+
+
+def runtime_secrets(spec: AgentSpec) -> dict[str, str]:
+    """What a process gets in its environment only, never in a file.
+
+    The LLM key is the agent's gateway credential: no provider key reaches a process."""
+    secrets = {
+        "BOT_TOKEN": spec.secrets.bot_token.get_secret_value(),
+        "WEBHOOK_SECRET": spec.secrets.webhook_secret.get_secret_value(),
     }
     if spec.secrets.gateway_key is not None:
-        env["LLM_API_KEY"] = spec.secrets.gateway_key.get_secret_value()
-    if spec.llm_base_url:
-        env["LLM_BASE_URL"] = spec.llm_base_url
-    if spec.allowed_user_ids:
-        env["ALLOWED_USER_IDS"] = ",".join(map(str, spec.allowed_user_ids))
-    return env
+        secrets["LLM_API_KEY"] = spec.secrets.gateway_key.get_secret_value()
+    return secrets
 
 
 def _env_hash(env: dict[str, str]) -> str:
-    stable = {k: v for k, v in env.items() if k != "PORT"}
-    return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]
+    """A digest of all the process sees (secrets included, never written whole)."""
+    return hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _free_port() -> int:
@@ -104,7 +126,7 @@ def _alive(pid: int | None, start_time: str | None) -> bool:
 
 @dataclass
 class _Agent:
-    """What the backend knows of one agent, mirrored to state.json."""
+    """What the backend knows of one agent, mirrored to state.json (all but its secrets)."""
 
     agent_id: str
     directory: Path
@@ -113,6 +135,7 @@ class _Agent:
     start_time: str | None = None
     port: int | None = None
     env_hash: str | None = None
+    installation: str | None = None  # the manager installation that made it
     ready: bool = False
     since: datetime | None = None
     crash_reason: str | None = None
@@ -121,10 +144,14 @@ class _Agent:
     process: asyncio.subprocess.Process | None = None
     supervisor: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # From the last `apply`, in memory only: None after a manager restart until the
+    # next apply, and then no process may be spawned.
+    settings: dict[str, str] | None = None
+    secrets: dict[str, str] | None = field(default=None, repr=False)
 
     @property
     def env_file(self) -> Path:
-        return self.directory / "env"
+        return self.directory / ENV_FILE
 
     @property
     def prompt_file(self) -> Path:
@@ -154,28 +181,38 @@ class LocalBackend:
         python: str = sys.executable,
         restart_backoff: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0),
         crash_loop_threshold: int = 5,
+        log_max_bytes: int = LOG_LIMIT_BYTES,
+        log_backups: int = LOG_BACKUPS,
     ) -> None:
-        self._root = data_dir / "agents"
+        # Absolute: a process runs in its own directory and is given paths to its files.
+        self._root = (data_dir / "agents").absolute()
         self._python = python
         self._backoff = restart_backoff
         self._threshold = crash_loop_threshold
+        self._log_max_bytes = log_max_bytes
+        self._log_backups = log_backups
         self._agents: dict[str, _Agent] = {}
         self._http: aiohttp.ClientSession | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def adopt(self) -> None:
-        """After a manager (re)start: take over live agents, restart the dead ones."""
+        """After a manager (re)start: take over the live agents.
+
+        A dead agent is not started here: its secrets are in no file, so it is observed
+        MISSING until it is applied (reconcile, which the manager runs next, does)."""
         directories = await asyncio.to_thread(self._agent_directories)
         for directory in directories:
+            await asyncio.to_thread(_scrub_env_file, directory)
             agent = await asyncio.to_thread(self._load, directory)
             if agent is None or agent.agent_id in self._agents:
                 continue
             self._agents[agent.agent_id] = agent
-            if agent.running:
-                if agent.is_alive():
-                    log.info("adopted agent %s (pid %s)", agent.agent_id, agent.pid)
-                self._supervise(agent)
+            if agent.running and agent.is_alive():
+                log.info("adopted agent %s (pid %s)", agent.agent_id, agent.pid)
+                self._supervise(agent)  # readiness; a death is then reported missing
+            elif agent.running:
+                log.info("agent %s has no process: it starts when it is applied", agent.agent_id)
 
     async def close(self) -> None:
         """Stop supervising; the agents themselves keep running (they are users' bots)."""
@@ -197,15 +234,38 @@ class LocalBackend:
 
     # -- Backend ---------------------------------------------------------------------
 
+    def fingerprint(self, spec: AgentSpec) -> str | None:
+        """The hash of all a process of `spec` sees (what `Observed.fingerprint` reads)."""
+        return self._seen_by_process(spec, self._root / spec.agent_id)[2]
+
+    def _seen_by_process(
+        self, spec: AgentSpec, directory: Path
+    ) -> tuple[dict[str, str], dict[str, str], str]:
+        """(settings, secrets, their hash): the prompt and the secrets are part of what the
+        process sees, so a change of either restarts it."""
+        settings = runtime_settings(
+            spec,
+            prompt_file=directory / PROMPT_FILE,
+            log_file=directory / "runtime.log",
+            log_max_bytes=self._log_max_bytes,
+            log_backups=self._log_backups,
+        )
+        secrets = runtime_secrets(spec)
+        return (
+            settings,
+            secrets,
+            _env_hash({**settings, **secrets, PROMPT_FILE: spec.system_prompt}),
+        )
+
     async def apply(self, spec: AgentSpec) -> None:
         agent = self._agents.get(spec.agent_id)
         if agent is None:
             agent = _Agent(agent_id=spec.agent_id, directory=self._root / spec.agent_id)
             self._agents[spec.agent_id] = agent
-        env = runtime_env(spec, port=agent.port or 0, prompt_file=agent.prompt_file)
-        # The prompt is part of what the process sees: an edit restarts it.
-        new_hash = _env_hash({**env, PROMPT_FILE: spec.system_prompt})
-        await asyncio.to_thread(self._write_env, agent, env)
+        settings, secrets, new_hash = self._seen_by_process(spec, agent.directory)
+        agent.settings, agent.secrets = settings, secrets
+        agent.installation = spec.installation or agent.installation
+        await asyncio.to_thread(self._write_env, agent, settings)
         await asyncio.to_thread(self._write_prompt, agent, spec.system_prompt)
         if not spec.running:
             await self._stop(agent)
@@ -219,6 +279,9 @@ class LocalBackend:
         self._supervise(agent)
 
     async def restart(self, agent_id: str) -> None:
+        """A new process. Without secrets in memory (not applied since the manager
+        started) only the old one stops: the agent is then observed MISSING, and
+        reconcile or the health sweep applies it, which starts it."""
         agent = self._agents.get(agent_id)
         if agent is None:
             return
@@ -226,6 +289,13 @@ class LocalBackend:
         agent.running, agent.crash_reason = True, None
         agent.deaths.clear()
         await asyncio.to_thread(self._save, agent)
+        if agent.secrets is None:
+            log.warning(
+                "agent %s stopped but not started again: not applied since the manager "
+                "started, so its secrets are not in memory; it starts when it is applied",
+                agent_id,
+            )
+            return
         self._supervise(agent)
 
     async def stop(self, agent_id: str) -> None:
@@ -248,7 +318,7 @@ class LocalBackend:
         agent = self._agents.get(agent_id)
         if agent is None:
             return ""
-        return await asyncio.to_thread(_tail, agent.log_file, lines)
+        return await asyncio.to_thread(_tail, agent.log_file, lines, backups=self._log_backups)
 
     async def observe(self, agent_id: str) -> Observed | None:
         agent = self._agents.get(agent_id)
@@ -269,6 +339,8 @@ class LocalBackend:
                 restarts=agent.restarts,
                 since=agent.since,
                 probe_url=probe,
+                fingerprint=agent.env_hash,
+                installation=agent.installation,
             )
 
         if not agent.running:
@@ -277,7 +349,8 @@ class LocalBackend:
             return seen(ObservedState.CRASH_LOOPING, agent.crash_reason)
         if agent.is_alive():
             return seen(ObservedState.RUNNING if agent.ready else ObservedState.STARTING)
-        if agent.supervisor is None or agent.supervisor.done():
+        # No secrets: nothing can start it but an apply, which MISSING asks for.
+        if agent.secrets is None or agent.supervisor is None or agent.supervisor.done():
             return seen(ObservedState.MISSING, "no process")
         return seen(ObservedState.STARTING)
 
@@ -289,6 +362,13 @@ class LocalBackend:
     async def _supervisor(self, agent: _Agent) -> None:
         """Keep one process alive while the agent should run; back off, then give up."""
         while agent.running and agent.crash_reason is None:
+            if not agent.is_alive() and agent.secrets is None:
+                # Adopted, then died: observed MISSING, so it is applied from the vault.
+                if agent.pid is not None:
+                    log.warning("agent %s exited; it starts when it is applied", agent.agent_id)
+                agent.pid, agent.ready, agent.process = None, False, None
+                await asyncio.to_thread(self._save, agent)
+                break
             if not agent.is_alive():
                 if agent.pid is not None:
                     self._record_death(agent)
@@ -317,20 +397,21 @@ class LocalBackend:
             agent.crash_reason = f"{exit_text}, restarted {agent.restarts} times"
 
     async def _spawn(self, agent: _Agent) -> None:
-        env = await asyncio.to_thread(self._read_env, agent)
-        if env is None:
-            agent.crash_reason = "its configuration is missing"
-            return
+        if agent.settings is None or agent.secrets is None:
+            return  # the supervisor never asks: only an apply brings them
         agent.port = _free_port()
-        env["PORT"] = str(agent.port)
         await asyncio.to_thread(self._rotate_log, agent)
+        # stdout and stderr go to runtime.log until the process's own logging (which
+        # rotates the file) takes them over: a configuration error is read there too.
         with agent.log_file.open("ab") as log_handle:
             process = await asyncio.create_subprocess_exec(
                 self._python,
                 "-m",
                 "runtime",
                 env={
-                    **env,
+                    **agent.settings,
+                    **agent.secrets,  # in the process's environment only, never in a file
+                    "PORT": str(agent.port),
                     "PATH": os.environ.get("PATH", ""),
                     "PYTHONPATH": str(RUNTIME_ROOT),
                     "PYTHONUNBUFFERED": "1",
@@ -388,13 +469,10 @@ class LocalBackend:
             return []
         return sorted(path for path in self._root.iterdir() if path.is_dir())
 
-    def _write_env(self, agent: _Agent, env: dict[str, str]) -> None:
+    def _write_env(self, agent: _Agent, settings: dict[str, str]) -> None:
+        """The non-secret settings, for whoever looks at the directory; nothing reads it."""
         agent.directory.mkdir(parents=True, exist_ok=True)
-        temporary = agent.env_file.with_suffix(".tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(env, handle)
-        os.replace(temporary, agent.env_file)
+        _write_private_json(agent.env_file, settings)
 
     def _write_prompt(self, agent: _Agent, prompt: str) -> None:
         """Written whole, then renamed: a starting runtime never reads half a prompt."""
@@ -403,13 +481,6 @@ class LocalBackend:
         with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as handle:
             handle.write(prompt)
         os.replace(temporary, agent.prompt_file)
-
-    def _read_env(self, agent: _Agent) -> dict[str, str] | None:
-        try:
-            env: dict[str, str] = json.loads(agent.env_file.read_text())
-        except (OSError, ValueError):
-            return None
-        return env
 
     def _save(self, agent: _Agent) -> None:
         agent.directory.mkdir(parents=True, exist_ok=True)
@@ -421,6 +492,7 @@ class LocalBackend:
             "port": agent.port,
             "env_hash": agent.env_hash,
             "restarts": agent.restarts,
+            "installation": agent.installation,
         }
         # One temporary file per write: saves from two threads must not share one.
         temporary = agent.state_file.with_name(
@@ -443,28 +515,75 @@ class LocalBackend:
             port=state.get("port"),
             env_hash=state.get("env_hash"),
             restarts=int(state.get("restarts") or 0),
+            installation=state.get("installation"),
         )
         if not agent.is_alive():
             agent.pid = None  # dead while the manager was away: restart, not a crash
         return agent
 
     def _rotate_log(self, agent: _Agent) -> None:
+        """Between processes (what one printed before its logging was up, a crash loop's
+        errors); while a process runs, it rotates the file itself."""
         path = agent.log_file
-        if not path.exists() or path.stat().st_size < LOG_LIMIT_BYTES:
+        if not path.exists() or path.stat().st_size < self._log_max_bytes:
             return
-        for index in range(LOG_BACKUPS - 1, 0, -1):
+        for index in range(self._log_backups - 1, 0, -1):
             older = path.with_name(f"{path.name}.{index}")
             if older.exists():
                 older.replace(path.with_name(f"{path.name}.{index + 1}"))
         path.replace(path.with_name(f"{path.name}.1"))
 
 
-def _tail(path: Path, lines: int) -> str:
-    if not path.exists():
-        return ""
-    with path.open("rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        size = handle.tell()
-        handle.seek(max(0, size - 256 * 1024))
-        text = handle.read().decode(errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
+def _tail(path: Path, lines: int, *, backups: int) -> str:
+    """The last `lines` lines of the log, from its rotated copies too when the current
+    file (just rotated) holds fewer."""
+    found: list[str] = []
+    for index in range(backups + 1):
+        if len(found) >= lines:
+            break
+        part = path if index == 0 else path.with_name(f"{path.name}.{index}")
+        found = _last_lines(part, lines - len(found)) + found
+    return "\n".join(found[-lines:]) if lines > 0 else ""
+
+
+def _last_lines(path: Path, lines: int) -> list[str]:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 256 * 1024))
+            text = handle.read().decode(errors="replace")
+    except FileNotFoundError:
+        return []
+    return text.splitlines()[-lines:]
+
+
+def _write_private_json(path: Path, data: dict[str, str]) -> None:
+    """Written whole (0600), then renamed: never half a file."""
+    temporary = path.with_suffix(".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump(data, handle)
+    os.replace(temporary, path)
+
+
+def _scrub_env_file(directory: Path) -> None:
+    """Installs from before secrets left the disk kept them in `env`: rewrite it without
+    them (nothing reads them back; an apply brings them from the vault)."""
+    (directory / f"{ENV_FILE}.tmp").unlink(missing_ok=True)  # a write cut short
+    path = directory / ENV_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return
+    try:
+        env = json.loads(text)
+    except ValueError:
+        env = None
+    if not isinstance(env, dict):
+        path.unlink()  # not ours to read, and it may hold anything
+        return
+    if not env.keys() & set(SECRET_ENV):
+        return
+    _write_private_json(path, {k: v for k, v in env.items() if k not in SECRET_ENV})
+    log.info("agent %s: secrets removed from its env file", directory.name)

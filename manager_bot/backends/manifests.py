@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from manager_bot.backends.base import (
     AGENT_ID_LABEL,
+    INSTALLATION_LABEL,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     RUNTIME_PORT,
@@ -36,6 +37,7 @@ GATEWAY_COMPONENT = {"app.kubernetes.io/component": "llm-gateway"}
 CONFIG_MOUNT = "/etc/hatchbot/agent"
 PROMPT_KEY = "system-prompt"
 SECRET_ENV = ("BOT_TOKEN", "WEBHOOK_SECRET", "LLM_API_KEY")
+CONFIG_HASH = "hatchbot.io/config-hash"  # pod-template annotation: all the pod sees
 # Egress to 443 goes to public addresses only: never the cluster, the node's
 # metadata service or anything private (plus the operator's cluster CIDRs).
 NON_PUBLIC_CIDRS = (
@@ -83,8 +85,11 @@ class ClusterConfig:
         return self.gateway.split("/", 1)[-1]
 
 
-def labels(agent_id: str) -> dict[str, str]:
-    return {MANAGED_BY_LABEL: MANAGED_BY_VALUE, AGENT_ID_LABEL: agent_id}
+def labels(agent_id: str, installation: str = "") -> dict[str, str]:
+    found = {MANAGED_BY_LABEL: MANAGED_BY_VALUE, AGENT_ID_LABEL: agent_id}
+    if installation:
+        found[INSTALLATION_LABEL] = installation
+    return found
 
 
 def webhook_path(spec: AgentSpec, cluster: ClusterConfig) -> str:
@@ -95,7 +100,7 @@ def _metadata(spec: AgentSpec, cluster: ClusterConfig) -> JsonDict:
     return {
         "name": object_name(spec.agent_id),
         "namespace": cluster.namespace,
-        "labels": labels(spec.agent_id),
+        "labels": labels(spec.agent_id, spec.installation),
     }
 
 
@@ -207,8 +212,8 @@ def deployment(spec: AgentSpec, cluster: ClusterConfig) -> JsonDict:
             "strategy": {"type": "Recreate"},
             "template": {
                 "metadata": {
-                    "labels": labels(spec.agent_id),
-                    "annotations": {"hatchbot.io/config-hash": config_hash(spec)},
+                    "labels": labels(spec.agent_id, spec.installation),
+                    "annotations": {CONFIG_HASH: config_hash(spec)},
                 },
                 "spec": {
                     "automountServiceAccountToken": False,

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -81,6 +82,15 @@ class Agent(Base):
         Index("ix_agents_desired_state", "desired_state"),
         Index("ix_agents_bot_id", "bot_id"),
         Index("ix_agents_gateway_key_hash", "gateway_key_hash", unique=True),
+        # One bot, one live agent (one token, one webhook or poller), also when two
+        # deploys race; deleted agents keep their history.
+        Index(
+            "ix_agents_live_bot_id",
+            "bot_id",
+            unique=True,
+            sqlite_where=text("desired_state IN ('running', 'stopped')"),
+            postgresql_where=text("desired_state IN ('running', 'stopped')"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(16), primary_key=True, default=new_agent_id)
@@ -222,3 +232,13 @@ class Notice(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Installation(Base):
+    """This installation's id (one row): on every object the manager makes, so that
+    reconcile removes only its own orphans, never another's or a restored backup's."""
+
+    __tablename__ = "installation"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

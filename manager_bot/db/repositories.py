@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -9,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from manager_bot.db.models import (
@@ -19,12 +21,14 @@ from manager_bot.db.models import (
     Broadcast,
     Delivery,
     DesiredState,
+    Installation,
     Notice,
     User,
     utcnow,
 )
 
 ACTIVE = (DesiredState.RUNNING.value, DesiredState.STOPPED.value)
+LIVE_BOT_INDEX = "ix_agents_live_bot_id"  # one live agent per bot (models.Agent, migration 0005)
 
 
 class Users:
@@ -44,6 +48,19 @@ class Users:
 
     async def get(self, user_id: int) -> User | None:
         return await self._session.get(User, user_id)
+
+    async def lock(self, user_id: int) -> None:
+        """Holds the user's row (FOR UPDATE) until the transaction ends: what is checked
+        after it (quota, deploy throttle) stays true until the insert it allows. A missing
+        row is made first (a caller that never wrote to the bot), so one is always locked.
+
+        SQLite ignores FOR UPDATE; there Database.session() has the one writer connection
+        for the whole transaction, so such transactions run one after another anyway."""
+        query = select(User.id).where(User.id == user_id).with_for_update()
+        if await self._session.scalar(query) is None:
+            missing = _dialect(self._session).insert(User).values(id=user_id, first_name="")
+            await self._session.execute(missing.on_conflict_do_nothing(index_elements=["id"]))
+            await self._session.scalar(query)
 
     async def banned_ids(self) -> Sequence[int]:
         return (await self._session.scalars(select(User.id).where(User.is_banned.is_(True)))).all()
@@ -83,6 +100,20 @@ class Agents:
         await self._session.flush()
         return agent
 
+    async def add_live(self, agent: Agent) -> Agent | None:
+        """Adds a live agent; None if another live agent runs its bot (the unique index
+        refused it: a deploy of the same bot committed first). After None the transaction
+        is spent: the caller ends it (raising rolls it back)."""
+        try:
+            return await self.add(agent)
+        except IntegrityError as error:
+            # PostgreSQL names the index; SQLite names its column, and no other unique
+            # index is on bot_id alone.
+            message = str(error.orig)
+            if LIVE_BOT_INDEX in message or "UNIQUE constraint failed: agents.bot_id" in message:
+                return None
+            raise
+
     async def get(self, agent_id: str) -> Agent | None:
         return await self._session.get(Agent, agent_id)
 
@@ -119,6 +150,10 @@ class Agents:
     async def all(self) -> Sequence[Agent]:
         return (await self._session.scalars(select(Agent))).all()
 
+    async def any_ever(self) -> bool:
+        """Whether this database has ever held an agent (in any state)."""
+        return (await self._session.scalar(select(Agent.id).limit(1))) is not None
+
     async def owned_by_any(self, owner_ids: Sequence[int]) -> dict[int, list[Agent]]:
         query = (
             select(Agent)
@@ -149,15 +184,20 @@ class Agents:
         rows = (await self._session.execute(query)).all()
         return {(desired, observed or "unknown"): int(count) for desired, observed, count in rows}
 
-    async def by_gateway_key(self, key_hash: str) -> tuple[Agent, User | None] | None:
-        """The agent holding this gateway credential, with its owner (budgets, bans)."""
+    async def by_gateway_key(
+        self, key_hash: str, *, day: date
+    ) -> tuple[Agent, User | None, int] | None:
+        """The agent holding this gateway credential, its owner (budgets, bans) and its
+        tokens on `day`, in one query."""
+        used = AgentUsage.prompt_tokens + AgentUsage.completion_tokens
         query = (
-            select(Agent, User)
+            select(Agent, User, used)
             .outerjoin(User, User.id == Agent.owner_id)
+            .outerjoin(AgentUsage, (AgentUsage.agent_id == Agent.id) & (AgentUsage.day == day))
             .where(Agent.gateway_key_hash == key_hash)
         )
         row = (await self._session.execute(query)).first()
-        return (row[0], row[1]) if row is not None else None
+        return (row[0], row[1], int(row[2] or 0)) if row is not None else None
 
     async def without_gateway_key(self) -> Sequence[Agent]:
         """Live agents made before the gateway: they get a credential at start-up."""
@@ -383,28 +423,30 @@ class Usage:
     async def add(self, deltas: Sequence[UsageDelta]) -> dict[tuple[str, date], int]:
         """Adds each delta to its (agent, day) row; returns the rows' new token totals.
 
-        One upsert per row (`ON CONFLICT DO UPDATE ... RETURNING`, on SQLite and
-        PostgreSQL alike): increments, so gateway replicas never overwrite each other."""
-        dialect = _dialect(self._session)
-        totals: dict[tuple[str, date], int] = {}
-        for delta in deltas:
-            statement = dialect.insert(AgentUsage).values(
-                agent_id=delta.agent_id, day=delta.day, prompt_tokens=delta.prompt_tokens,
-                completion_tokens=delta.completion_tokens, requests=delta.requests,
-            )  # fmt: skip
-            table = AgentUsage.__table__.c
-            statement = statement.on_conflict_do_update(
-                index_elements=[table.agent_id, table.day],
-                set_={
-                    "prompt_tokens": table.prompt_tokens + statement.excluded.prompt_tokens,
-                    "completion_tokens": table.completion_tokens
-                    + statement.excluded.completion_tokens,
-                    "requests": table.requests + statement.excluded.requests,
-                },
-            ).returning(table.prompt_tokens + table.completion_tokens)
-            total = (await self._session.execute(statement)).scalar_one()
-            totals[(delta.agent_id, delta.day)] = int(total)
-        return totals
+        One multi-row upsert (`ON CONFLICT DO UPDATE ... RETURNING`, on SQLite and
+        PostgreSQL alike) that adds, so gateway replicas never overwrite each other."""
+        if not deltas:
+            return {}
+        table = AgentUsage.__table__.c
+        statement = _dialect(self._session).insert(AgentUsage).values(
+            [
+                {
+                    "agent_id": d.agent_id, "day": d.day, "prompt_tokens": d.prompt_tokens,
+                    "completion_tokens": d.completion_tokens, "requests": d.requests,
+                }
+                for d in deltas
+            ]
+        )  # fmt: skip
+        statement = statement.on_conflict_do_update(
+            index_elements=[table.agent_id, table.day],
+            set_={
+                "prompt_tokens": table.prompt_tokens + statement.excluded.prompt_tokens,
+                "completion_tokens": table.completion_tokens + statement.excluded.completion_tokens,
+                "requests": table.requests + statement.excluded.requests,
+            },
+        ).returning(table.agent_id, table.day, table.prompt_tokens + table.completion_tokens)
+        rows = (await self._session.execute(statement)).all()
+        return {(agent_id, day): int(total) for agent_id, day, total in rows}
 
     async def totals(
         self, *, since: date, until: date | None = None, agent_ids: Sequence[str] | None = None
@@ -434,10 +476,6 @@ class Usage:
         ).where(AgentUsage.day >= since)
         prompt, completion, requests = (await self._session.execute(query)).one()
         return UsageTotals(int(prompt or 0), int(completion or 0), int(requests or 0))
-
-    async def tokens_on(self, agent_id: str, day: date) -> int:
-        row = await self._session.get(AgentUsage, (agent_id, day))
-        return row.prompt_tokens + row.completion_tokens if row is not None else 0
 
 
 class Notices:
@@ -474,6 +512,24 @@ class Notices:
         return (await self._session.scalars(select(Notice).order_by(Notice.id))).all()
 
 
+class Installations:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def get_or_create(self) -> str:
+        """The installation's id, made on the first start (a new database: a new id)."""
+        existing = (await self._session.scalars(select(Installation.id))).first()
+        if existing is not None:
+            return existing
+        statement = (
+            _dialect(self._session)
+            .insert(Installation)
+            .values(id=secrets.token_hex(8), created_at=utcnow())
+        )
+        await self._session.execute(statement.on_conflict_do_nothing())
+        return (await self._session.scalars(select(Installation.id))).one()
+
+
 class Repositories:
     """All repositories over one session (one unit of work)."""
 
@@ -486,3 +542,4 @@ class Repositories:
         self.broadcasts = Broadcasts(session)
         self.usage = Usage(session)
         self.notices = Notices(session)
+        self.installation = Installations(session)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from manager_bot.services.providers import CUSTOM, Provider, find_provider
 
 log = logging.getLogger(__name__)
 UNKNOWN_REMEMBERED = 10_000
+READS_AT_ONCE = 4
 
 
 def utc_today() -> date:
@@ -123,6 +125,9 @@ class AccountBook:
         self._known: dict[str, AgentAccount] = {}
         self._unknown: OrderedDict[str, float] = OrderedDict()
         self._reading: dict[str, asyncio.Task[AgentAccount | None]] = {}
+        # A few reads at a time: a burst of refreshes must not fill the loop (and SQLite's
+        # readers) while completions wait behind it.
+        self._read_slots = asyncio.Semaphore(READS_AT_ONCE)
 
     async def find(self, credential: str) -> AgentAccount | None:
         key_hash = credential_hash(credential)
@@ -157,7 +162,8 @@ class AccountBook:
 
     async def _refresh(self, key_hash: str, now: float) -> AgentAccount | None:
         try:
-            account = await self._read(key_hash, now)
+            async with self._read_slots:
+                account = await self._read(key_hash, now)
         except Exception:
             cached = self._known.get(key_hash)
             if cached is None:
@@ -189,11 +195,10 @@ class AccountBook:
         day = self._today()
         async with self._db.reading() as session:
             repos = Repositories(session)
-            found = await repos.agents.by_gateway_key(key_hash)
+            found = await repos.agents.by_gateway_key(key_hash, day=day)
             if found is None:
                 return None
-            agent, owner = found
-            used = await repos.usage.tokens_on(agent.id, day)
+            agent, owner, used = found
             # Built inside the session: the reading session's end expires its rows.
             return AgentAccount(
                 agent_id=agent.id,
@@ -204,5 +209,7 @@ class AccountBook:
                 used_in_database=used,
                 day=day,
                 upstream=upstream_for(agent, self._providers, self._vault),
-                fetched_at=now,
+                # Spread over the last half of the lifetime: rows read together (a burst
+                # after a quiet spell) do not all expire together again.
+                fetched_at=now - random.uniform(0, self._ttl / 2),
             )

@@ -62,6 +62,7 @@ class UsageLedger:
         self._notices: dict[str, Notice] = {}
         self._told: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self.flushes = 0
 
     # -- the budget ------------------------------------------------------------------
@@ -126,16 +127,18 @@ class UsageLedger:
         self._task = asyncio.create_task(self._flush_forever())
 
     async def close(self) -> None:
-        """Stop the loop and write what is counted (a clean stop loses nothing)."""
+        """Stop the loop and write what is counted (a clean stop loses nothing). A write
+        in progress is waited for, never cancelled: cancelled mid-transaction, it held
+        SQLite's one writer until the final flush timed out, and lost the counts."""
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
         await self.flush()
 
     async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
             try:
                 await self.flush()
             except Exception:  # the counts stay pending; the next flush tries again

@@ -2,10 +2,12 @@
 
 Order of work, always: validate, write the desired state and an audit entry,
 ask the backend to make it so (idempotently), point the bot's webhook, report.
-A failed first deploy is rolled back (objects removed, webhook cleared, agent
-marked deleted) so nobody is left with half an agent; whatever a rollback
-could not remove, `reconcile()` removes later because the database no longer
-wants it.
+Every action on an existing agent holds that agent's lock (shared with the
+reconciler and the health sweep's repairs) and reads its row inside it. A
+failed first deploy is rolled back (objects removed, webhook cleared, agent
+marked deleted) so nobody is left with half an agent; whatever a rollback or a
+failed change leaves behind, the reconciler (services/reconciler.py) converges,
+because it compares the database with what runs.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 from manager_bot.gateway.credentials import credential_hash, new_credential
 from manager_bot.metrics import DEPLOYS
+from manager_bot.services.agent_locks import AgentLocks
 from manager_bot.services.errors import (
     AgentNotFound,
     BotAlreadyUsed,
@@ -99,19 +102,13 @@ class DeployerConfig:
     telegram_api_url: str
     max_agents_per_user: int
     gateway_url: str  # the LLM base URL agents get (their only way to a model)
+    installation_id: str = ""  # stamped on every object (the reconciler's orphan rule)
     ready_timeout: float = 90.0
     ready_poll_interval: float = 0.5
     # At most this many deploys per user in the window (counted in the audit log,
     # so a restart does not reset it).
     deploys_per_window: int = 5
     deploy_window: timedelta = timedelta(minutes=10)
-
-
-@dataclass(frozen=True)
-class ReconcileReport:
-    applied: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    failed: tuple[str, ...] = ()
 
 
 class Deployer:
@@ -133,6 +130,7 @@ class Deployer:
         self._telegram = telegram
         self._providers = providers
         self._config = config
+        self.locks = AgentLocks()  # the reconciler holds the same ones
 
     @property
     def steps(self) -> tuple[DeployStep, ...]:
@@ -140,6 +138,10 @@ class Deployer:
         if self._config.mode == "polling":
             return (DeployStep.SECRET, DeployStep.WORKLOAD, DeployStep.WEBHOOK, DeployStep.READY)
         return tuple(DeployStep)
+
+    @property
+    def installation_id(self) -> str:
+        return self._config.installation_id
 
     @property
     def max_agents_per_user(self) -> int:
@@ -183,11 +185,17 @@ class Deployer:
         finally:
             DEPLOYS.labels(outcome).inc()
 
-    async def deploy_wait(self, owner_id: int) -> int:
-        """Seconds until this user may start another deploy (0: now)."""
+    async def deploy_wait(self, owner_id: int, *, locked: Repositories | None = None) -> int:
+        """Seconds until this user may start another deploy (0: now).
+
+        Without `locked`: a cheap read of what is committed (the chat asks before it
+        deploys), which a concurrent deploy may make stale. `_deploy` asks again with the
+        repositories of its transaction holding the user's row, and only that answer counts.
+        """
         since = utcnow() - self._config.deploy_window
-        async with self._db.reading() as session:
-            recent = await Repositories(session).audit.times(
+        async with contextlib.AsyncExitStack() as stack:
+            repos = locked or Repositories(await stack.enter_async_context(self._db.reading()))
+            recent = await repos.audit.times(
                 actor_id=owner_id, action="deploy", outcome="started", since=since
             )
         if len(recent) < self._config.deploys_per_window:
@@ -196,7 +204,7 @@ class Deployer:
         return max(1, int((oldest + self._config.deploy_window - utcnow()).total_seconds()) + 1)
 
     async def _deploy(self, request: NewAgent, progress: Progress) -> Agent:
-        wait = await self.deploy_wait(request.owner_id)
+        wait = await self.deploy_wait(request.owner_id)  # refused early, before Telegram
         if wait:
             raise DeployThrottled(wait)
         provider = self._check_config(
@@ -207,6 +215,13 @@ class Deployer:
         credential = new_credential()
         async with self._db.session() as session:
             repos = Repositories(session)
+            # Held until commit: the owner's other deploys wait here, so the throttle and
+            # quota checked below still hold at the insert. Two owners deploying one bot
+            # meet at the one-live-agent-per-bot index instead.
+            await repos.users.lock(request.owner_id)
+            wait = await self.deploy_wait(request.owner_id, locked=repos)
+            if wait:
+                raise DeployThrottled(wait)
             if (
                 await repos.agents.count_active(request.owner_id)
                 >= self._config.max_agents_per_user
@@ -214,7 +229,7 @@ class Deployer:
                 raise QuotaReached(self._config.max_agents_per_user)
             if await repos.agents.by_bot_id(identity.id) is not None:
                 raise BotAlreadyUsed(identity.username)
-            agent = await repos.agents.add(
+            agent = await repos.agents.add_live(
                 Agent(
                     owner_id=request.owner_id,
                     name=identity.first_name or identity.username,
@@ -234,6 +249,8 @@ class Deployer:
                     desired_state=DesiredState.RUNNING.value,
                 )
             )
+            if agent is None:  # another owner's deploy of this bot committed first
+                raise BotAlreadyUsed(identity.username)
             await repos.revisions.record(agent, created_by=request.owner_id)
             await repos.audit.record(
                 actor_id=request.owner_id, action="deploy", agent_id=agent.id, outcome="started"
@@ -257,7 +274,7 @@ class Deployer:
         await progress(DeployStep.WORKLOAD)
         if DeployStep.ROUTE in self.steps:
             await progress(DeployStep.ROUTE)
-        await self._point_webhook(agent.id, spec, drop_pending_updates=first_deploy)
+        await self.point_webhook(spec, drop_pending_updates=first_deploy)
         await progress(DeployStep.WEBHOOK)
         observed = await self._wait_until_ready(agent.id)
         await self._store_observed(observed)
@@ -301,33 +318,52 @@ class Deployer:
     ) -> Agent:
         """A new revision (prompt, model or key). Pods roll only for what they see (prompt,
         model); a new key or endpoint reaches the gateway without restarting the agent."""
-        async with self._db.session() as session:
-            repos = Repositories(session)
-            agent = await self._owned(repos, owner_id, agent_id)
-            new_provider = provider or agent.provider
-            new_model = model or agent.model
-            same_provider = new_provider == agent.provider
-            key = llm_api_key
-            if key is None and same_provider and agent.llm_api_key_encrypted:
-                key = self._vault.decrypt(agent.llm_api_key_encrypted)
-            base_url = llm_base_url or (agent.llm_base_url if same_provider else None)
-            checked = self._check_config(new_provider, new_model, key, base_url)
-            if system_prompt is not None:
-                agent.system_prompt = self._check_prompt(system_prompt)
-            agent.provider, agent.model = new_provider, new_model
-            agent.llm_api_key_encrypted = self._encrypt_optional(key)
-            agent.llm_base_url = base_url if checked.is_custom else None
-            agent.revision += 1
-            await repos.revisions.record(agent, created_by=owner_id)
-            await repos.audit.record(
-                actor_id=owner_id, action="change", agent_id=agent.id, outcome="ok",
-                detail=f"revision {agent.revision}",
-            )  # fmt: skip
-        await self._reapply(agent)
+        async with self.locks.hold(agent_id):
+            async with self._db.session() as session:
+                agent = await self._revise(
+                    Repositories(session), owner_id=owner_id, agent_id=agent_id,
+                    system_prompt=system_prompt, provider=provider, model=model,
+                    llm_api_key=llm_api_key, llm_base_url=llm_base_url,
+                )  # fmt: skip
+            await self._reapply(agent)  # the new desired state is stored first
         return await self._reload(agent.id)
+
+    async def _revise(
+        self, repos: Repositories, *, owner_id: int, agent_id: str, system_prompt: str | None,
+        provider: str | None, model: str | None, llm_api_key: str | None,
+        llm_base_url: str | None,
+    ) -> Agent:  # fmt: skip
+        """The new revision written (not applied): the row and its history."""
+        agent = await self._owned(repos, owner_id, agent_id)
+        new_provider = provider or agent.provider
+        new_model = model or agent.model
+        same_provider = new_provider == agent.provider
+        key = llm_api_key
+        if key is None and same_provider and agent.llm_api_key_encrypted:
+            key = self._vault.decrypt(agent.llm_api_key_encrypted)
+        base_url = llm_base_url or (agent.llm_base_url if same_provider else None)
+        checked = self._check_config(new_provider, new_model, key, base_url)
+        if system_prompt is not None:
+            agent.system_prompt = self._check_prompt(system_prompt)
+        agent.provider, agent.model = new_provider, new_model
+        agent.llm_api_key_encrypted = self._encrypt_optional(key)
+        agent.llm_base_url = base_url if checked.is_custom else None
+        agent.revision += 1
+        await repos.revisions.record(agent, created_by=owner_id)
+        await repos.audit.record(
+            actor_id=owner_id, action="change", agent_id=agent.id, outcome="ok",
+            detail=f"revision {agent.revision}",
+        )  # fmt: skip
+        return agent
 
     async def revert(self, *, owner_id: int, agent_id: str) -> Agent:
         """Restore the previous revision's prompt, model and key, as a new revision."""
+        async with self.locks.hold(agent_id):
+            agent = await self._restore_previous(owner_id, agent_id)
+            await self._reapply(agent)
+        return await self._reload(agent.id)
+
+    async def _restore_previous(self, owner_id: int, agent_id: str) -> Agent:
         async with self._db.session() as session:
             repos = Repositories(session)
             agent = await self._owned(repos, owner_id, agent_id)
@@ -344,43 +380,49 @@ class Deployer:
                 actor_id=owner_id, action="revert", agent_id=agent.id, outcome="ok",
                 detail=f"revision {previous.number} restored as {agent.revision}",
             )  # fmt: skip
-        await self._reapply(agent)
-        return await self._reload(agent.id)
+        return agent
 
     async def rotate_token(self, *, owner_id: int, agent_id: str, new_token: str) -> Agent:
-        """A new token for the same bot (Managed Bots' replaceManagedBotToken); the gateway
-        credential is replaced with it, so whatever held the old pair holds nothing."""
-        identity = await self._identify(new_token)
+        """A new token for the same bot (Managed Bots' replaceManagedBotToken). Telegram has
+        already revoked the old one, so the new one is stored, encrypted and durable,
+        before anything that can fail; the rollout converges through reconcile if this
+        apply fails. The gateway credential is replaced with it."""
         credential = new_credential()
-        async with self._db.session() as session:
-            repos = Repositories(session)
-            agent = await self._owned(repos, owner_id, agent_id)
-            if identity.id != agent.bot_id:
-                raise InvalidBotToken("the new token belongs to another bot")
-            agent.token_encrypted = self._vault.encrypt(new_token)
-            agent.gateway_key_encrypted = self._vault.encrypt(credential)
-            agent.gateway_key_hash = credential_hash(credential)
-            await repos.audit.record(
-                actor_id=owner_id, action="rotate-token", agent_id=agent.id, outcome="ok"
-            )
-        await self._reapply(agent)
+        async with self.locks.hold(agent_id):
+            async with self._db.session() as session:
+                repos = Repositories(session)
+                agent = await self._owned(repos, owner_id, agent_id)
+                agent.token_encrypted = self._vault.encrypt(new_token.strip())
+                agent.gateway_key_encrypted = self._vault.encrypt(credential)
+                agent.gateway_key_hash = credential_hash(credential)
+                await repos.audit.record(
+                    actor_id=owner_id, action="rotate-token", agent_id=agent.id, outcome="ok"
+                )
+            await self._reapply(agent)
         return await self._reload(agent.id)
 
     async def restart(self, *, owner_id: int, agent_id: str) -> Agent:
-        agent = await self._act(owner_id, agent_id, "restart")
-        await self._backend_call(self._backend.restart(agent.id))
+        async with self.locks.hold(agent_id):
+            agent = await self._act(owner_id, agent_id, "restart")
+            # Applied first (a no-op when nothing changed): a backend that lost the agent's
+            # secrets (a local one after a manager restart) can then start it again.
+            await self._backend_call(self._backend.apply(self.spec_for(agent)))
+            await self._backend_call(self._backend.restart(agent.id))
         return agent
 
     async def stop(self, *, owner_id: int, agent_id: str) -> Agent:
-        agent = await self._act(owner_id, agent_id, "stop", desired=DesiredState.STOPPED)
-        await self._backend_call(self._backend.stop(agent.id))
+        """Stored as stopped first: a scale-down that fails is finished by reconcile."""
+        async with self.locks.hold(agent_id):
+            agent = await self._act(owner_id, agent_id, "stop", desired=DesiredState.STOPPED)
+            await self._backend_call(self._backend.stop(agent.id))
         return await self._reload(agent.id)
 
     async def resume(self, *, owner_id: int, agent_id: str) -> Agent:
-        agent = await self._act(
-            owner_id, agent_id, "resume", desired=DesiredState.RUNNING, fresh_health=True
-        )
-        await self._reapply(agent)
+        async with self.locks.hold(agent_id):
+            agent = await self._act(
+                owner_id, agent_id, "resume", desired=DesiredState.RUNNING, fresh_health=True
+            )
+            await self._reapply(agent)
         return await self._reload(agent.id)
 
     async def stop_all_of(self, owner_id: int, *, actor_id: int) -> int:
@@ -400,8 +442,9 @@ class Deployer:
                 )  # fmt: skip
         for agent in running:
             try:
-                await self._backend.stop(agent.id)
-            except BackendError as error:  # stored as stopped: reconcile finishes the job
+                async with self.locks.hold(agent.id):
+                    await self._backend.stop(agent.id)
+            except BackendError as error:  # stored as stopped: reconcile scales it down
                 log.warning("could not stop agent %s of a banned user: %s", agent.id, error)
         return len(running)
 
@@ -421,32 +464,28 @@ class Deployer:
                 log.warning("agent %s keeps its old workload for now: %s", agent.id, error)
         return len(agents)
 
-    # -- health (the health sweep's repairs; the system is the actor) -------------------
+    # -- for the reconciler (services/reconciler.py) ------------------------------------
 
-    async def webhook_status(self, agent: Agent) -> WebhookStatus:
-        return await self._telegram.webhook_status(self._vault.decrypt(agent.token_encrypted))
+    async def stored(self, agent_id: str) -> Agent | None:
+        """The agent's row as stored now (read under its lock by the caller)."""
+        async with self._db.session() as session:
+            return await Repositories(session).agents.get(agent_id)
 
-    async def repair(self, agent: Agent) -> None:
-        """Re-apply a running agent whose workload went missing."""
-        await self._backend.apply(self.spec_for(agent))
-        await self._audit(None, "repair", agent.id, "ok", "workload re-applied")
-
-    async def repair_webhook(self, agent: Agent) -> None:
-        await self._point_webhook(agent.id, self.spec_for(agent), drop_pending_updates=False)
-        await self._audit(None, "repair", agent.id, "ok", "webhook set again")
-
-    async def give_up(self, agent_id: str, reason: str) -> None:
-        """Stop an agent that has crashed for too long; its owner resumes it when fixed."""
+    async def mark_stopped(self, agent_id: str) -> bool:
+        """Desired state `stopped` if it is `running`; False if it was not running."""
         async with self._db.session() as session:
             agent = await Repositories(session).agents.get(agent_id)
             if agent is None or agent.desired_state != DesiredState.RUNNING:
-                return
+                return False
             agent.desired_state = DesiredState.STOPPED.value
-        try:
-            await self._backend.stop(agent_id)
-        except BackendError as error:  # stored as stopped: reconcile will not restart it
-            log.warning("could not stop crash-looping agent %s: %s", agent_id, error)
-        await self._audit(None, "give_up", agent_id, "ok", reason[:500])
+        return True
+
+    async def audit_system(self, action: str, agent_id: str | None, detail: str) -> None:
+        """An audit entry whose actor is the system itself."""
+        await self._audit(None, action, agent_id, "ok", detail)
+
+    async def webhook_status(self, agent: Agent) -> WebhookStatus:
+        return await self._telegram.webhook_status(self._vault.decrypt(agent.token_encrypted))
 
     async def mute(self, *, owner_id: int, agent_id: str, hours: int = 24) -> Agent:
         async with self._db.session() as session:
@@ -459,16 +498,17 @@ class Deployer:
         return agent
 
     async def delete(self, *, owner_id: int, agent_id: str) -> None:
-        agent = await self._act(owner_id, agent_id, "delete", desired=DesiredState.DELETED)
-        try:
-            await self._telegram.delete_webhook(self._vault.decrypt(agent.token_encrypted))
-        except AgentTokenError:
-            log.info("could not clear the webhook of deleted agent %s", agent.id)
-        try:
-            await self._backend.delete(agent.id)
-        except BackendError as error:
-            # The database already says deleted: reconcile finishes the job.
-            log.warning("deleting agent %s left objects for reconcile: %s", agent.id, error)
+        async with self.locks.hold(agent_id):
+            agent = await self._act(owner_id, agent_id, "delete", desired=DesiredState.DELETED)
+            try:
+                await self._telegram.delete_webhook(self._vault.decrypt(agent.token_encrypted))
+            except AgentTokenError:
+                log.info("could not clear the webhook of deleted agent %s", agent.id)
+            try:
+                await self._backend.delete(agent.id)
+            except BackendError as error:
+                # The database already says deleted: reconcile removes what is left.
+                log.warning("deleting agent %s left objects for reconcile: %s", agent.id, error)
 
     async def logs(self, *, owner_id: int, agent_id: str, lines: int = 100) -> str:
         """The agent's recent log, with its secrets (and anything secret-shaped) redacted."""
@@ -489,41 +529,6 @@ class Deployer:
         """Live agents by (desired, observed) state, for the manager's metrics."""
         async with self._db.session() as session:
             return await Repositories(session).agents.count_by_state()
-
-    # -- reconcile ----------------------------------------------------------------------
-
-    async def reconcile(self) -> ReconcileReport:
-        """Make the backend match the database: recreate the missing, remove the unwanted."""
-        async with self._db.session() as session:
-            wanted = {a.id: a for a in await Repositories(session).agents.all_active()}
-        observed = await self._backend.observe_all()
-        applied, removed, failed = [], [], []
-        for agent_id, agent in wanted.items():
-            seen = observed.get(agent_id)
-            should_run = agent.desired_state == DesiredState.RUNNING
-            if (
-                seen is None
-                or seen.state is ObservedState.MISSING
-                or (should_run and seen.state is ObservedState.STOPPED)
-            ):
-                try:
-                    await self._backend.apply(self.spec_for(agent))
-                    applied.append(agent_id)
-                except BackendError as error:
-                    log.warning("reconcile could not apply agent %s: %s", agent_id, error)
-                    failed.append(agent_id)
-        for agent_id in set(observed) - set(wanted):
-            try:
-                await self._backend.delete(agent_id)
-                removed.append(agent_id)
-            except BackendError as error:
-                log.warning("reconcile could not remove agent %s: %s", agent_id, error)
-                failed.append(agent_id)
-        if applied or removed:
-            await self._audit(
-                None, "reconcile", None, "ok", f"applied {applied}, removed {removed}"
-            )
-        return ReconcileReport(tuple(applied), tuple(sorted(removed)), tuple(failed))
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -546,6 +551,7 @@ class Deployer:
             system_prompt=agent.system_prompt,
             llm_base_url=self._config.gateway_url,
             telegram_api_url=self._config.telegram_api_url,
+            installation=self._config.installation_id,
             running=agent.desired_state == DesiredState.RUNNING,
             revision=agent.revision,
         )
@@ -558,11 +564,9 @@ class Deployer:
             # The new desired state is stored; reconcile retries the rollout.
             raise DeployFailed(DeployStep.WORKLOAD, str(error), rolled_back=False) from None
         if spec.running:
-            await self._point_webhook(agent.id, spec, drop_pending_updates=False)
+            await self.point_webhook(spec, drop_pending_updates=False)
 
-    async def _point_webhook(
-        self, agent_id: str, spec: AgentSpec, *, drop_pending_updates: bool
-    ) -> None:
+    async def point_webhook(self, spec: AgentSpec, *, drop_pending_updates: bool) -> None:
         """Webhook mode: set and verify it. Polling mode: delete it so the runtime may poll."""
         token = spec.secrets.bot_token.get_secret_value()
         try:
@@ -571,7 +575,7 @@ class Deployer:
                     token, drop_pending_updates=drop_pending_updates
                 )
                 return
-            url = self.webhook_url(agent_id)
+            url = self.webhook_url(spec.agent_id)
             await self._telegram.set_webhook(
                 token,
                 url=url,

@@ -28,6 +28,7 @@ from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 from manager_bot.metrics import HEALTH_SWEEP_SECONDS
 from manager_bot.services.deployer import Deployer
+from manager_bot.services.reconciler import Reconciler
 from manager_bot.services.telegram import AgentTokenError, WebhookStatus
 from manager_bot.services.usage import metrics_text
 
@@ -167,6 +168,9 @@ class HealthMonitor:
         self._db = database
         self._backend = backend
         self._deployer = deployer
+        # Repairs go through the reconciler: under the agent's lock, from its row as it is
+        # then, not as this sweep read it (the user may have stopped it meanwhile).
+        self._reconciler = Reconciler(database=database, backend=backend, deployer=deployer)
         self._config = config
         self._lock = asyncio.Lock()
         self._pending: dict[str, int] = {}  # last sweep's backlog per agent
@@ -257,7 +261,8 @@ class HealthMonitor:
         """Repair what the manager can; give up on an agent that has crashed for too long."""
         if verdict is not None and verdict.kind in ("missing", "stopped"):
             try:
-                await self._deployer.repair(agent)
+                if await self._reconciler.converge(agent.id, seen):
+                    await self._deployer.audit_system("repair", agent.id, "workload re-applied")
             except BackendError as error:
                 log.warning("could not re-apply agent %s: %s", agent.id, error)
                 return verdict
@@ -267,14 +272,15 @@ class HealthMonitor:
         if verdict is not None and verdict.kind == "crash_loop":
             since = agent.health_at if agent.health_kind == "crash_loop" else now
             if since is not None and now - as_utc(since) > self._config.give_up_after:
-                await self._deployer.give_up(agent.id, verdict.reason)
+                if not await self._reconciler.give_up(agent.id, verdict.reason):
+                    return None  # no longer wanted running: nothing to give up on
                 report.gave_up.append(agent.id)
                 return Verdict(Health.DOWN, "gave_up", verdict.reason)
             return verdict
         webhook = probe.webhook
         if webhook is not None and self._webhook_wrong(agent.id, webhook):
             try:
-                await self._deployer.repair_webhook(agent)
+                await self._reconciler.repair_webhook(agent.id)
                 report.repaired.append(agent.id)
             except Exception as error:
                 log.warning("could not repair the webhook of agent %s: %s", agent.id, error)

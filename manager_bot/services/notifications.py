@@ -3,41 +3,61 @@
 Only transitions are news; the sweep already dropped repeats. Here: muted
 agents stay silent, an agent's first verdict is news only if it is bad, and an
 owner with many changes at once gets one digest instead of a flood.
+
+News goes through the outbox (`notices`), not straight to Telegram: a 429 or a
+5xx delays a message, never drops it. Each message has a key of its own (the
+agent, the moment its previous verdict was stored, the new verdict), so writing
+it twice owes it once.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from html import escape
+from typing import Any
 
 from aiogram import Bot
-from aiogram.exceptions import TelegramAPIError, TelegramForbiddenError
-from aiogram.types import InlineKeyboardMarkup
 
-from manager_bot import keyboards, texts
 from manager_bot.db.models import as_utc
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 from manager_bot.metrics import HEALTH_NOTIFICATIONS
 from manager_bot.services.health import Health, Transition
+from manager_bot.services.notices import Alert, NoticeKind, NoticeSender
 
 log = logging.getLogger(__name__)
 DIGEST_FROM = 3  # changes for one owner in one sweep that make a digest
 
 
-def message_for(transition: Transition) -> tuple[str, str]:
-    """(kind, text) of the one message about this transition."""
-    username, verdict = transition.agent.bot_username, transition.after
-    reason = escape(verdict.reason)
-    if verdict.kind == "gave_up":
-        return "down", texts.HEALTH_GAVE_UP.format(username=username, reason=reason)
-    if verdict.health is Health.DOWN:
-        return "down", texts.HEALTH_DOWN.format(username=username, reason=reason)
-    if verdict.health is Health.DEGRADED:
-        return "degraded", texts.HEALTH_DEGRADED.format(username=username, reason=reason)
-    return "back", texts.HEALTH_BACK.format(username=username)
+@dataclass(frozen=True)
+class _News:
+    """A notice to write: one message owed to one chat."""
+
+    key: str
+    user_id: int
+    kind: NoticeKind
+    agent_id: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def alert_for(transition: Transition) -> Alert:
+    verdict = transition.after
+    return Alert(
+        username=transition.agent.bot_username,
+        health=verdict.health.value,
+        verdict=verdict.kind,
+        reason=verdict.reason,
+    )
+
+
+def alert_key(transition: Transition) -> str:
+    """The same change of the same agent has the same key, whoever writes it."""
+    agent = transition.agent
+    since = f"{as_utc(agent.health_at).timestamp():.6f}" if agent.health_at else "new"
+    return f"health:{agent.id}:{since}:{transition.after.kind}"
 
 
 def is_muted(transition: Transition, now: datetime) -> bool:
@@ -51,14 +71,25 @@ def is_news(transition: Transition) -> bool:
 
 
 class Notifier:
-    def __init__(self, *, bot: Bot, database: Database, admin_ids: list[int]) -> None:
+    """Writes health news to the outbox, then has `notices` send it at once.
+
+    `notices` should be the manager's one NoticeSender (the notices job's): sharing
+    it keeps a notice from being sent by both jobs at the same moment. Without it,
+    what is written waits for the notices job (every few seconds).
+    """
+
+    def __init__(
+        self, *, bot: Bot, database: Database, admin_ids: list[int],
+        notices: NoticeSender | None = None,
+    ) -> None:  # fmt: skip
         self._bot = bot
         self._db = database
         self._admins = admin_ids
-        self._sweep_failing = False
+        self._notices = notices
+        self._sweep_failing_since: datetime | None = None
 
     async def notify(self, transitions: list[Transition]) -> int:
-        """Send what is news; returns the number of messages sent."""
+        """Owe what is news; returns the number of messages owed."""
         now = datetime.now(UTC)
         by_owner: dict[int, list[Transition]] = defaultdict(list)
         for transition in filter(is_news, transitions):
@@ -66,52 +97,63 @@ class Notifier:
                 HEALTH_NOTIFICATIONS.labels("muted").inc()
             else:
                 by_owner[transition.agent.owner_id].append(transition)
-        sent = 0
+        owed: list[_News] = []
         for owner_id, news in by_owner.items():
             if len(news) >= DIGEST_FROM:
-                lines = "\n".join(
-                    texts.HEALTH_DIGEST_LINE.format(line=message_for(t)[1]) for t in news
-                )
-                sent += await self._send(
-                    owner_id, texts.HEALTH_DIGEST.format(lines=lines), "digest"
-                )
+                alerts = [asdict(alert_for(t)) for t in news]
+                owed.append(
+                    _News(f"health-digest:{owner_id}:{now.timestamp():.6f}", owner_id,
+                          NoticeKind.HEALTH_DIGEST, detail={"alerts": alerts})
+                )  # fmt: skip
                 continue
             for transition in news:
-                kind, text = message_for(transition)
-                markup = None
-                if kind != "back":
-                    markup = keyboards.health_alert(
-                        transition.agent, gave_up=transition.after.kind == "gave_up"
-                    )
-                sent += await self._send(owner_id, text, kind, markup)
-        return sent
+                owed.append(
+                    _News(alert_key(transition), owner_id, NoticeKind.HEALTH,
+                          transition.agent.id, asdict(alert_for(transition)))
+                )  # fmt: skip
+        await self._owe(owed)
+        return len(owed)
 
     async def sweep_failed(self, error: str) -> None:
         """Admins hear of a failing sweep once, and again when it recovers."""
-        if self._sweep_failing:
+        if self._sweep_failing_since is not None:
             return
-        self._sweep_failing = True
-        for admin in self._admins:
-            await self._send(admin, texts.SWEEP_FAILED.format(error=escape(error)), "admin")
+        self._sweep_failing_since = since = datetime.now(UTC)
+        await self._owe(
+            [
+                _News(f"sweep-failed:{admin}:{since.timestamp():.6f}", admin,
+                      NoticeKind.SWEEP_FAILED, detail={"error": error})
+                for admin in self._admins
+            ]
+        )  # fmt: skip
 
     async def sweep_succeeded(self) -> None:
-        if not self._sweep_failing:
+        since = self._sweep_failing_since
+        if since is None:
             return
-        self._sweep_failing = False
-        for admin in self._admins:
-            await self._send(admin, texts.SWEEP_RECOVERED, "admin")
+        self._sweep_failing_since = None
+        await self._owe(
+            [
+                _News(f"sweep-recovered:{admin}:{since.timestamp():.6f}", admin,
+                      NoticeKind.SWEEP_RECOVERED)
+                for admin in self._admins
+            ]
+        )  # fmt: skip
 
-    async def _send(
-        self, chat_id: int, text: str, kind: str, markup: InlineKeyboardMarkup | None = None
-    ) -> int:
+    async def _owe(self, owed: list[_News]) -> None:
+        """Write the notices in one transaction, then try to send them at once."""
+        if not owed:
+            return
+        async with self._db.session() as session:
+            outbox = Repositories(session).notices
+            for news in owed:
+                await outbox.owe(
+                    key=news.key, user_id=news.user_id, kind=news.kind, agent_id=news.agent_id,
+                    detail=json.dumps(news.detail),
+                )  # fmt: skip
+        if self._notices is None:
+            return
         try:
-            await self._bot.send_message(chat_id, text, reply_markup=markup)
-        except TelegramForbiddenError:
-            async with self._db.session() as session:
-                await Repositories(session).users.mark_blocked(chat_id)
-            return 0
-        except TelegramAPIError as error:
-            log.warning("health message to %s not sent: %s", chat_id, type(error).__name__)
-            return 0
-        HEALTH_NOTIFICATIONS.labels(kind).inc()
-        return 1
+            await self._notices.deliver()
+        except Exception as error:  # owed still: the notices job tries again
+            log.warning("health messages not sent yet: %s", type(error).__name__)

@@ -17,7 +17,13 @@ import pytest
 from aiogram import Bot, Dispatcher
 from kubernetes import client, config
 
-from manager_bot.app import build_bot, build_deployer, build_dispatcher, build_scheduler
+from manager_bot.app import (
+    build_bot,
+    build_deployer,
+    build_dispatcher,
+    build_scheduler,
+    installation_id,
+)
 from manager_bot.backends.base import Backend
 from manager_bot.backends.kubernetes import KubernetesBackend
 from manager_bot.backends.local import LocalBackend
@@ -35,6 +41,7 @@ from manager_bot.services.admin import BanList
 from manager_bot.services.broadcast import Broadcaster
 from manager_bot.services.deployer import Deployer, NewAgent
 from manager_bot.services.health import HealthConfig
+from manager_bot.services.reconciler import Reconciler
 from manager_bot.services.telegram import AgentTelegram
 from runtime.settings_loading import load_settings
 from tests.fakes.agent_pods import FakeAgentPods
@@ -62,6 +69,10 @@ class Manager:
     broadcaster: Broadcaster
     gateway: Gateway
     vault: Vault
+
+    @property
+    def reconciler(self) -> Reconciler:
+        return Reconciler(database=self.database, backend=self.backend, deployer=self.deployer)
 
 
 class _Running:
@@ -108,9 +119,11 @@ async def start_manager(
     if mode == "webhook":  # pods reach the gateway by its Service's name
         gateway_url = settings.agents_gateway_url
     agent_telegram = AgentTelegram(api_url=telegram.url)
+    installation = await installation_id(database)
     deployer = build_deployer(
         settings=settings, database=database, vault=vault, backend=backend,
-        telegram=agent_telegram, gateway_url=gateway_url, ready_timeout=30,
+        telegram=agent_telegram, gateway_url=gateway_url, installation_id=installation,
+        ready_timeout=30,
     )  # fmt: skip
 
     notifier_bot = build_bot(settings)

@@ -208,7 +208,7 @@ async def test_an_agent_crashing_too_long_is_stopped_and_the_owner_told(
     deployment = kube.get_object("deployments", "agents", f"agent-{agent.id}")
     assert deployment["spec"]["replicas"] == 0
     assert (await stored(kube_manager, agent.id)).desired_state == "stopped"
-    report = await kube_manager.deployer.reconcile()
+    report = await kube_manager.reconciler.reconcile()
     assert agent.id not in report.applied  # reconcile does not bring it back
     await kube_manager.scheduler.health_check()
     assert len(alerts(user, "kept crashing")) == 1

@@ -6,11 +6,13 @@ import asyncio
 import base64
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from kubernetes import client, config
 
+from manager_bot.app import installation_id
 from manager_bot.backends.base import Backend
 from manager_bot.backends.kubernetes import KubernetesBackend
 from manager_bot.backends.local import LocalBackend
@@ -33,6 +35,7 @@ from manager_bot.services.errors import (
     QuotaReached,
 )
 from manager_bot.services.providers import available_providers
+from manager_bot.services.reconciler import Reconciler
 from manager_bot.services.telegram import AgentTelegram
 from runtime.settings_loading import load_settings
 from tests.fakes.databases import raw_database_bytes
@@ -57,6 +60,11 @@ class World:
     llm: FakeOpenAI
     database_url: str
     gateway: Gateway
+    backend: Backend
+
+    @property
+    def reconciler(self) -> Reconciler:
+        return Reconciler(database=self.database, backend=self.backend, deployer=self.deployer)
 
     async def close(self) -> None:
         await self.gateway.stop()
@@ -84,6 +92,7 @@ async def build_world(
     settings, vault = settings_for(telegram, llm), Vault([generate_key()])
     gateway = build_gateway(settings=settings, database=database, vault=vault)
     gateway_url = await gateway.start("127.0.0.1", 0)
+    installation = await installation_id(database)
     deployer = Deployer(
         database=database,
         vault=vault,
@@ -96,6 +105,7 @@ async def build_world(
             telegram_api_url=telegram.url,
             max_agents_per_user=2,
             gateway_url=gateway_url,
+            installation_id=installation,
             ready_timeout=20,
             ready_poll_interval=0.05,
         ),
@@ -103,7 +113,7 @@ async def build_world(
     async with database.session() as session:
         for user_id in (OWNER, STRANGER):
             await Repositories(session).users.upsert(user_id=user_id, username=None, first_name="U")
-    return World(deployer, database, telegram, llm, url, gateway), agent_telegram
+    return World(deployer, database, telegram, llm, url, gateway, backend), agent_telegram
 
 
 @pytest.fixture
@@ -323,25 +333,95 @@ async def test_a_crash_looping_first_deploy_is_rolled_back_with_its_reason(
     assert labelled(kube) == {kind: [] for kind in KINDS}
 
 
-async def test_reconcile_repairs_drift_and_removes_orphans(
+async def test_reconcile_repairs_drift_and_removes_only_its_own_orphans(
     kube_world: World, kube: FakeKubernetes
 ) -> None:
     agent = await kube_world.deployer.deploy(request(kube_world.telegram))
     kube.delete_object("deployments", "agents", f"agent-{agent.id}")
-    orphan_labels = {
-        "app.kubernetes.io/managed-by": "hatchbot",
-        "hatchbot.io/agent-id": "orphan0001",
-    }
-    kube.put_object(
-        "secrets",
-        {"metadata": {"name": "agent-orphan0001", "namespace": "agents", "labels": orphan_labels}},
+    ours, foreign = (
+        orphan(kube, "orphan0001", kube_world.deployer.installation_id),
+        orphan(kube, "foreign001", "0123456789abcdef"),
     )
-    report = await kube_world.deployer.reconcile()
+    unstamped = orphan(kube, "unstamp001", None)
+    alerts: list[str] = []
+
+    async def alert(text: str) -> None:
+        alerts.append(text)
+
+    reconciler = Reconciler(
+        database=kube_world.database, backend=kube_world.backend, deployer=kube_world.deployer,
+        orphan_grace=timedelta(0), alert=alert,
+    )  # fmt: skip
+    report = await reconciler.reconcile()
     assert report.applied == (agent.id,) and report.removed == ("orphan0001",)
     assert kube.get_object("deployments", "agents", f"agent-{agent.id}") is not None
-    assert kube.get_object("secrets", "agents", "agent-orphan0001") is None
-    second = await kube_world.deployer.reconcile()
+    assert kube.get_object("secrets", "agents", ours) is None
+    for kept in (foreign, unstamped):  # not this installation's: never deleted
+        assert kube.get_object("secrets", "agents", kept) is not None
+    assert len(alerts) == 1 and "deleted nothing" in alerts[0]
+    second = await reconciler.reconcile()
     assert second.applied == () and second.removed == ()
+    assert len(alerts) == 1  # told once
+
+
+async def test_an_orphan_is_removed_only_after_its_grace_period(
+    kube_world: World, kube: FakeKubernetes
+) -> None:
+    await kube_world.deployer.deploy(request(kube_world.telegram))  # the database knows one
+    name = orphan(kube, "orphan0002", kube_world.deployer.installation_id)
+    now = [datetime(2026, 11, 28, 12, 0, tzinfo=UTC)]
+    reconciler = Reconciler(
+        database=kube_world.database, backend=kube_world.backend, deployer=kube_world.deployer,
+        orphan_grace=timedelta(minutes=15), clock=lambda: now[0],
+    )  # fmt: skip
+    assert (await reconciler.reconcile()).removed == ()
+    now[0] += timedelta(minutes=14)
+    assert (await reconciler.reconcile()).removed == ()
+    assert kube.get_object("secrets", "agents", name) is not None
+    now[0] += timedelta(minutes=2)
+    assert (await reconciler.reconcile()).removed == ("orphan0002",)
+
+
+async def test_a_manager_on_an_empty_database_deletes_nothing(
+    kube_world: World, kube: FakeKubernetes, sqlite_url: str, tmp_path: Path
+) -> None:
+    """A wrong DATABASE_URL or a lost volume: the agents it does not know are not its to
+    delete, even stamped with an id (a new database makes a new installation id)."""
+    agent = await kube_world.deployer.deploy(request(kube_world.telegram))
+    empty_url = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    empty, agent_telegram = await build_world(
+        url=empty_url, backend=kube_world.backend, telegram=kube_world.telegram,
+        llm=kube_world.llm, mode="webhook",
+    )  # fmt: skip
+    alerts: list[str] = []
+
+    async def alert(text: str) -> None:
+        alerts.append(text)
+
+    try:
+        assert empty.deployer.installation_id != kube_world.deployer.installation_id
+        reconciler = Reconciler(
+            database=empty.database, backend=empty.backend, deployer=empty.deployer,
+            orphan_grace=timedelta(0), alert=alert,
+        )  # fmt: skip
+        assert (await reconciler.reconcile()).removed == ()
+        assert kube.get_object("deployments", "agents", f"agent-{agent.id}") is not None
+        assert "knows no agent at all" in alerts[0]
+    finally:
+        await agent_telegram.close()
+        await empty.close()
+
+
+def orphan(kube: FakeKubernetes, agent_id: str, installation: str | None) -> str:
+    """A Secret of an agent the database does not know, stamped with `installation`."""
+    labels = {"app.kubernetes.io/managed-by": "hatchbot", "hatchbot.io/agent-id": agent_id}
+    if installation:
+        labels["hatchbot.io/installation"] = installation
+    name = f"agent-{agent_id}"
+    kube.put_object(
+        "secrets", {"metadata": {"name": name, "namespace": "agents", "labels": labels}}
+    )
+    return name
 
 
 async def test_no_secret_in_the_database_after_a_deploy(

@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import sys
+from pathlib import Path
 
 from runtime.redaction import RedactingFilter, install_redaction
 from tests.fakes.openai_api import FakeOpenAI
@@ -68,6 +69,19 @@ async def test_polling_mode_answers_without_a_webhook(
         await user.send("over polling")
         await user.wait_for(text_contains="echo: over polling", timeout=15)
         assert await terminate(process) == 0
+
+
+async def test_a_log_file_that_cannot_be_written_is_one_line_and_exit_2(
+    telegram: FakeTelegram, openai_server: FakeOpenAI, tmp_path: Path
+) -> None:
+    bot = telegram.add_bot(username="agent_bot")
+    env = agent_env(telegram, openai_server, bot, LOG_FILE=str(tmp_path / "absent" / "x.log"))
+    async with reaped(await start_process(env)) as process:
+        assert await asyncio.wait_for(process.wait(), 30) == 2
+        output = (await process.stdout.read()).decode() if process.stdout else ""
+    assert output.strip() == (
+        "python -m runtime: LOG_FILE cannot be written (No such file or directory)"
+    )
 
 
 def test_redaction_covers_every_logger_and_exceptions() -> None:

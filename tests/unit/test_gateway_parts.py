@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 
 from manager_bot.db.migrate import upgrade
+from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 from manager_bot.gateway.accounts import AgentAccount
 from manager_bot.gateway.ledger import Admission, UsageLedger
@@ -73,5 +74,25 @@ async def test_the_ledger_keeps_counting_what_it_is_writing(sqlite_url: str) -> 
         # Room left, but held by a request in flight: try again, not "exhausted".
         assert ledger.admit(agent, prompt_bound=10, max_tokens=20) is Admission.ADMITTED
         assert ledger.admit(agent, prompt_bound=10, max_tokens=20) is Admission.RESERVED
+    finally:
+        await database.close()
+
+
+async def test_a_stop_in_the_middle_of_a_write_loses_nothing(sqlite_url: str) -> None:
+    """close() waits for a write in progress instead of cancelling it, then writes the rest."""
+    await upgrade(sqlite_url)
+    database = Database(sqlite_url)
+    try:
+        for attempt in range(8):
+            ledger = UsageLedger(database=database, flush_seconds=0.01)
+            agent = account(budget=0)
+            ledger.start()
+            for _ in range(20):
+                ledger.settle(agent, reserved=0, prompt_tokens=1, completion_tokens=1)
+                await asyncio.sleep(0.002 * attempt)  # stop at ever other moments
+            await asyncio.wait_for(ledger.close(), timeout=10)
+        async with database.session() as session:
+            totals = await Repositories(session).usage.totals(since=agent.day)
+        assert totals["a1"].tokens == 8 * 20 * 2 and totals["a1"].requests == 8 * 20
     finally:
         await database.close()
