@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 from pathlib import Path
@@ -25,7 +27,6 @@ from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 from manager_bot.gateway.endpoints import EndpointGuard, EndpointPolicy
 from manager_bot.gateway.process import build_gateway
-from manager_bot.gateway.server import Gateway
 from manager_bot.handlers import admin, agents, common, deploy, start
 from manager_bot.logs import configure_logging
 from manager_bot.metrics import TelegramErrorMetrics, UpdateMetricsMiddleware
@@ -48,8 +49,9 @@ from manager_bot.services.notices import NoticeSender
 from manager_bot.services.notifications import Notifier
 from manager_bot.services.providers import available_providers
 from manager_bot.services.reconciler import Reconciler
+from manager_bot.services.recovery import Recovery
 from manager_bot.services.telegram import AgentTelegram
-from manager_bot.status_server import StatusServer
+from manager_bot.status_server import Startup, StartupStopped, StatusServer, StepPostponed
 
 log = logging.getLogger(__name__)
 DATA_DIR = Path("data")
@@ -150,11 +152,18 @@ def build_scheduler(
         webhook_mode=settings.backend == "kubernetes",
         expected_webhook=f"{settings.public_url or ''}/webhook/",
     )
+    admins = list(settings.admin_ids)
+    # One sender for the sweep's alerts and the notices job: one of them honouring a 429
+    # holds the other too, and no notice is sent by both at once.
+    notices = NoticeSender(bot=bot, database=database, admin_ids=admins)
+    notifier = Notifier(bot=bot, database=database, admin_ids=admins, notices=notices)
     return Scheduler(
         monitor=HealthMonitor(database=database, backend=backend, deployer=deployer, config=config),
-        notifier=Notifier(bot=bot, database=database, admin_ids=list(settings.admin_ids)),
-        notices=NoticeSender(bot=bot, database=database, admin_ids=list(settings.admin_ids)),
-        reconciler=Reconciler(database=database, backend=backend, deployer=deployer),
+        notifier=notifier,
+        notices=notices,
+        reconciler=Reconciler(
+            database=database, backend=backend, deployer=deployer, alert=notifier.tell_admins
+        ),
         health_interval=settings.health_interval,
     )
 
@@ -224,87 +233,149 @@ def build_backend(settings: ManagerSettings) -> Backend:
     return LocalBackend(data_dir=DATA_DIR)
 
 
+RECONCILE_PATIENCE = 10.0  # seconds start-up waits for the cluster before polling anyway
+
+
 async def run_manager(settings: ManagerSettings) -> None:
-    """Upgrade the database, take over running agents, reconcile, then poll Telegram."""
+    """Serve the probes, start up step by step, then poll Telegram.
+
+    Each step that needs the database, the cluster or Telegram is retried with backoff
+    while its trouble is transient (`Startup`), /readyz answering 503 meanwhile: a
+    database not up yet or a Bot API answering 502 delays the start; it does not crash
+    the process into a restart loop. A cluster still unreachable after
+    RECONCILE_PATIENCE does not hold polling back: users are served (their actions
+    report cluster errors themselves) and the reconcile keeps retrying beside polling.
+    SIGINT and SIGTERM stop a start-up that is waiting at once.
+    """
     configure_logging(settings.log_format, settings.secret_values())
-    database_url = settings.database_url.get_secret_value()
-    await upgrade(database_url)
-    database = Database(database_url)
-    vault = load_vault(settings, data_dir=DATA_DIR)
-    backend = build_backend(settings)
-    gateway: Gateway | None = None
-    gateway_url = settings.agents_gateway_url
-    if isinstance(backend, LocalBackend):
-        # One machine: the gateway runs here, on 127.0.0.1, before any agent starts.
-        gateway = build_gateway(settings=settings, database=database, vault=vault)
+    status = StatusServer()
+    startup = Startup(status=status)
+    startup.handle_signals()
+    background: list[asyncio.Task[object]] = []
+
+    async def stop_background() -> None:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+
+    async with contextlib.AsyncExitStack() as cleanup:
+        if settings.metrics_port:  # first: kubelet sees a live process, not yet ready
+            await status.start(settings.metrics_host, settings.metrics_port)
+            cleanup.push_async_callback(status.stop)
         try:
-            gateway_url = await gateway.start(settings.gateway_host, settings.gateway_port)
-        except OSError as error:
-            await gateway.stop()
-            raise SystemExit(
-                f"python -m manager_bot: the LLM gateway cannot listen on "
-                f"{settings.gateway_host}:{settings.gateway_port} ({error.strerror}); "
-                "set GATEWAY_PORT to a free port"
-            ) from None
-        await backend.adopt()
-    agent_telegram = AgentTelegram(api_url=settings.telegram_api_url)
-    deployer = build_deployer(
-        settings=settings, database=database, vault=vault, backend=backend,
-        telegram=agent_telegram, gateway_url=gateway_url,
-        installation_id=await installation_id(database),
-    )  # fmt: skip
-    status = StatusServer(agent_counts=deployer.agent_counts)
-    if settings.metrics_port:
-        await status.start(settings.metrics_host, settings.metrics_port)
-    upgraded = await deployer.ensure_gateway_credentials()
-    if upgraded:
-        log.info("%d agents moved to the LLM gateway (their provider keys removed)", upgraded)
-    report = await Reconciler(database=database, backend=backend, deployer=deployer).reconcile()
-    log.info("reconciled: %d applied, %d removed", len(report.applied), len(report.removed))
-    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
-    bot = build_bot(settings)
-    broadcaster = Broadcaster(bot=bot, database=database, rate=settings.broadcast_rate)
-    bans = BanList()
-    await bans.load(database)
-    dispatcher = build_dispatcher(
-        settings=settings,
-        database=database,
-        vault=vault,
-        deployer=deployer,
-        storage=build_fsm_storage(database=database, redis_url=redis_url),
-        broadcaster=broadcaster,
-        bans=bans,
-    )
-    scheduler = build_scheduler(
-        settings=settings, database=database, backend=backend, deployer=deployer, bot=bot
-    )
+            vault = load_vault(settings, data_dir=DATA_DIR)  # a missing key: fatal, at once
+            database_url = settings.database_url.get_secret_value()
 
-    async def on_startup() -> None:
-        scheduler.start()
-        resumed = await broadcaster.resume_unfinished()
-        if resumed:
-            log.info("resuming broadcasts %s", resumed)
-        # Start-up leaves a great many long-lived objects (aiogram's and pydantic's models,
-        # SQLAlchemy's mappers). Frozen, a full collection no longer walks them all: under
-        # load it had stalled every chat at once for about 0.2 s.
-        gc.collect()
-        gc.freeze()
-        status.ready = True
+            async def open_database() -> Database:
+                database = Database(database_url)
+                try:
+                    # Asked first because it can be cancelled; Alembic's thread cannot.
+                    async with database.engine.connect():
+                        pass
+                    await upgrade(database_url)
+                except BaseException:
+                    await database.close()
+                    raise
+                return database
 
-    dispatcher.startup.register(on_startup)
-    try:
-        async with bot:
+            database = await startup.run("database", open_database)
+            cleanup.push_async_callback(database.close)
+            backend = build_backend(settings)
+            cleanup.push_async_callback(backend.close)
+            gateway_url = settings.agents_gateway_url
+            if isinstance(backend, LocalBackend):
+                # One machine: the gateway runs here, on 127.0.0.1, before any agent starts.
+                gateway = build_gateway(settings=settings, database=database, vault=vault)
+                cleanup.push_async_callback(gateway.stop)
+                try:
+                    gateway_url = await gateway.start(settings.gateway_host, settings.gateway_port)
+                except OSError as error:
+                    raise SystemExit(
+                        f"python -m manager_bot: the LLM gateway cannot listen on "
+                        f"{settings.gateway_host}:{settings.gateway_port} ({error.strerror}); "
+                        "set GATEWAY_PORT to a free port"
+                    ) from None
+                await backend.adopt()
+            agent_telegram = AgentTelegram(api_url=settings.telegram_api_url)
+            cleanup.push_async_callback(agent_telegram.close)
+            deployer = build_deployer(
+                settings=settings, database=database, vault=vault, backend=backend,
+                telegram=agent_telegram, gateway_url=gateway_url,
+                installation_id=await startup.run("database", lambda: installation_id(database)),
+            )  # fmt: skip
+            status.agent_counts = deployer.agent_counts
+            upgraded = await startup.run("database", deployer.ensure_gateway_credentials)
+            if upgraded:
+                log.info(
+                    "%d agents moved to the LLM gateway (their provider keys removed)", upgraded
+                )
+            reconciler = Reconciler(database=database, backend=backend, deployer=deployer)
+
+            async def reconcile(patience: float | None = None) -> None:
+                report = await startup.run("reconcile", reconciler.reconcile, patience=patience)
+                log.info(
+                    "reconciled: %d applied, %d removed", len(report.applied), len(report.removed)
+                )
+
             try:
-                await register_commands(bot, list(settings.admin_ids))
-                await dispatcher.start_polling(bot, handle_signals=True)
-            finally:  # while the bot's session is still open: sends in flight may finish
-                await broadcaster.close()
-                await scheduler.stop()
-    finally:
-        await dispatcher.storage.close()
-        await status.stop()
-        await agent_telegram.close()
-        await backend.close()
-        if gateway is not None:
-            await gateway.stop()
-        await database.close()
+                await reconcile(RECONCILE_PATIENCE)
+            except StepPostponed:
+                log.warning(
+                    "the cluster does not answer: polling starts; reconcile retries beside it"
+                )
+                background.append(asyncio.create_task(reconcile()))
+                cleanup.push_async_callback(stop_background)
+            redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+            bot = build_bot(settings)
+            broadcaster = Broadcaster(bot=bot, database=database, rate=settings.broadcast_rate)
+            bans = BanList()
+            await startup.run("database", lambda: bans.load(database))
+            dispatcher = build_dispatcher(
+                settings=settings,
+                database=database,
+                vault=vault,
+                deployer=deployer,
+                storage=build_fsm_storage(database=database, redis_url=redis_url),
+                broadcaster=broadcaster,
+                bans=bans,
+            )
+            cleanup.push_async_callback(dispatcher.storage.close)
+            scheduler = build_scheduler(
+                settings=settings, database=database, backend=backend, deployer=deployer, bot=bot
+            )
+            recovery = Recovery(
+                database=database, deployer=deployer, reconciler=reconciler, bot=bot
+            )
+
+            async def on_startup() -> None:
+                scheduler.start()
+                # What a manager that died midway left unfinished: finished (or rolled back)
+                # and its users told, beside polling (a deploy may wait a minute for readiness).
+                background.append(asyncio.create_task(recovery.finish_unfinished()))
+                # Start-up leaves a great many long-lived objects (aiogram's and pydantic's
+                # models, SQLAlchemy's mappers). Frozen, a full collection no longer walks them
+                # all: under load it had stalled every chat at once for about 0.2 s.
+                gc.collect()
+                gc.freeze()
+                status.ready = True
+
+            dispatcher.startup.register(on_startup)
+            await cleanup.enter_async_context(bot)
+            # Stopped before the bot's session closes: sends in flight may finish.
+            cleanup.push_async_callback(scheduler.stop)
+            cleanup.push_async_callback(broadcaster.close)
+            cleanup.push_async_callback(stop_background)
+            # Polling asks getMe first and stops at a 5xx: asked here (aiogram caches it).
+            await startup.run("Telegram getMe", bot.me)
+            await startup.run(
+                "Telegram setMyCommands", lambda: register_commands(bot, list(settings.admin_ids))
+            )
+            resumed = await startup.run("database", broadcaster.resume_unfinished)
+            if resumed:
+                log.info("resuming broadcasts %s", resumed)
+            if startup.stopping:
+                raise StartupStopped
+            # From here aiogram handles SIGINT and SIGTERM (it replaces our handlers).
+            await dispatcher.start_polling(bot, handle_signals=True)
+        except StartupStopped:
+            log.info("stopped before start-up was done")

@@ -70,7 +70,7 @@ HEALTH_NOTIFICATIONS = Counter(
 )
 BROADCAST_MESSAGES = Counter(
     "hatchbot_manager_broadcast_messages_total",
-    "Broadcast deliveries by outcome: sent, failed, blocked",
+    "Broadcast deliveries by outcome: sent, failed, blocked, uncertain",
     ["outcome"],
 )
 BROADCAST_REMAINING = Gauge(

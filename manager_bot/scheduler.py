@@ -24,7 +24,7 @@ from manager_bot.services.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 RECONCILE_INTERVAL = 600  # orphans and drift the health sweep does not cover
-NOTICES_INTERVAL = 5  # the outbox: budget notices written by the gateway
+NOTICES_INTERVAL = 5  # the outbox: budget notices, health alerts, admins' messages
 STOP_TIMEOUT = 20.0
 
 

@@ -111,6 +111,17 @@ DEPLOY_FAILED = (
     "Nothing was left behind. Try /deploy again in a moment."
 )
 DEPLOYED = "🎉 @{username} is live! Open it: https://t.me/{username}"
+DEPLOY_INTERRUPTED = (
+    "⚠️ The deploy was interrupted by a restart on our side before your bot was made. "
+    "Nothing was changed: /deploy to try again."
+)
+RECOVERED = (
+    "✅ Your “{action}” of @{username} was interrupted by a restart on our side; it is done now."
+)
+RECOVERED_LATER = (
+    "⏳ Your “{action}” of @{username} was interrupted by a restart on our side; "
+    "it will finish as soon as the cluster answers again."
+)
 
 PRESETS: tuple[tuple[str, str], ...] = (
     ("Friendly assistant", "You are a friendly, concise assistant. Answer clearly and kindly."),
@@ -252,6 +263,7 @@ SWEEP_FAILED = (
     "⚠️ Health checks cannot read the agents: {error}. "
     "I keep trying and will tell you when it works again."
 )
+ADMIN_ALERT = "🛡 {text}"
 SWEEP_RECOVERED = "✅ Health checks work again."
 HEALTH_LABELS = {"healthy": "✅ healthy", "degraded": "⚠️ degraded", "down": "🔴 down"}
 LOGS_BUTTON = "📜 Logs"
@@ -328,6 +340,6 @@ def broadcast_report(
         lines.append(f"Not sent (stopped): {counts['pending']}")
     if counts.get("uncertain"):
         lines.append(
-            f"Uncertain (the manager stopped mid-send; not sent again): {counts['uncertain']}"
+            f"Uncertain (a send cut off mid-way: a stop, or no answer in time; not sent again): {counts['uncertain']}"
         )
     return "\n".join(lines)

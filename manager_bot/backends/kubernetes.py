@@ -182,14 +182,16 @@ class KubernetesBackend:
                 raise
 
     async def delete(self, agent_id: str) -> None:
-        # The NetworkPolicy goes last: it guards the pods until they are gone.
+        # The Secret goes last: while it is there the agent is observed, so a delete that
+        # failed midway is finished by reconcile. The NetworkPolicy outlives the pods'
+        # Deployment (and the namespace's default-deny policy covers any still stopping).
         for kind in (
             "VirtualService",
             "HTTPRoute",
             "Service",
             "Deployment",
-            "Secret",
             "NetworkPolicy",
+            "Secret",
         ):
             if kind in ("VirtualService", "HTTPRoute") and not self._route_kind_installed(kind):
                 continue

@@ -242,3 +242,28 @@ class Installation(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class OperationStatus(enum.StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Operation(Base):
+    """A user's action, written before anything else it does: a manager that dies midway
+    finds it at the next start, finishes or rolls it back, and tells the user."""
+
+    __tablename__ = "operations"
+    __table_args__ = (Index("ix_operations_status", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))  # deploy | stop | resume | change | ...
+    agent_id: Mapped[str | None] = mapped_column(String(16))
+    actor_id: Mapped[int | None] = mapped_column(BigInteger)
+    chat_id: Mapped[int | None] = mapped_column(BigInteger)  # where the user is told
+    message_id: Mapped[int | None] = mapped_column(Integer)  # the progress message, if any
+    status: Mapped[str] = mapped_column(String(16), default=OperationStatus.RUNNING.value)
+    detail: Mapped[str | None] = mapped_column(String(256))  # never a secret
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -23,6 +23,8 @@ from manager_bot.db.models import (
     DesiredState,
     Installation,
     Notice,
+    Operation,
+    OperationStatus,
     User,
     utcnow,
 )
@@ -512,6 +514,51 @@ class Notices:
         return (await self._session.scalars(select(Notice).order_by(Notice.id))).all()
 
 
+class Operations:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def start(
+        self, *, kind: str, agent_id: str | None, actor_id: int | None,
+        chat_id: int | None = None, message_id: int | None = None,
+    ) -> int:  # fmt: skip
+        operation = Operation(
+            kind=kind, agent_id=agent_id, actor_id=actor_id, chat_id=chat_id,
+            message_id=message_id, status=OperationStatus.RUNNING.value, started_at=utcnow(),
+        )  # fmt: skip
+        self._session.add(operation)
+        await self._session.flush()
+        return operation.id
+
+    async def finish(self, operation_id: int, status: OperationStatus, detail: str = "") -> None:
+        await self._session.execute(
+            update(Operation)
+            .where(Operation.id == operation_id)
+            .values(status=status.value, detail=detail[:256] or None, finished_at=utcnow())
+        )
+
+    async def concerns(self, operation_id: int, agent_id: str) -> None:
+        """The operation's agent, once it exists (a deploy's is made midway)."""
+        await self._session.execute(
+            update(Operation).where(Operation.id == operation_id).values(agent_id=agent_id)
+        )
+
+    async def unfinished(self) -> Sequence[Operation]:
+        query = (
+            select(Operation)
+            .where(Operation.status == OperationStatus.RUNNING.value)
+            .order_by(Operation.id)
+        )
+        return (await self._session.scalars(query)).all()
+
+    async def get(self, operation_id: int) -> Operation | None:
+        return await self._session.get(Operation, operation_id)
+
+    async def all_of(self, agent_id: str) -> Sequence[Operation]:
+        query = select(Operation).where(Operation.agent_id == agent_id).order_by(Operation.id)
+        return (await self._session.scalars(query)).all()
+
+
 class Installations:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -543,3 +590,4 @@ class Repositories:
         self.usage = Usage(session)
         self.notices = Notices(session)
         self.installation = Installations(session)
+        self.operations = Operations(session)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 
 from aiogram import Bot, F, Router
-from aiogram.exceptions import TelegramBadRequest
+from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
 from aiogram.filters import Command
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
@@ -30,6 +30,7 @@ from manager_bot.handlers.model_steps import (
     take_model_name,
 )
 from manager_bot.keyboards import ModelChoice, WizardAction
+from manager_bot.logs import new_request_id
 from manager_bot.services.deployer import (
     MAX_PROMPT_CHARS,
     Deployer,
@@ -341,7 +342,8 @@ async def deploy(query: CallbackQuery, state: FSMContext, deployer: Deployer, va
 
     async def report(step: DeployStep) -> None:
         done.append(str(step))
-        with contextlib.suppress(TelegramBadRequest):
+        # A nicety: a 429 or a network error on an edit skips it (the next one catches up).
+        with contextlib.suppress(TelegramAPIError):
             await progress_message.edit_text(texts.progress(done, steps))
 
     request = NewAgent(
@@ -353,6 +355,8 @@ async def deploy(query: CallbackQuery, state: FSMContext, deployer: Deployer, va
         llm_api_key=vault.decrypt(data["key"]) if data.get("key") else None,
         managed=bool(data.get("managed")),
         llm_base_url=data.get("endpoint"),
+        chat_id=progress_message.chat.id,
+        progress_message_id=progress_message.message_id,
     )
     await state.clear()
     # A deploy can take a minute (image pulls): run it beside the dispatcher, so the
@@ -366,6 +370,21 @@ _running: set[asyncio.Task[None]] = set()
 
 
 async def _deploy(
+    message: Message, progress_message: Message, request: NewAgent, report: Progress,
+    deployer: Deployer,
+) -> None:  # fmt: skip
+    """The deploy in the background: whatever happens ends in a message (a task's
+    exception would otherwise vanish, with "Deploying…" frozen on screen)."""
+    try:
+        await _deploy_and_tell(message, progress_message, request, report, deployer)
+    except Exception:
+        reference = new_request_id()
+        log.exception("deploy in the background failed ref=%s", reference)
+        with contextlib.suppress(TelegramAPIError):
+            await progress_message.edit_text(texts.ERROR.format(reference=reference))
+
+
+async def _deploy_and_tell(
     message: Message, progress_message: Message, request: NewAgent, report: Progress,
     deployer: Deployer,
 ) -> None:  # fmt: skip

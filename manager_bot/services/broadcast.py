@@ -1,11 +1,16 @@
 """Broadcasts: one admin message to many users, at Telegram's pace, nothing lost or twice.
 
 Every recipient is a row written before the send ("sending") and after it
-(sent, failed, blocked). A manager that stops mid-broadcast resumes it at its
-next start from the pending rows; a row a crash left in "sending" (Telegram may
-or may not have delivered it) becomes "uncertain" and is never sent again, so
-nobody gets a copy twice. At most `workers` rows can be in flight, so at most
-that many are uncertain after a crash; the report counts them.
+(sent, failed, blocked, uncertain). A manager that stops mid-broadcast resumes
+it at its next start from the pending rows; a row a crash left in "sending"
+(Telegram may or may not have delivered it) becomes "uncertain" and is never
+sent again, so nobody gets a copy twice. At most `workers` rows can be in
+flight, so at most that many are uncertain after a crash; the report counts them.
+
+The same holds while running: a send whose outcome is unknown (a timeout or a
+connection lost after the request may have left) is "uncertain", not retried.
+Only what Telegram documents as not delivered is sent again: a 429, a 5xx, or
+a connection that was never made.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import logging
 import time
 from dataclasses import dataclass
 
+import aiohttp
 from aiogram import Bot
 from aiogram.exceptions import (
+    ClientDecodeError,
     TelegramAPIError,
     TelegramForbiddenError,
     TelegramNetworkError,
@@ -33,7 +40,7 @@ from manager_bot.db.session import Database
 from manager_bot.metrics import BROADCAST_MESSAGES, BROADCAST_REMAINING
 
 log = logging.getLogger(__name__)
-MAX_ATTEMPTS = 3  # transient errors (5xx, network) per recipient
+MAX_ATTEMPTS = 3  # transient errors (5xx, no connection) per recipient
 BATCH = 200
 PROGRESS_EVERY = 2.0  # seconds between progress edits
 
@@ -80,12 +87,16 @@ class SlidingWindow:
 
 class Broadcaster:
     def __init__(
-        self, *, bot: Bot, database: Database, rate: float = 30.0, workers: int = 4
-    ) -> None:
+        self, *, bot: Bot, database: Database, rate: float = 30.0, workers: int = 4,
+        send_timeout: int | None = None,
+    ) -> None:  # fmt: skip
+        """`send_timeout`: seconds for one send (default: the bot session's); past it
+        the outcome is unknown, so that recipient is uncertain."""
         self._bot = bot
         self._db = database
         self._window = SlidingWindow(rate)
         self._workers = workers
+        self._send_timeout = send_timeout
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._cancelled: set[int] = set()
         self._stopping = False
@@ -230,7 +241,17 @@ class Broadcaster:
                     await repos.broadcasts.set_delivery(broadcast_id, user_id, "blocked")
                 BROADCAST_MESSAGES.labels("blocked").inc()
                 return
-            except (TelegramServerError, TelegramNetworkError) as error:
+            except (TelegramServerError, TelegramNetworkError, ClientDecodeError) as error:
+                if _outcome_unknown(error):  # it may have arrived: a second copy is worse
+                    log.warning(
+                        "broadcast #%d: delivery to %s uncertain (%s); not sent again",
+                        broadcast_id, user_id, error,
+                    )  # fmt: skip
+                    await self._record(
+                        broadcast_id, user_id, "uncertain", error=type(error).__name__
+                    )
+                    BROADCAST_MESSAGES.labels("uncertain").inc()
+                    return
                 failures += 1
                 if failures < MAX_ATTEMPTS:
                     await self._record(broadcast_id, user_id, "pending")
@@ -248,10 +269,13 @@ class Broadcaster:
             return
 
     async def _send(self, user_id: int, content: Content) -> None:
+        timeout = self._send_timeout
         if content.photo_file_id:
-            await self._bot.send_photo(user_id, content.photo_file_id, caption=content.html)
+            await self._bot.send_photo(
+                user_id, content.photo_file_id, caption=content.html, request_timeout=timeout
+            )
         else:
-            await self._bot.send_message(user_id, content.html)
+            await self._bot.send_message(user_id, content.html, request_timeout=timeout)
 
     async def _record(
         self, broadcast_id: int, user_id: int, status: str, *, error: str | None = None,
@@ -308,3 +332,19 @@ class Broadcaster:
             )
         except TelegramAPIError as error:  # "message is not modified" and the like
             log.debug("progress edit skipped: %s", error)
+
+
+def _outcome_unknown(
+    error: TelegramServerError | TelegramNetworkError | ClientDecodeError,
+) -> bool:
+    """Whether Telegram may have delivered a send that failed.
+
+    A 5xx answer means it did not (Telegram's own word), and so does a connection
+    that was never made (refused, unresolvable, timed out while connecting): the
+    request never left. A timeout or a dropped connection after that, or an answer
+    we cannot read, may hide a delivery.
+    """
+    if isinstance(error, TelegramServerError):
+        return False
+    never_connected = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+    return not isinstance(error.__cause__, never_connected)

@@ -17,7 +17,7 @@ import contextlib
 import enum
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -33,7 +33,7 @@ from manager_bot.backends.base import (
     ObservedState,
 )
 from manager_bot.crypto import Vault
-from manager_bot.db.models import Agent, DesiredState, as_utc, utcnow
+from manager_bot.db.models import Agent, DesiredState, OperationStatus, as_utc, utcnow
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 from manager_bot.gateway.credentials import credential_hash, new_credential
@@ -91,6 +91,10 @@ class NewAgent:
     llm_api_key: str | None = None
     managed: bool = False
     llm_base_url: str | None = None  # the "custom" provider: the user's own endpoint
+    # Where the user watches it: a manager that dies midway edits this message when it
+    # finishes or rolls the deploy back at its next start.
+    chat_id: int | None = None
+    progress_message_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -173,14 +177,26 @@ class Deployer:
         return identity
 
     async def deploy(self, request: NewAgent, *, progress: Progress = no_progress) -> Agent:
-        """Creates and starts a new agent, reporting each step; rolls back on failure."""
+        """Creates and starts a new agent, reporting each step; rolls back on failure.
+
+        The operation is written first, with the progress message, so a manager that dies
+        at any point (even before the agent is stored) tells the user at its next start."""
         outcome = "refused"
+        async with self._db.session() as session:
+            operation = await Repositories(session).operations.start(
+                kind="deploy", agent_id=None, actor_id=request.owner_id,
+                chat_id=request.chat_id, message_id=request.progress_message_id,
+            )  # fmt: skip
         try:
-            agent = await self._deploy(request, progress)
+            agent = await self._deploy(request, progress, operation)
             outcome = "ok"
             return agent
-        except DeployFailed:
+        except DeployFailed as failure:
             outcome = "failed"
+            await self._finish_operation(operation, OperationStatus.FAILED, failure.hint)
+            raise
+        except BaseException as error:
+            await self._finish_operation(operation, OperationStatus.FAILED, type(error).__name__)
             raise
         finally:
             DEPLOYS.labels(outcome).inc()
@@ -203,7 +219,7 @@ class Deployer:
         oldest = as_utc(recent[-self._config.deploys_per_window])
         return max(1, int((oldest + self._config.deploy_window - utcnow()).total_seconds()) + 1)
 
-    async def _deploy(self, request: NewAgent, progress: Progress) -> Agent:
+    async def _deploy(self, request: NewAgent, progress: Progress, operation: int) -> Agent:
         wait = await self.deploy_wait(request.owner_id)  # refused early, before Telegram
         if wait:
             raise DeployThrottled(wait)
@@ -255,14 +271,70 @@ class Deployer:
             await repos.audit.record(
                 actor_id=request.owner_id, action="deploy", agent_id=agent.id, outcome="started"
             )
-        await progress(DeployStep.SECRET)
+            await repos.operations.concerns(operation, agent.id)
+        async with self.locks.hold(agent.id):
+            await self._report(progress, DeployStep.SECRET)
+            await self._finish_deploy(agent, actor_id=request.owner_id, progress=progress)
+        await self._finish_operation(operation, OperationStatus.DONE)
+        return await self._reload(agent.id)
+
+    async def _finish_deploy(self, agent: Agent, *, actor_id: int, progress: Progress) -> None:
+        """Apply, point the webhook, wait until ready; any failure, expected or not, ends
+        in a rollback and a DeployFailed the user is shown (never a half-made agent)."""
         try:
             await self._start(agent, first_deploy=True, progress=progress)
-        except DeployFailed as failure:
-            await self._roll_back(agent, actor_id=request.owner_id, failure=failure)
+        except Exception as error:
+            failure = (
+                error
+                if isinstance(error, DeployFailed)
+                else DeployFailed(DeployStep.WORKLOAD, "an unexpected error on our side")
+            )
+            if not isinstance(error, DeployFailed):
+                log.exception("deploy of agent %s failed unexpectedly", agent.id)
+            await self._roll_back(agent, actor_id=actor_id, failure=failure)
+            raise failure from None
+        await self._audit(actor_id, "deploy", agent.id, "ok")
+
+    async def resume_deploy(self, agent_id: str, *, actor_id: int | None) -> Agent:
+        """A deploy the manager did not finish (it died midway): finish it now, or roll it
+        back. Raises DeployFailed when rolled back."""
+        async with self.locks.hold(agent_id):
+            agent = await self.stored(agent_id)
+            if agent is None or agent.desired_state != DesiredState.RUNNING:
+                raise DeployFailed(DeployStep.WORKLOAD, "it was stopped or deleted meanwhile")
+            await self._finish_deploy(agent, actor_id=actor_id or agent.owner_id,
+                                      progress=no_progress)  # fmt: skip
+        return await self._reload(agent_id)
+
+    @staticmethod
+    async def _report(progress: Progress, step: DeployStep) -> None:
+        """Progress is shown to the user, and a nicety: its failure (a 429 on an edit)
+        never stops the deploy."""
+        try:
+            await progress(step)
+        except Exception as error:
+            log.info("progress of step %s not shown: %s", step, type(error).__name__)
+
+    async def _finish_operation(
+        self, operation_id: int, status: OperationStatus, detail: str = ""
+    ) -> None:
+        async with self._db.session() as session:
+            await Repositories(session).operations.finish(operation_id, status, detail)
+
+    @contextlib.asynccontextmanager
+    async def _operation(self, kind: str, agent_id: str, actor_id: int) -> AsyncIterator[None]:
+        """Written before the action does anything: at the next start, an operation still
+        running is finished (converged) and its user told."""
+        async with self._db.session() as session:
+            operation = await Repositories(session).operations.start(
+                kind=kind, agent_id=agent_id, actor_id=actor_id, chat_id=actor_id
+            )
+        try:
+            yield
+        except BaseException as error:
+            await self._finish_operation(operation, OperationStatus.FAILED, type(error).__name__)
             raise
-        await self._audit(request.owner_id, "deploy", agent.id, "ok")
-        return await self._reload(agent.id)
+        await self._finish_operation(operation, OperationStatus.DONE)
 
     async def _start(self, agent: Agent, *, first_deploy: bool, progress: Progress) -> None:
         """Apply, point the webhook, wait for readiness; each failure names its step."""
@@ -271,14 +343,14 @@ class Deployer:
             await self._backend.apply(spec)
         except BackendError as error:
             raise DeployFailed(DeployStep.WORKLOAD, str(error)) from None
-        await progress(DeployStep.WORKLOAD)
+        await self._report(progress, DeployStep.WORKLOAD)
         if DeployStep.ROUTE in self.steps:
-            await progress(DeployStep.ROUTE)
+            await self._report(progress, DeployStep.ROUTE)
         await self.point_webhook(spec, drop_pending_updates=first_deploy)
-        await progress(DeployStep.WEBHOOK)
+        await self._report(progress, DeployStep.WEBHOOK)
         observed = await self._wait_until_ready(agent.id)
         await self._store_observed(observed)
-        await progress(DeployStep.READY)
+        await self._report(progress, DeployStep.READY)
 
     async def _roll_back(self, agent: Agent, *, actor_id: int, failure: DeployFailed) -> None:
         """Leave nothing half-made: remove objects, clear the webhook, forget the agent."""
@@ -318,7 +390,7 @@ class Deployer:
     ) -> Agent:
         """A new revision (prompt, model or key). Pods roll only for what they see (prompt,
         model); a new key or endpoint reaches the gateway without restarting the agent."""
-        async with self.locks.hold(agent_id):
+        async with self.locks.hold(agent_id), self._operation("change", agent_id, owner_id):
             async with self._db.session() as session:
                 agent = await self._revise(
                     Repositories(session), owner_id=owner_id, agent_id=agent_id,
@@ -358,7 +430,7 @@ class Deployer:
 
     async def revert(self, *, owner_id: int, agent_id: str) -> Agent:
         """Restore the previous revision's prompt, model and key, as a new revision."""
-        async with self.locks.hold(agent_id):
+        async with self.locks.hold(agent_id), self._operation("revert", agent_id, owner_id):
             agent = await self._restore_previous(owner_id, agent_id)
             await self._reapply(agent)
         return await self._reload(agent.id)
@@ -388,7 +460,7 @@ class Deployer:
         before anything that can fail; the rollout converges through reconcile if this
         apply fails. The gateway credential is replaced with it."""
         credential = new_credential()
-        async with self.locks.hold(agent_id):
+        async with self.locks.hold(agent_id), self._operation("rotate", agent_id, owner_id):
             async with self._db.session() as session:
                 repos = Repositories(session)
                 agent = await self._owned(repos, owner_id, agent_id)
@@ -402,7 +474,7 @@ class Deployer:
         return await self._reload(agent.id)
 
     async def restart(self, *, owner_id: int, agent_id: str) -> Agent:
-        async with self.locks.hold(agent_id):
+        async with self.locks.hold(agent_id), self._operation("restart", agent_id, owner_id):
             agent = await self._act(owner_id, agent_id, "restart")
             # Applied first (a no-op when nothing changed): a backend that lost the agent's
             # secrets (a local one after a manager restart) can then start it again.
@@ -412,13 +484,13 @@ class Deployer:
 
     async def stop(self, *, owner_id: int, agent_id: str) -> Agent:
         """Stored as stopped first: a scale-down that fails is finished by reconcile."""
-        async with self.locks.hold(agent_id):
+        async with self.locks.hold(agent_id), self._operation("stop", agent_id, owner_id):
             agent = await self._act(owner_id, agent_id, "stop", desired=DesiredState.STOPPED)
             await self._backend_call(self._backend.stop(agent.id))
         return await self._reload(agent.id)
 
     async def resume(self, *, owner_id: int, agent_id: str) -> Agent:
-        async with self.locks.hold(agent_id):
+        async with self.locks.hold(agent_id), self._operation("resume", agent_id, owner_id):
             agent = await self._act(
                 owner_id, agent_id, "resume", desired=DesiredState.RUNNING, fresh_health=True
             )
@@ -498,7 +570,7 @@ class Deployer:
         return agent
 
     async def delete(self, *, owner_id: int, agent_id: str) -> None:
-        async with self.locks.hold(agent_id):
+        async with self.locks.hold(agent_id), self._operation("delete", agent_id, owner_id):
             agent = await self._act(owner_id, agent_id, "delete", desired=DesiredState.DELETED)
             try:
                 await self._telegram.delete_webhook(self._vault.decrypt(agent.token_encrypted))
@@ -557,14 +629,18 @@ class Deployer:
         )
 
     async def _reapply(self, agent: Agent) -> None:
+        """Apply the stored desired state; the webhook is pointed whatever the apply did
+        (it does not depend on the workload: a rotated token must be heard at once)."""
         spec = self.spec_for(agent)
+        failed: BackendError | None = None
         try:
             await self._backend.apply(spec)
         except BackendError as error:
-            # The new desired state is stored; reconcile retries the rollout.
-            raise DeployFailed(DeployStep.WORKLOAD, str(error), rolled_back=False) from None
+            failed = error  # the new desired state is stored: reconcile retries the rollout
         if spec.running:
             await self.point_webhook(spec, drop_pending_updates=False)
+        if failed is not None:
+            raise DeployFailed(DeployStep.WORKLOAD, str(failed), rolled_back=False) from None
 
     async def point_webhook(self, spec: AgentSpec, *, drop_pending_updates: bool) -> None:
         """Webhook mode: set and verify it. Polling mode: delete it so the runtime may poll."""

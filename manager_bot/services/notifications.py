@@ -12,6 +12,7 @@ it twice owes it once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import defaultdict
@@ -74,18 +75,19 @@ class Notifier:
     """Writes health news to the outbox, then has `notices` send it at once.
 
     `notices` should be the manager's one NoticeSender (the notices job's): sharing
-    it keeps a notice from being sent by both jobs at the same moment. Without it,
-    what is written waits for the notices job (every few seconds).
+    it keeps a notice from being sent by both jobs at the same moment, and a 429
+    holds both. Without it, what is written waits for the notices job (every few
+    seconds).
     """
 
     def __init__(
         self, *, bot: Bot, database: Database, admin_ids: list[int],
         notices: NoticeSender | None = None,
     ) -> None:  # fmt: skip
-        self._bot = bot
         self._db = database
         self._admins = admin_ids
-        self._notices = notices
+        self._deliver_now = notices is not None
+        self._notices = notices or NoticeSender(bot=bot, database=database, admin_ids=admin_ids)
         self._sweep_failing_since: datetime | None = None
 
     async def notify(self, transitions: list[Transition]) -> int:
@@ -118,24 +120,43 @@ class Notifier:
         """Admins hear of a failing sweep once, and again when it recovers."""
         if self._sweep_failing_since is not None:
             return
-        self._sweep_failing_since = since = datetime.now(UTC)
-        await self._owe(
-            [
-                _News(f"sweep-failed:{admin}:{since.timestamp():.6f}", admin,
-                      NoticeKind.SWEEP_FAILED, detail={"error": error})
-                for admin in self._admins
-            ]
-        )  # fmt: skip
+        since = datetime.now(UTC)
+        owed = [
+            _News(f"sweep-failed:{admin}:{since.timestamp():.6f}", admin,
+                  NoticeKind.SWEEP_FAILED, detail={"error": error})
+            for admin in self._admins
+        ]  # fmt: skip
+        try:
+            await self._owe(owed)
+        except Exception as outbox_error:  # the database (holding the outbox) may be what fails
+            log.warning("sweep trouble not written to the outbox: %s", type(outbox_error).__name__)
+            for news in owed:  # told once, directly; nothing keeps it if Telegram fails too
+                await self._notices.send_unrecorded(
+                    user_id=news.user_id, kind=news.kind, detail=news.detail
+                )
+        self._sweep_failing_since = since
 
     async def sweep_succeeded(self) -> None:
         since = self._sweep_failing_since
         if since is None:
             return
-        self._sweep_failing_since = None
         await self._owe(
             [
                 _News(f"sweep-recovered:{admin}:{since.timestamp():.6f}", admin,
                       NoticeKind.SWEEP_RECOVERED)
+                for admin in self._admins
+            ]
+        )  # fmt: skip
+        self._sweep_failing_since = None  # only once written: a failed write is tried again
+
+    async def tell_admins(self, text: str) -> None:
+        """Something admins must know (reconcile refusing to delete, say), through the
+        outbox; the same words are owed once."""
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        await self._owe(
+            [
+                _News(f"admin:{admin}:{digest}", admin, NoticeKind.ADMIN_ALERT,
+                      detail={"text": text})
                 for admin in self._admins
             ]
         )  # fmt: skip
@@ -151,7 +172,7 @@ class Notifier:
                     key=news.key, user_id=news.user_id, kind=news.kind, agent_id=news.agent_id,
                     detail=json.dumps(news.detail),
                 )  # fmt: skip
-        if self._notices is None:
+        if not self._deliver_now:
             return
         try:
             await self._notices.deliver()

@@ -3,7 +3,8 @@
 The fake Kubernetes API server plays the kubelet (Deployment and Pod status),
 the fake agent pods answer /readyz and /metrics, and on the local backend a
 real runtime process is killed. Each test runs sweeps itself (the scheduler's
-own `health_check`), so nothing depends on timing; one test lets the scheduler run.
+own `health_check`, then its `deliver_notices`: alerts go through the outbox), so
+nothing depends on timing; one test lets the scheduler run.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 
 from manager_bot.db.models import Agent
 from manager_bot.db.repositories import Repositories
+from manager_bot.services.health import SweepReport
 from tests.e2e.conftest import Manager, deploy_directly
 from tests.fakes.agent_pods import FakeAgentPods
 from tests.fakes.kubernetes_api import FakeKubernetes
@@ -50,6 +52,13 @@ async def stored(manager: Manager, agent_id: str) -> Agent:
     return agent
 
 
+async def sweep(manager: Manager) -> SweepReport | None:
+    """One health sweep, then the outbox's delivery (as the scheduler's two jobs run them)."""
+    report = await manager.scheduler.health_check()
+    await manager.scheduler.deliver_notices()
+    return report
+
+
 def alerts(user: SimUser, needle: str) -> list[str]:
     return [m["text"] for m in user.messages() if needle in m.get("text", "")]
 
@@ -65,26 +74,26 @@ async def test_down_then_back_once_each_with_buttons(
 ) -> None:
     user = await owner(kube_manager, telegram)
     agent = await deploy_directly(kube_manager, telegram, user.id, "sick_bot")
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     assert (await stored(kube_manager, agent.id)).health == "healthy"
     assert alerts(user, "sick_bot") == []  # a healthy new agent is not news
 
     kube.mark_oom_killed("agents", f"agent-{agent.id}", restarts=5)
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     down = await user.wait_for(text_contains="@sick_bot is down")
     assert "OOMKilled (restarted 5 times)" in down["text"]
     assert buttons(down) == ["📜 Logs", "🔄 Restart", "🔕 Mute 24h"]
-    await kube_manager.scheduler.health_check()  # the state stands: no repeat
+    await sweep(kube_manager)  # the state stands: no repeat
     kube.mark_oom_killed("agents", f"agent-{agent.id}", restarts=6)
-    await kube_manager.scheduler.health_check()  # only the count changed: no repeat
+    await sweep(kube_manager)  # only the count changed: no repeat
     assert len(alerts(user, "is down")) == 1
     record = await stored(kube_manager, agent.id)
     assert (record.health, record.health_kind) == ("down", "crash_loop")
 
     kube.mark_ready("agents", f"agent-{agent.id}")
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     await user.wait_for(text_contains="✅ @sick_bot is back")
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     assert len(alerts(user, "is back")) == 1
 
     await user.press("Logs")  # the alert's buttons work
@@ -96,14 +105,14 @@ async def test_missing_deployment_and_wrong_webhook_are_repaired_quietly(
 ) -> None:
     user = await owner(kube_manager, telegram)
     agent = await deploy_directly(kube_manager, telegram, user.id, "drift_bot")
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     kube.delete_object("deployments", "agents", f"agent-{agent.id}")
     bot = telegram.bot("drift_bot")
     bot.webhook = None  # someone called deleteWebhook with the agent's token
-    report = await kube_manager.scheduler.health_check()
+    report = await sweep(kube_manager)
     assert report is not None and agent.id in report.repaired
     assert kube.get_object("deployments", "agents", f"agent-{agent.id}") is not None
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     assert bot.webhook is not None
     assert bot.webhook.url == f"https://bots.example.com/webhook/{agent.id}"
     assert alerts(user, "drift_bot") == []
@@ -119,7 +128,7 @@ async def test_webhook_errors_and_llm_key_and_rate_limit_are_reported(
     user = await owner(kube_manager, telegram)
     agent = await deploy_directly(kube_manager, telegram, user.id, "hooked_bot")
     name = f"agent-{agent.id}"
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
 
     # Telegram cannot reach PUBLIC_URL: a backlog with delivery errors.
     customer = telegram.user(telegram.bot("hooked_bot"))
@@ -130,26 +139,26 @@ async def test_webhook_errors_and_llm_key_and_rate_limit_are_reported(
         return bot.webhook is not None and bot.webhook.last_error_message is not None
 
     await wait_until(delivery_failed)
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     problem = await user.wait_for(text_contains="@hooked_bot has a problem")
     assert "Telegram cannot deliver: Failed to resolve host" in problem["text"]
     bot.pending.clear()  # the gateway is back: Telegram delivered the backlog
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     await user.wait_for(text_contains="✅ @hooked_bot is back")
 
     agent_pods.fail_llm(name, "auth")
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     await user.wait_for(text_contains="the LLM provider rejects its API key")
     agent_pods.succeed_llm(name)
     agent_pods.fail_llm(name, "rate_limit")
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     await user.wait_for(text_contains="the LLM provider is rate-limiting it")
     agent_pods.succeed_llm(name)
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     assert len(alerts(user, "✅ @hooked_bot is back")) == 2
 
     agent_pods.unready.add(name)
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     await user.wait_for(text_contains="it does not answer its health check")
 
 
@@ -158,16 +167,16 @@ async def test_mute_silences_one_agent_for_a_day(
 ) -> None:
     user = await owner(kube_manager, telegram)
     agent = await deploy_directly(kube_manager, telegram, user.id, "noisy_bot")
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     kube.mark_crash_looping("agents", f"agent-{agent.id}")
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     await user.wait_for(text_contains="@noisy_bot is down")
     await user.press("Mute 24h")
     await user.wait_for(text_contains="No health alerts about @noisy_bot for 24 hours")
     kube.mark_ready("agents", f"agent-{agent.id}")
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     kube.mark_crash_looping("agents", f"agent-{agent.id}", reason="ImagePullBackOff")
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     assert alerts(user, "is back") == [] and len(alerts(user, "is down")) == 1
     record = await stored(kube_manager, agent.id)
     assert (record.health, record.health_reason) == ("down", "ImagePullBackOff (restarted 5 times)")
@@ -182,10 +191,10 @@ async def test_many_changes_at_once_make_one_digest(
     agents = [
         await deploy_directly(kube_manager, telegram, user.id, f"fleet{i}_bot") for i in range(3)
     ]
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     for agent in agents:  # a node went away
         kube.mark_crash_looping("agents", f"agent-{agent.id}")
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     digest = await user.wait_for(text_contains="Several of your bots changed at once")
     for i in range(3):
         assert f"@fleet{i}_bot is down" in digest["text"]
@@ -199,9 +208,9 @@ async def test_an_agent_crashing_too_long_is_stopped_and_the_owner_told(
     user = await owner(kube_manager, telegram)
     agent = await deploy_directly(kube_manager, telegram, user.id, "doomed_bot")
     kube.mark_oom_killed("agents", f"agent-{agent.id}", restarts=9)
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     await user.wait_for(text_contains="@doomed_bot is down")
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     gave_up = await user.wait_for(text_contains="@doomed_bot kept crashing")
     assert "I stopped it" in gave_up["text"]
     assert buttons(gave_up) == ["📜 Logs", "▶️ Resume"]
@@ -210,7 +219,7 @@ async def test_an_agent_crashing_too_long_is_stopped_and_the_owner_told(
     assert (await stored(kube_manager, agent.id)).desired_state == "stopped"
     report = await kube_manager.reconciler.reconcile()
     assert agent.id not in report.applied  # reconcile does not bring it back
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     assert len(alerts(user, "kept crashing")) == 1
     await user.press("Resume")
     await user.wait_for(text_contains="is running again")
@@ -223,16 +232,16 @@ async def test_an_unreachable_cluster_is_reported_to_admins_once(
     user = await owner(kube_manager, telegram)
     admin = telegram.user(kube_manager.fake, user_id=900001, first_name="Admin")
     agent = await deploy_directly(kube_manager, telegram, user.id, "steady_bot")
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     kube.inject_fault(status=503, verb="list", resource="deployments", times=100)
     for _ in range(3):
-        assert await kube_manager.scheduler.health_check() is None
+        assert await sweep(kube_manager) is None
     await admin.wait_for(text_contains="Health checks cannot read the agents")
     assert len(alerts(admin, "cannot read the agents")) == 1
     assert (await stored(kube_manager, agent.id)).health == "healthy"  # not marked down
     assert alerts(user, "steady_bot") == []
     kube.clear_faults()
-    await kube_manager.scheduler.health_check()
+    await sweep(kube_manager)
     await admin.wait_for(text_contains="Health checks work again")
 
 
@@ -256,7 +265,7 @@ async def test_a_killed_local_agent_is_down_then_back_after_restart(
 ) -> None:
     user = await owner(local_manager, telegram)
     agent = await deploy_directly(local_manager, telegram, user.id, "local_bot")
-    await local_manager.scheduler.health_check()
+    await sweep(local_manager)
     assert (await stored(local_manager, agent.id)).health == "healthy"
     state = json.loads((tmp_path / "agents" / agent.id / "state.json").read_text())
     os.kill(state["pid"], signal.SIGKILL)
@@ -266,7 +275,7 @@ async def test_a_killed_local_agent_is_down_then_back_after_restart(
         return seen is not None and seen.state == "crash-looping"
 
     await wait_until(crash_looping)
-    await local_manager.scheduler.health_check()
+    await sweep(local_manager)
     down = await user.wait_for(text_contains="@local_bot is down")
     assert "exited with code -9" in down["text"]
     await user.press("Restart")
@@ -277,7 +286,7 @@ async def test_a_killed_local_agent_is_down_then_back_after_restart(
         return seen is not None and seen.state == "running"
 
     await wait_until(running, timeout=30)
-    await local_manager.scheduler.health_check()
+    await sweep(local_manager)
     await user.wait_for(text_contains="✅ @local_bot is back")
     customer = telegram.user(telegram.bot("local_bot"))
     await customer.send("still alive?")

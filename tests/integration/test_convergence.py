@@ -180,3 +180,16 @@ async def test_a_local_manager_on_an_empty_database_deletes_nothing(
         await first_backend.shutdown_agents()
         await first_telegram.close()
         await first.close()
+
+
+async def test_a_progress_report_that_fails_never_stops_a_deploy(kube_world: World) -> None:
+    """A 429 on a progress edit (or any error showing progress) is skipped, not fatal."""
+
+    async def progress(step: object) -> None:
+        raise RuntimeError("Too Many Requests: retry after 5")
+
+    agent = await kube_world.deployer.deploy(request(kube_world.telegram), progress=progress)
+    assert agent.observed_state == "running"
+    async with kube_world.database.session() as session:
+        (operation,) = await Repositories(session).operations.all_of(agent.id)
+    assert (operation.kind, operation.status) == ("deploy", "done")

@@ -17,7 +17,7 @@ from tests.fakes.databases import raw_database_bytes
 
 TABLES = {
     "users", "agents", "agent_revisions", "audit_log", "fsm_states", "broadcasts",
-    "broadcast_deliveries", "agent_usage", "notices", "installation",
+    "broadcast_deliveries", "agent_usage", "notices", "installation", "operations",
 }  # fmt: skip
 
 

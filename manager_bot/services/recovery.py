@@ -1,0 +1,98 @@
+"""After a start: finish what a manager that died midway left unfinished, and say so.
+
+Every user action is written as an operation before it does anything. Those
+still running at start-up are finished here: a deploy is completed (its agent
+applied, its webhook set, its readiness awaited) or rolled back, and its
+progress message edited with the outcome; any other action is converged by the
+reconciler and its user told.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiogram import Bot
+from aiogram.exceptions import TelegramAPIError
+
+from manager_bot import texts
+from manager_bot.backends.base import BackendError
+from manager_bot.db.models import Operation, OperationStatus
+from manager_bot.db.repositories import Repositories
+from manager_bot.db.session import Database
+from manager_bot.services.deployer import Deployer
+from manager_bot.services.errors import DeployFailed
+from manager_bot.services.reconciler import Reconciler
+
+log = logging.getLogger(__name__)
+
+
+class Recovery:
+    def __init__(
+        self, *, database: Database, deployer: Deployer, reconciler: Reconciler, bot: Bot
+    ) -> None:
+        self._db = database
+        self._deployer = deployer
+        self._reconciler = reconciler
+        self._bot = bot
+
+    async def finish_unfinished(self) -> int:
+        """Every operation left running; returns how many were finished or rolled back."""
+        async with self._db.session() as session:
+            unfinished = list(await Repositories(session).operations.unfinished())
+        for operation in unfinished:
+            try:
+                await self._finish(operation)
+            except Exception:  # one stuck operation must not keep the manager down
+                log.exception("operation %s could not be finished; it stays open", operation.id)
+        return len(unfinished)
+
+    async def _finish(self, operation: Operation) -> None:
+        agent = await self._deployer.stored(operation.agent_id) if operation.agent_id else None
+        username = agent.bot_username if agent is not None else "your bot"
+        if operation.kind == "deploy" and not operation.agent_id:  # died before it began
+            status, text = OperationStatus.FAILED, texts.DEPLOY_INTERRUPTED
+        elif operation.kind == "deploy" and operation.agent_id:
+            try:
+                await self._deployer.resume_deploy(operation.agent_id, actor_id=operation.actor_id)
+            except DeployFailed as failure:
+                status, text = (
+                    OperationStatus.FAILED,
+                    texts.DEPLOY_FAILED.format(
+                        step=texts.STEP_LABELS.get(failure.step, failure.step), hint=failure.hint
+                    ),
+                )
+            else:
+                status, text = OperationStatus.DONE, texts.DEPLOYED.format(username=username)
+        else:
+            try:
+                if operation.agent_id:
+                    seen = await self._deployer.observed(operation.agent_id)
+                    await self._reconciler.converge(operation.agent_id, seen)
+            except BackendError as error:
+                log.warning("operation %s: the cluster is away (%s)", operation.id, error)
+                status, text = (
+                    OperationStatus.FAILED,
+                    texts.RECOVERED_LATER.format(action=operation.kind, username=username),
+                )
+            else:
+                status, text = (
+                    OperationStatus.DONE,
+                    texts.RECOVERED.format(action=operation.kind, username=username),
+                )
+        async with self._db.session() as session:
+            await Repositories(session).operations.finish(operation.id, status, "after a restart")
+        await self._tell(operation, text)
+
+    async def _tell(self, operation: Operation, text: str) -> None:
+        """Edit the progress message if there is one, else write; never raise."""
+        if operation.chat_id is None:
+            return
+        try:
+            if operation.message_id is not None:
+                await self._bot.edit_message_text(
+                    text, chat_id=operation.chat_id, message_id=operation.message_id
+                )
+            else:
+                await self._bot.send_message(operation.chat_id, text)
+        except TelegramAPIError as error:
+            log.warning("operation %s: user not told (%s)", operation.id, type(error).__name__)

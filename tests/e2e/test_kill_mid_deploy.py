@@ -1,0 +1,94 @@
+"""A manager killed in the middle of a deploy finishes it at its next start, and says so.
+
+The real `python -m manager_bot` (local backend), SIGKILLed while a deploy is held at
+one of its steps by a slow Telegram call; a second process on the same data directory
+finds the operation still running, completes the deploy and edits the same progress
+message. No step is left half-done, nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import polling, start_manager_process, stop_process
+from tests.fakes.loopback import free_port
+from tests.fakes.openai_api import FakeOpenAI
+from tests.fakes.telegram_api import FakeBot, FakeTelegram
+from tests.fakes.waiting import wait_until
+
+
+def stop_agents(data: Path) -> None:
+    """Local agents outlive their manager (on purpose): end the ones this test made."""
+    for state in data.glob("agents/*/state.json"):
+        pid = json.loads(state.read_text()).get("pid")
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+# Where the deploy is held: (Bot API method, whose bot) slowed down long enough to kill.
+HOLDS = {
+    "after the agent is stored": ("editMessageText", "manager"),  # the first progress edit
+    "at the webhook step": ("deleteWebhook", "agent"),  # local agents poll: it is cleared
+    "while waiting for readiness": ("getMe", "agent"),  # the runtime's first getMe
+}
+
+
+@pytest.mark.parametrize("hold", list(HOLDS))
+async def test_a_deploy_killed_midway_is_finished_at_the_next_start(
+    telegram: FakeTelegram, openai_server: FakeOpenAI, tmp_path: Path, hold: str
+) -> None:
+    manager = telegram.add_bot(username="hatchbot_manager_bot")
+    agent_bot = telegram.add_bot(username="phoenix_bot", first_name="Phoenix")
+    env = {
+        "OPENAI_API_KEY": "sk-platformkeyplatformkey00", "OPENAI_BASE_URL": openai_server.url,
+        "METRICS_PORT": "0", "GATEWAY_PORT": str(free_port()),
+    }  # fmt: skip
+    process = await start_manager_process(telegram, manager, tmp_path, **env)
+    user = telegram.user(manager)
+    try:
+        await wait_until(lambda: polling(telegram, manager), timeout=60)
+        await user.send("/deploy")
+        await user.press("I already have a bot")
+        await user.wait_for(text_contains="Paste")
+        await user.send(agent_bot.token)
+        await user.press("OpenAI · gpt-4o-mini")
+        await user.wait_for(text_contains="Last step")
+        await user.send("You rise again.")
+        await user.wait_for(text_contains="Ready to deploy")
+
+        method, whose = HOLDS[hold]
+        held: FakeBot = manager if whose == "manager" else agent_bot
+        if method == "getMe":  # the manager's own check first, then the runtime's: both
+            telegram.inject_fault(method, status=None, delay=6.0, bot=held, times=3)
+        else:
+            telegram.inject_fault(method, status=None, delay=15.0, bot=held)
+        calls_before = len(telegram.calls(method, bot=held))
+        await user.press("Deploy")
+
+        async def is_held() -> bool:
+            # getMe: held once the runtime asks who it is (the manager asked first).
+            wanted = calls_before + (2 if method == "getMe" else 1)
+            return len(telegram.calls(method, bot=held)) >= wanted
+
+        await wait_until(is_held, timeout=30)
+        process.send_signal(signal.SIGKILL)  # no goodbye: a crash mid-step
+        await process.wait()
+
+        process = await start_manager_process(telegram, manager, tmp_path, **env)
+        await user.wait_for(text_contains="@phoenix_bot is live", timeout=90)
+        texts = [m["text"] for m in user.messages()]
+        assert not [t for t in texts if t.startswith("Deploying")]  # none left frozen
+        assert len([t for t in texts if "is live" in t]) == 1  # told once
+        friend = telegram.user(agent_bot)
+        await friend.send("are you there?")
+        await friend.wait_for(text_contains="echo: are you there?", timeout=30)
+    finally:
+        await stop_process(process)
+        stop_agents(tmp_path / "data")
