@@ -61,6 +61,7 @@ from runtime.redaction import redact
 log = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 4000
+WEBHOOK_CLEAR_RETRIES = (1.0, 2.0)  # seconds between tries of a deleted bot's deleteWebhook
 T = TypeVar("T")
 
 
@@ -572,15 +573,26 @@ class Deployer:
     async def delete(self, *, owner_id: int, agent_id: str) -> None:
         async with self.locks.hold(agent_id), self._operation("delete", agent_id, owner_id):
             agent = await self._act(owner_id, agent_id, "delete", desired=DesiredState.DELETED)
-            try:
-                await self._telegram.delete_webhook(self._vault.decrypt(agent.token_encrypted))
-            except AgentTokenError:
-                log.info("could not clear the webhook of deleted agent %s", agent.id)
+            await self._clear_webhook(agent)
             try:
                 await self._backend.delete(agent.id)
             except BackendError as error:
                 # The database already says deleted: reconcile removes what is left.
                 log.warning("deleting agent %s left objects for reconcile: %s", agent.id, error)
+
+    async def _clear_webhook(self, agent: Agent) -> None:
+        """A deleted agent's bot must not keep pointing at us (its owner may poll it
+        elsewhere next): a 429 or 5xx is retried a few times before it is given up."""
+        token = self._vault.decrypt(agent.token_encrypted)
+        for delay in (*WEBHOOK_CLEAR_RETRIES, None):
+            try:
+                await self._telegram.delete_webhook(token)
+                return
+            except AgentTokenError as error:
+                if error.reason != AgentTokenError.UNREACHABLE or delay is None:
+                    log.info("could not clear the webhook of agent %s: %s", agent.id, error)
+                    return
+            await asyncio.sleep(delay)
 
     async def logs(self, *, owner_id: int, agent_id: str, lines: int = 100) -> str:
         """The agent's recent log, with its secrets (and anything secret-shaped) redacted."""

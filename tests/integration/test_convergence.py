@@ -193,3 +193,13 @@ async def test_a_progress_report_that_fails_never_stops_a_deploy(kube_world: Wor
     async with kube_world.database.session() as session:
         (operation,) = await Repositories(session).operations.all_of(agent.id)
     assert (operation.kind, operation.status) == ("deploy", "done")
+
+
+async def test_a_deleted_bot_stops_pointing_at_us_despite_a_429(kube_world: World) -> None:
+    """Its owner may poll the bot elsewhere next: a webhook left set would stop that."""
+    agent = await kube_world.deployer.deploy(request(kube_world.telegram))
+    bot = kube_world.telegram.bot("helper_bot")
+    assert bot.webhook is not None
+    kube_world.telegram.inject_fault("deleteWebhook", status=429, retry_after=1, bot=bot)
+    await kube_world.deployer.delete(owner_id=OWNER, agent_id=agent.id)
+    assert bot.webhook is None or not bot.webhook.url
