@@ -303,7 +303,7 @@ async def run_manager(settings: ManagerSettings) -> None:
                 telegram=agent_telegram, gateway_url=gateway_url,
                 installation_id=await startup.run("database", lambda: installation_id(database)),
             )  # fmt: skip
-            status.agent_counts = deployer.agent_counts
+            status.agent_counts = deployer.queries.agent_counts
             upgraded = await startup.run("database", deployer.ensure_gateway_credentials)
             if upgraded:
                 log.info(

@@ -72,7 +72,7 @@ async def send_card(
 
 async def list_agents(message: Message, deployer: Deployer) -> None:
     assert message.from_user is not None
-    agents = await deployer.agents_of(message.from_user.id)
+    agents = await deployer.queries.agents_of(message.from_user.id)
     if not agents:
         await message.answer(texts.NO_AGENTS)
         return
@@ -81,7 +81,7 @@ async def list_agents(message: Message, deployer: Deployer) -> None:
 
 async def back_to_list(query: CallbackQuery, deployer: Deployer) -> None:
     await query.answer()
-    agents = await deployer.agents_of(query.from_user.id)
+    agents = await deployer.queries.agents_of(query.from_user.id)
     assert isinstance(query.message, Message)
     if not agents:
         await query.message.edit_text(texts.NO_AGENTS)
@@ -92,7 +92,7 @@ async def back_to_list(query: CallbackQuery, deployer: Deployer) -> None:
 async def usage(message: Message, deployer: Deployer, budgets: Budgets) -> None:
     """/usage: tokens today and this month, and what is left of today's budget, per agent."""
     assert message.from_user is not None
-    agents = await deployer.agents_of(message.from_user.id)
+    agents = await deployer.queries.agents_of(message.from_user.id)
     if not agents:
         await message.answer(texts.USAGE_NONE)
         return
@@ -122,7 +122,7 @@ async def agent_command(
     """`/restart my_bot` acts at once; `/restart` alone shows a picker."""
     assert message.from_user is not None
     action = COMMAND_ACTIONS[command.command]
-    agents = await deployer.agents_of(message.from_user.id)
+    agents = await deployer.queries.agents_of(message.from_user.id)
     if not agents:
         await message.answer(texts.NO_AGENTS)
         return
@@ -150,7 +150,9 @@ async def start_edit(
     providers: tuple[Provider, ...],
 ) -> None:  # fmt: skip
     try:
-        agent = await deployer.agent(owner_id=query.from_user.id, agent_id=callback_data.agent_id)
+        agent = await deployer.queries.agent(
+            owner_id=query.from_user.id, agent_id=callback_data.agent_id
+        )
     except AgentNotFound:
         await query.answer(texts.NOT_FOUND, show_alert=True)
         return
@@ -187,7 +189,7 @@ async def _perform(
 ) -> None:  # fmt: skip
     """One card action, for buttons and commands alike."""
     try:
-        agent = await deployer.agent(owner_id=user_id, agent_id=agent_id)
+        agent = await deployer.queries.agent(owner_id=user_id, agent_id=agent_id)
         if action == "open":
             await send_card(message, agent, budgets=budgets, edit=edit)
         elif action == "restart":
@@ -232,7 +234,7 @@ async def _perform(
 
 
 async def _send_logs(message: Message, agent: Agent, *, user_id: int, deployer: Deployer) -> None:
-    lines = await deployer.logs(owner_id=user_id, agent_id=agent.id, lines=LOG_LINES)
+    lines = await deployer.queries.logs(owner_id=user_id, agent_id=agent.id, lines=LOG_LINES)
     if not lines.strip():
         await message.answer(texts.NO_LOGS)
     elif len(lines) > LOG_AS_FILE_ABOVE:

@@ -74,7 +74,7 @@ async def _delete_quietly(message: Message) -> None:
 async def start_wizard(message: Message, state: FSMContext, deployer: Deployer) -> None:
     """Starts the wizard, unless the user is at their quota."""
     assert message.from_user is not None
-    if await deployer.quota_reached(message.from_user.id):
+    if await deployer.queries.quota_reached(message.from_user.id):
         await message.answer(texts.QUOTA.format(limit=deployer.max_agents_per_user))
         return
     await state.clear()

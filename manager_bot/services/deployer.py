@@ -39,8 +39,8 @@ from manager_bot.db.session import Database
 from manager_bot.gateway.credentials import credential_hash, new_credential
 from manager_bot.metrics import DEPLOYS
 from manager_bot.services.agent_locks import AgentLocks
+from manager_bot.services.agent_queries import AgentQueries, owned
 from manager_bot.services.errors import (
-    AgentNotFound,
     BotAlreadyUsed,
     DeployFailed,
     DeployThrottled,
@@ -54,9 +54,7 @@ from manager_bot.services.telegram import (
     AgentTelegram,
     AgentTokenError,
     BotIdentity,
-    WebhookStatus,
 )
-from runtime.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +134,11 @@ class Deployer:
         self._providers = providers
         self._config = config
         self.locks = AgentLocks()  # the reconciler holds the same ones
+        # What users and jobs read about agents: a module of its own (writes are here).
+        self.queries = AgentQueries(
+            database=database, vault=vault, backend=backend, telegram=telegram,
+            max_agents_per_user=config.max_agents_per_user,
+        )  # fmt: skip
 
     @property
     def steps(self) -> tuple[DeployStep, ...]:
@@ -151,18 +154,6 @@ class Deployer:
     @property
     def max_agents_per_user(self) -> int:
         return self._config.max_agents_per_user
-
-    async def quota_reached(self, owner_id: int) -> bool:
-        async with self._db.reading() as session:
-            count = await Repositories(session).agents.count_active(owner_id)
-        return count >= self._config.max_agents_per_user
-
-    async def observed(self, agent_id: str) -> Observed | None:
-        """What the backend sees of one agent now (None if it cannot tell)."""
-        try:
-            return await self._backend.observe(agent_id)
-        except BackendError:
-            return None
 
     def webhook_url(self, agent_id: str) -> str:
         return f"{self._config.public_url}/webhook/{agent_id}"
@@ -407,7 +398,7 @@ class Deployer:
         llm_base_url: str | None,
     ) -> Agent:  # fmt: skip
         """The new revision written (not applied): the row and its history."""
-        agent = await self._owned(repos, owner_id, agent_id)
+        agent = await owned(repos, owner_id, agent_id)
         new_provider = provider or agent.provider
         new_model = model or agent.model
         same_provider = new_provider == agent.provider
@@ -439,7 +430,7 @@ class Deployer:
     async def _restore_previous(self, owner_id: int, agent_id: str) -> Agent:
         async with self._db.session() as session:
             repos = Repositories(session)
-            agent = await self._owned(repos, owner_id, agent_id)
+            agent = await owned(repos, owner_id, agent_id)
             previous = await repos.revisions.get(agent.id, agent.revision - 1)
             if previous is None:
                 raise NoPreviousRevision(agent.id)
@@ -464,7 +455,7 @@ class Deployer:
         async with self.locks.hold(agent_id), self._operation("rotate", agent_id, owner_id):
             async with self._db.session() as session:
                 repos = Repositories(session)
-                agent = await self._owned(repos, owner_id, agent_id)
+                agent = await owned(repos, owner_id, agent_id)
                 agent.token_encrypted = self._vault.encrypt(new_token.strip())
                 agent.gateway_key_encrypted = self._vault.encrypt(credential)
                 agent.gateway_key_hash = credential_hash(credential)
@@ -557,13 +548,10 @@ class Deployer:
         """An audit entry whose actor is the system itself."""
         await self._audit(None, action, agent_id, "ok", detail)
 
-    async def webhook_status(self, agent: Agent) -> WebhookStatus:
-        return await self._telegram.webhook_status(self._vault.decrypt(agent.token_encrypted))
-
     async def mute(self, *, owner_id: int, agent_id: str, hours: int = 24) -> Agent:
         async with self._db.session() as session:
             repos = Repositories(session)
-            agent = await self._owned(repos, owner_id, agent_id)
+            agent = await owned(repos, owner_id, agent_id)
             agent.muted_until = utcnow() + timedelta(hours=hours)
             await repos.audit.record(
                 actor_id=owner_id, action="mute", agent_id=agent.id, outcome="ok"
@@ -593,26 +581,6 @@ class Deployer:
                     log.info("could not clear the webhook of agent %s: %s", agent.id, error)
                     return
             await asyncio.sleep(delay)
-
-    async def logs(self, *, owner_id: int, agent_id: str, lines: int = 100) -> str:
-        """The agent's recent log, with its secrets (and anything secret-shaped) redacted."""
-        async with self._db.session() as session:
-            agent = await self._owned(Repositories(session), owner_id, agent_id)
-        text = await self._backend_call(self._backend.logs(agent.id, lines))
-        return redact(text, self._secrets_of(agent))
-
-    async def agent(self, *, owner_id: int, agent_id: str) -> Agent:
-        async with self._db.session() as session:
-            return await self._owned(Repositories(session), owner_id, agent_id)
-
-    async def agents_of(self, owner_id: int) -> list[Agent]:
-        async with self._db.session() as session:
-            return list(await Repositories(session).agents.owned_by(owner_id))
-
-    async def agent_counts(self) -> dict[tuple[str, str], int]:
-        """Live agents by (desired, observed) state, for the manager's metrics."""
-        async with self._db.session() as session:
-            return await Repositories(session).agents.count_by_state()
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -737,30 +705,13 @@ class Deployer:
     def _encrypt_optional(self, value: str | None) -> str | None:
         return self._vault.encrypt(value) if value else None
 
-    def _secrets_of(self, agent: Agent) -> list[str]:
-        values = [
-            self._vault.decrypt(agent.token_encrypted),
-            self._vault.decrypt(agent.webhook_secret_encrypted),
-        ]
-        for optional in (agent.llm_api_key_encrypted, agent.gateway_key_encrypted):
-            if optional:
-                values.append(self._vault.decrypt(optional))
-        return values
-
-    @staticmethod
-    async def _owned(repos: Repositories, owner_id: int, agent_id: str) -> Agent:
-        agent = await repos.agents.get_owned(owner_id, agent_id)
-        if agent is None:
-            raise AgentNotFound(agent_id)
-        return agent
-
     async def _act(
         self, owner_id: int, agent_id: str, action: str, *, desired: DesiredState | None = None,
         fresh_health: bool = False,
     ) -> Agent:  # fmt: skip
         async with self._db.session() as session:
             repos = Repositories(session)
-            agent = await self._owned(repos, owner_id, agent_id)
+            agent = await owned(repos, owner_id, agent_id)
             if desired is not None:
                 agent.desired_state = desired.value
             if fresh_health:  # a resumed agent is judged anew, not as it was when stopped

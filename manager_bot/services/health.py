@@ -241,7 +241,7 @@ class HealthMonitor:
                 with contextlib.suppress(ValueError):  # not Prometheus text: no figures
                     metrics = parse_probe_metrics(text) if text else {}
             try:
-                webhook = await self._deployer.webhook_status(agent)
+                webhook = await self._deployer.queries.webhook_status(agent)
             except AgentTokenError as error:
                 if error.reason == AgentTokenError.INVALID:
                     return Probe(ready=ready, metrics=metrics, token_rejected=True)

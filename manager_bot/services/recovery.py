@@ -66,7 +66,7 @@ class Recovery:
         else:
             try:
                 if operation.agent_id:
-                    seen = await self._deployer.observed(operation.agent_id)
+                    seen = await self._deployer.queries.observed(operation.agent_id)
                     await self._reconciler.converge(operation.agent_id, seen)
             except BackendError as error:
                 log.warning("operation %s: the cluster is away (%s)", operation.id, error)

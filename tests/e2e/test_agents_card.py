@@ -22,7 +22,7 @@ async def test_card_actions_stop_resume_edit_revert_logs_delete(
 ) -> None:
     user = telegram.user(kube_manager.fake)
     await deploy_one(user, telegram, "card_bot")
-    (agent,) = await kube_manager.deployer.agents_of(user.id)
+    (agent,) = await kube_manager.deployer.queries.agents_of(user.id)
     deployment = f"agent-{agent.id}"
 
     await user.send("/agents")
@@ -76,7 +76,7 @@ async def test_forged_and_foreign_agent_ids_get_not_found(
 ) -> None:
     owner = telegram.user(local_manager.fake, first_name="Olga")
     await deploy_one(owner, telegram, "olga_bot")
-    (agent,) = await local_manager.deployer.agents_of(owner.id)
+    (agent,) = await local_manager.deployer.queries.agents_of(owner.id)
 
     mallory = telegram.user(local_manager.fake, first_name="Mallory")
     await mallory.send("/agents")
@@ -92,7 +92,7 @@ async def test_forged_and_foreign_agent_ids_get_not_found(
     await mallory.wait_for_answer(text_contains="Agent not found")
     await mallory.send(f"/stop {agent.id}")
     await mallory.wait_for(text_contains="no agents yet")
-    still = await local_manager.deployer.agent(owner_id=owner.id, agent_id=agent.id)
+    still = await local_manager.deployer.queries.agent(owner_id=owner.id, agent_id=agent.id)
     assert still.desired_state == "running"
 
 
@@ -151,7 +151,7 @@ async def test_cancel_button_leaves_the_wizard(
     assert "reply_markup" not in cancelled  # the models keyboard is gone
     await user.press_callback(cancelled, "md:openai:gpt-4o-mini")  # a stale tap anyway
     await user.wait_for_answer(text_contains="Agent not found")
-    assert await local_manager.deployer.agents_of(user.id) == []
+    assert await local_manager.deployer.queries.agents_of(user.id) == []
 
 
 async def test_card_restart_and_change_model(
@@ -159,7 +159,7 @@ async def test_card_restart_and_change_model(
 ) -> None:
     user = telegram.user(kube_manager.fake)
     await deploy_one(user, telegram, "tuned_bot")
-    (agent,) = await kube_manager.deployer.agents_of(user.id)
+    (agent,) = await kube_manager.deployer.queries.agents_of(user.id)
     deployment = f"agent-{agent.id}"
     await user.send("/status tuned_bot")
     await user.wait_for(text_contains="State: running")
@@ -199,7 +199,7 @@ async def test_deploys_are_throttled_politely(
     await fill_wizard(user, telegram, "sixth_bot")
     await user.press("Deploy")
     await user.wait_for(text_contains="That's a lot of deploys in a short time")
-    assert len(await kube_manager.deployer.agents_of(user.id)) == 5
+    assert len(await kube_manager.deployer.queries.agents_of(user.id)) == 5
 
 
 def prompt_in(kube: FakeKubernetes, name: str) -> str:

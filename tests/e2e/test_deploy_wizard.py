@@ -58,7 +58,7 @@ async def test_two_tap_managed_bot_on_kubernetes(
     await user.wait_for(text_contains="Ready to deploy")
     await user.press("Deploy")
     await user.wait_for(text_contains="@dana_ai_bot is live", timeout=40)
-    (agent,) = await kube_manager.deployer.agents_of(user.id)
+    (agent,) = await kube_manager.deployer.queries.agents_of(user.id)
     assert agent.managed
     name = f"agent-{agent.id}"
     for kind in ("secrets", "deployments", "services", "networkpolicies", "virtualservices"):
@@ -77,7 +77,7 @@ async def test_two_tap_managed_bot_on_kubernetes(
     assert managed.token != old_token
     assert (
         kube_manager.deployer.spec_for(
-            (await kube_manager.deployer.agents_of(user.id))[0]
+            (await kube_manager.deployer.queries.agents_of(user.id))[0]
         ).secrets.bot_token.get_secret_value()
         == managed.token
     )
@@ -114,7 +114,7 @@ async def test_bad_input_at_each_step_gets_a_hint_and_the_same_step(
     await user.wait_for(text_contains="as a text message")
     await user.send("/cancel")
     await user.wait_for(text_contains="Cancelled")
-    assert await local_manager.deployer.agents_of(user.id) == []
+    assert await local_manager.deployer.queries.agents_of(user.id) == []
     await user.send("just chatting")
     await user.wait_for(text_contains="I don't know that one")
 

@@ -230,7 +230,7 @@ async def test_edit_revert_restart_stop_resume_delete(
     assert labelled(kube) == {kind: [] for kind in KINDS}
     assert kube_world.telegram.bot("helper_bot").webhook is None
     with pytest.raises(AgentNotFound):
-        await deployer.agent(owner_id=OWNER, agent_id=agent.id)
+        await deployer.queries.agent(owner_id=OWNER, agent_id=agent.id)
 
 
 async def test_other_users_and_forged_ids_get_not_found(kube_world: World) -> None:
@@ -239,14 +239,14 @@ async def test_other_users_and_forged_ids_get_not_found(kube_world: World) -> No
         kube_world.deployer.restart,
         kube_world.deployer.stop,
         kube_world.deployer.delete,
-        kube_world.deployer.logs,
+        kube_world.deployer.queries.logs,
     ):
         with pytest.raises(AgentNotFound):
             await call(owner_id=STRANGER, agent_id=agent.id)
     with pytest.raises(AgentNotFound):
         await kube_world.deployer.stop(owner_id=OWNER, agent_id="../../etc")
     assert (
-        await kube_world.deployer.agent(owner_id=OWNER, agent_id=agent.id)
+        await kube_world.deployer.queries.agent(owner_id=OWNER, agent_id=agent.id)
     ).desired_state == "running"
 
 
@@ -511,7 +511,7 @@ async def test_local_deploy_answers_through_the_fakes(
         await user.send("hello agent")
         await user.wait_for(text_contains="echo: hello agent", timeout=15)
         assert openai_server.chat_requests()[-1]["messages"][0]["content"] == "You are Helper."
-        logs = await world.deployer.logs(owner_id=OWNER, agent_id=agent.id, lines=50)
+        logs = await world.deployer.queries.logs(owner_id=OWNER, agent_id=agent.id, lines=50)
         assert "ready as @helper_bot" in logs and new.bot_token not in logs
         await world.deployer.delete(owner_id=OWNER, agent_id=agent.id)
         assert agent.id not in await backend.observe_all()
