@@ -9,8 +9,10 @@ server-side apply with per-manager field ownership.
 
 from __future__ import annotations
 
+import base64
 import copy
 import itertools
+import json
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -236,37 +238,119 @@ def json_patch(target: JsonDict, operations: list[JsonDict]) -> JsonDict:
 
 
 # -- server-side apply -------------------------------------------------------------
+#
+# Ownership is a set of leaf field paths per manager. A path is a tuple of
+# components: a map key, or for an element of a list the server merges by key
+# (MERGE_KEYS, when every element carries the key) `k:{"name":"agent"}`, as in
+# the real FieldsV1 format. Other lists are owned whole (atomic), as leaves.
+# `fieldsV1` is these paths as nested maps: `f:<key>` for map keys, the `k:`
+# component as is plus `".": {}` for the element itself, `{}` at leaves.
+
+_MISSING = object()
 
 
-def field_paths(obj: Any, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
-    """Leaf paths of an applied configuration; lists are owned atomically."""
+def _element_key(list_name: str | None, items: list[Any]) -> str | None:
+    merge_key = MERGE_KEYS.get(list_name or "")
+    if merge_key and items and all(isinstance(i, dict) and merge_key in i for i in items):
+        return merge_key
+    return None
+
+
+def _key_component(merge_key: str, item: JsonDict) -> str:
+    return "k:" + json.dumps({merge_key: item[merge_key]}, separators=(",", ":"))
+
+
+def field_paths(
+    obj: Any, prefix: tuple[str, ...] = (), name: str | None = None
+) -> set[tuple[str, ...]]:
+    """Leaf paths of an applied configuration (keyed lists per element, others atomic)."""
+    if isinstance(obj, list):
+        merge_key = _element_key(name, obj)
+        if merge_key is None:
+            return {prefix} if prefix else set()
+        paths: set[tuple[str, ...]] = set()
+        for item in obj:
+            paths |= field_paths(item, (*prefix, _key_component(merge_key, item)))
+        return paths
     if not isinstance(obj, dict) or not obj:
         return {prefix} if prefix else set()
-    paths: set[tuple[str, ...]] = set()
+    paths = set()
     for key, value in obj.items():
-        paths |= field_paths(value, (*prefix, key))
+        paths |= field_paths(value, (*prefix, key), key)
     return paths
 
 
+def _step(node: Any, part: str) -> Any:
+    if isinstance(node, dict):
+        return node.get(part, _MISSING)
+    if isinstance(node, list) and part.startswith("k:"):
+        ((key, value),) = json.loads(part[2:]).items()
+        for item in node:
+            if isinstance(item, dict) and item.get(key) == value:
+                return item
+    return _MISSING
+
+
+def value_at(obj: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        obj = _step(obj, part)
+        if obj is _MISSING:
+            break
+    return obj
+
+
 def _remove_path(obj: JsonDict, path: tuple[str, ...]) -> None:
-    parent: Any = obj
-    for part in path[:-1]:
-        if not isinstance(parent, dict) or part not in parent:
-            return
-        parent = parent[part]
+    if len(path) > 1 and path[-2].startswith("k:") and path[-1] in json.loads(path[-2][2:]):
+        return  # an element's key goes with the element, which apply_merge drops
+    parent = value_at(obj, path[:-1])
     if isinstance(parent, dict):
         parent.pop(path[-1], None)
+    elif isinstance(parent, list):
+        child = _step(parent, path[-1])
+        if child is not _MISSING:
+            parent.remove(child)
     _prune_empty(obj, path[:-1])
 
 
 def _prune_empty(obj: JsonDict, path: tuple[str, ...]) -> None:
     while path:
-        parent: Any = obj
-        for part in path[:-1]:
-            parent = parent.get(part, {})
-        if isinstance(parent, dict) and parent.get(path[-1]) == {}:
-            parent.pop(path[-1])
+        if value_at(obj, path) in ({}, []):
+            _remove_path_only(obj, path)
         path = path[:-1]
+
+
+def _remove_path_only(obj: JsonDict, path: tuple[str, ...]) -> None:
+    parent = value_at(obj, path[:-1])
+    if isinstance(parent, dict):
+        parent.pop(path[-1], None)
+    elif isinstance(parent, list):
+        child = _step(parent, path[-1])
+        if child is not _MISSING:
+            parent.remove(child)
+
+
+def fields_v1(paths: set[tuple[str, ...]]) -> JsonDict:
+    """The real FieldsV1 shape of a set of owned paths."""
+    tree: JsonDict = {}
+    for path in sorted(paths):
+        node = tree
+        for part in path:
+            component = part if part.startswith("k:") else f"f:{part}"
+            node = node.setdefault(component, {})
+            if part.startswith("k:"):
+                node.setdefault(".", {})
+    return tree
+
+
+def field_name(path: tuple[str, ...]) -> str:
+    """`.spec.replicas`, `.spec.template.spec.containers[name="agent"].image`."""
+    text = ""
+    for part in path:
+        if part.startswith("k:"):
+            text += "".join(f"[{k}={json.dumps(v)}]" for k, v in json.loads(part[2:]).items())
+        else:
+            text += f".{part}"
+    return text
 
 
 def apply_merge(live: Any, applied: Any, key: str | None = None) -> Any:
@@ -424,32 +508,118 @@ class Store:
         config: JsonDict,
         *,
         manager: str,
+        force: bool = False,
     ) -> tuple[JsonDict, bool]:
-        """Server-side apply; returns (object, created)."""
+        """Server-side apply; returns (object, created).
+
+        Each manager owns the leaf paths it applied last. Applying a field another
+        manager owns with a different value is a 409 `Conflict` unless `force`,
+        which moves the field to this manager; the same value is shared ownership.
+        Fields a manager stops applying are removed unless another manager owns
+        them. `metadata.managedFields` mirrors the ownership; an apply that
+        changes nothing changes nothing, resourceVersion included.
+        """
         config = copy.deepcopy(config)
         config.setdefault("metadata", {})["name"] = name
         owner_key = (resource.group, resource.plural, namespace or "", name)
-        applied = field_paths({k: v for k, v in config.items() if k not in ("apiVersion", "kind")})
+        applied = _applied_paths(resource, config)
         live = self.get(resource, namespace, name)
         if live is None:
             obj = self.create(resource, namespace, config)
-            obj["metadata"]["managedFields"] = [_managed_entry(manager, obj["apiVersion"])]
             self.managed[owner_key] = {manager: applied}
+            obj["metadata"]["managedFields"] = _managed_fields(
+                self.managed[owner_key], obj["apiVersion"], []
+            )
             return obj, True
         owners = self.managed.setdefault(owner_key, {})
+        normalised = _normalised(resource, config)
+        conflicts = [
+            (other, path)
+            for other, paths in owners.items()
+            if other != manager
+            for path in sorted(applied & paths)
+            if value_at(live, path) is not _MISSING
+            and value_at(live, path) != value_at(normalised, path)
+        ]
+        if conflicts and not force:
+            raise _apply_conflict(resource, name, live["apiVersion"], conflicts)
+        for other, path in conflicts:
+            owners[other].discard(path)
         previously = owners.get(manager, set())
         others = set().union(*(p for m, p in owners.items() if m != manager)) if owners else set()
         merged = copy.deepcopy(live)
-        for path in previously - applied - others:
+        for path in sorted(previously - applied - others, reverse=True):
             _remove_path(merged, path)
         body = {k: v for k, v in config.items() if k not in ("apiVersion", "kind", "status")}
         merged = apply_merge(merged, body)
-        if manager not in {e.get("manager") for e in merged["metadata"].get("managedFields", [])}:
-            merged["metadata"].setdefault("managedFields", []).append(
-                _managed_entry(manager, live["apiVersion"])
-            )
         owners[manager] = applied
+        for other in [m for m, paths in owners.items() if not paths]:
+            del owners[other]
+        merged["metadata"]["managedFields"] = _managed_fields(
+            owners, live["apiVersion"], live["metadata"].get("managedFields") or []
+        )
         return self.replace_stored(resource, live, merged), False
+
+
+def _normalised(resource: Resource, config: JsonDict) -> JsonDict:
+    """The applied configuration as stored: a Secret's `stringData` becomes `data`."""
+    config = copy.deepcopy(config)
+    if resource.plural == "secrets" and config.get("stringData"):
+        data = config.setdefault("data", {})
+        for key, value in config.pop("stringData").items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+    return config
+
+
+def _applied_paths(resource: Resource, config: JsonDict) -> set[tuple[str, ...]]:
+    body = {k: v for k, v in _normalised(resource, config).items() if k not in _TYPE_FIELDS}
+    return {
+        path
+        for path in field_paths(body)
+        if path not in (("metadata", "name"), ("metadata", "namespace"))
+    }
+
+
+_TYPE_FIELDS = frozenset({"apiVersion", "kind", "status"})
+
+
+def _managed_fields(
+    owners: dict[str, set[tuple[str, ...]]], api_version: str, previous: list[JsonDict]
+) -> list[JsonDict]:
+    """One Apply entry per manager; an unchanged entry keeps its time."""
+    before = {entry.get("manager"): entry for entry in previous}
+    entries = []
+    for manager, paths in owners.items():
+        entry = _managed_entry(manager, api_version)
+        entry["fieldsV1"] = fields_v1(paths)
+        old = before.get(manager)
+        if old is not None and old.get("fieldsV1") == entry["fieldsV1"]:
+            entry["time"] = old.get("time", entry["time"])
+        entries.append(entry)
+    return entries
+
+
+def _apply_conflict(
+    resource: Resource, name: str, api_version: str, conflicts: list[tuple[str, tuple[str, ...]]]
+) -> ApiError:
+    causes = [
+        {
+            "type": "FieldManagerConflict",
+            "message": f'conflict with "{other}" using {api_version}',
+            "field": field_name(path),
+        }
+        for other, path in conflicts
+    ]
+    lines = "\n".join(f"- {c['message']}: {c['field']}" for c in causes)
+    plural = "conflict" if len(causes) == 1 else "conflicts"
+    return ApiError(
+        409,
+        "Conflict",
+        f"Apply failed with {len(causes)} {plural}: {lines.removeprefix('- ')}"
+        if len(causes) == 1
+        else f"Apply failed with {len(causes)} {plural}:\n{lines}",
+        {"name": name, "group": resource.group, "kind": resource.plural, "causes": causes},
+    )
 
 
 def _managed_entry(manager: str, api_version: str) -> JsonDict:
@@ -478,8 +648,6 @@ def _default(resource: Resource, obj: JsonDict) -> None:
         obj.setdefault("type", "Opaque")
         string_data = obj.pop("stringData", None)
         if string_data:
-            import base64
-
             data = obj.setdefault("data", {})
             for key, value in string_data.items():
                 data[key] = base64.b64encode(str(value).encode()).decode()

@@ -627,7 +627,12 @@ class FakeKubernetes:
             preview = {**config, "metadata": {**config.get("metadata", {}), "uid": "dry-run"}}
             return web.json_response(preview, status=200 if existing else 201)
         obj, created = self.store.apply(
-            route.resource, route.namespace, route.name, config, manager=manager
+            route.resource,
+            route.namespace,
+            route.name,
+            config,
+            manager=manager,
+            force=request.query.get("force", "").lower() in ("true", "1"),
         )
         self._written(route.resource, obj)
         return web.json_response(self._present(obj, route), status=201 if created else 200)

@@ -6,6 +6,7 @@ these tests are plain functions.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -425,3 +426,207 @@ def test_real_kubectl_works_against_it(server, tmp_path: Path) -> None:
     assert (
         fake.get_object("services", "agents", "agent-a1")["spec"]["ports"][0]["targetPort"] == 8080
     )
+
+
+def _apply_each_kind(api: client.ApiClient, manager: str = "hatchbot") -> dict[str, dict]:
+    """Server-side apply one object of every kind Hatchbot applies; the results as dicts."""
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    networking, custom = client.NetworkingV1Api(api), client.CustomObjectsApi(api)
+    meta = {"name": "agent-a1", "labels": dict(LABELS)}
+    ssa: dict[str, Any] = {"field_manager": manager, "force": True, "_content_type": APPLY}
+
+    def apply_custom(group: str, plural: str, body: dict) -> Any:
+        custom.patch_namespaced_custom_object(
+            group, "v1", "agents", plural, "agent-a1", body, **ssa
+        )
+        # The client only decodes a 200 here; a 201 (created) reads as None, so read it back.
+        return custom.get_namespaced_custom_object(group, "v1", "agents", plural, "agent-a1")
+
+    results: dict[str, Any] = {
+        "secret": core.patch_namespaced_secret(
+            "agent-a1", "agents", {"apiVersion": "v1", "kind": "Secret", **secret("agent-a1")},
+            **ssa,
+        ),
+        "deployment": apps.patch_namespaced_deployment(
+            "agent-a1", "agents", deployment(env=[{"name": "A", "value": "1"}]), **ssa
+        ),
+        "service": core.patch_namespaced_service(
+            "agent-a1", "agents",
+            {"apiVersion": "v1", "kind": "Service", "metadata": meta,
+             "spec": {"selector": {"hatchbot.io/agent-id": "a1"},
+                      "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}},
+            **ssa,
+        ),
+        "networkpolicy": networking.patch_namespaced_network_policy(
+            "agent-a1", "agents",
+            {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta,
+             "spec": {"podSelector": {"matchLabels": {"hatchbot.io/agent-id": "a1"}},
+                      "policyTypes": ["Ingress", "Egress"]}},
+            **ssa,
+        ),
+        "virtualservice": apply_custom(
+            "networking.istio.io", "virtualservices",
+            {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": meta,
+             "spec": {"hosts": ["bots.example.com"], "http": []}},
+        ),
+        "httproute": apply_custom(
+            "gateway.networking.k8s.io", "httproutes",
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": meta,
+             "spec": {"hostnames": ["bots.example.com"]}},
+        ),
+    }  # fmt: skip
+    return {kind: api.sanitize_for_serialization(obj) for kind, obj in results.items()}
+
+
+def test_identical_server_side_apply_is_a_no_op_for_every_kind(server) -> None:
+    fake, api, _ = server
+    first = _apply_each_kind(api)
+    # The deployment controller writes status after the first apply, so compare with what's stored.
+    plurals = {"secret": "secrets", "deployment": "deployments", "service": "services",
+               "networkpolicy": "networkpolicies", "virtualservice": "virtualservices",
+               "httproute": "httproutes"}  # fmt: skip
+    stored = {kind: fake.get_object(plurals[kind], "agents", "agent-a1") for kind in first}
+    again = _apply_each_kind(api)
+    for kind, obj in stored.items():
+        assert obj is not None
+        assert again[kind]["metadata"]["resourceVersion"] == obj["metadata"]["resourceVersion"], (
+            kind
+        )
+        assert again[kind]["metadata"].get("generation") == obj["metadata"].get("generation")
+        assert again[kind]["metadata"]["managedFields"] == first[kind]["metadata"]["managedFields"]
+    assert first["secret"]["data"] == {"K": "dg=="}
+
+
+def _apply_replicas(api: client.ApiClient, manager: str, replicas: int, force: bool) -> Any:
+    body = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "agent-a1"},
+        "spec": {"replicas": replicas},
+    }
+    return client.AppsV1Api(api).patch_namespaced_deployment(
+        "agent-a1", "agents", body, field_manager=manager, force=force, _content_type=APPLY
+    )
+
+
+def test_managed_fields_record_each_managers_fields(server) -> None:
+    _, api, _ = server
+    apps = client.AppsV1Api(api)
+    apps.patch_namespaced_deployment(
+        "agent-a1", "agents", deployment(), field_manager="hatchbot", force=True,
+        _content_type=APPLY,
+    )  # fmt: skip
+    labelled = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "agent-a1", "labels": {"team": "ops"}},
+    }
+    both = apps.patch_namespaced_deployment(
+        "agent-a1", "agents", labelled, field_manager="ops", _content_type=APPLY
+    )
+    entries = {
+        e["manager"]: e for e in api.sanitize_for_serialization(both.metadata)["managedFields"]
+    }
+    assert set(entries) == {"hatchbot", "ops"}
+    for entry in entries.values():
+        assert entry["operation"] == "Apply"
+        assert entry["apiVersion"] == "apps/v1"
+        assert entry["fieldsType"] == "FieldsV1"
+        assert entry["time"]
+    assert entries["ops"]["fieldsV1"] == {"f:metadata": {"f:labels": {"f:team": {}}}}
+    mine = entries["hatchbot"]["fieldsV1"]
+    assert mine["f:metadata"]["f:labels"] == {
+        "f:app.kubernetes.io/managed-by": {},
+        "f:hatchbot.io/agent-id": {},
+    }
+    assert mine["f:spec"]["f:replicas"] == {}
+    assert mine["f:spec"]["f:template"]["f:spec"]["f:containers"] == {
+        'k:{"name":"agent"}': {".": {}, "f:name": {}, "f:image": {}}
+    }
+    assert both.metadata.labels == {**LABELS, "team": "ops"}
+    # A manager re-applying the same value another owns shares it, without a conflict.
+    shared = _apply_replicas(api, "scaler", 1, force=False)
+    owners = [e.manager for e in shared.metadata.managed_fields]
+    assert owners == ["hatchbot", "ops", "scaler"]
+
+
+def test_conflicting_server_side_apply_needs_force(server) -> None:
+    _, api, _ = server
+    apps = client.AppsV1Api(api)
+    apps.patch_namespaced_deployment(
+        "agent-a1", "agents", deployment(), field_manager="hatchbot", force=True,
+        _content_type=APPLY,
+    )  # fmt: skip
+    before = apps.read_namespaced_deployment("agent-a1", "agents").metadata.resource_version
+    with pytest.raises(ApiException) as caught:
+        _apply_replicas(api, "scaler", 3, force=False)
+    assert caught.value.status == 409
+    status = json.loads(caught.value.body)
+    assert status["reason"] == "Conflict"
+    assert status["details"]["causes"] == [
+        {
+            "type": "FieldManagerConflict",
+            "message": 'conflict with "hatchbot" using apps/v1',
+            "field": ".spec.replicas",
+        }
+    ]
+    untouched = apps.read_namespaced_deployment("agent-a1", "agents")
+    assert untouched.metadata.resource_version == before
+    assert untouched.spec.replicas == 1
+
+    forced = _apply_replicas(api, "scaler", 3, force=True)
+    assert forced.spec.replicas == 3
+    fields = {e.manager: e.fields_v1 for e in forced.metadata.managed_fields}
+    assert fields["scaler"] == {"f:spec": {"f:replicas": {}}}
+    assert "f:replicas" not in fields["hatchbot"]["f:spec"]
+    # Now hatchbot is the one who conflicts, until it forces the field back.
+    with pytest.raises(ApiException) as again:
+        apps.patch_namespaced_deployment(
+            "agent-a1", "agents", deployment(), field_manager="hatchbot", _content_type=APPLY
+        )
+    assert (
+        'conflict with "scaler"' in json.loads(again.value.body)["details"]["causes"][0]["message"]
+    )
+    back = apps.patch_namespaced_deployment(
+        "agent-a1", "agents", deployment(), field_manager="hatchbot", force=True,
+        _content_type=APPLY,
+    )  # fmt: skip
+    assert back.spec.replicas == 1
+    assert [e.manager for e in back.metadata.managed_fields] == ["hatchbot"]
+
+
+def test_kubectl_server_side_apply_conflicts_and_forces(server, tmp_path: Path) -> None:
+    fake, _, kubeconfig = server
+
+    def kubectl_apply(target_port: int, *flags: str) -> subprocess.CompletedProcess[str]:
+        manifest = tmp_path / "svc.yaml"
+        manifest.write_text(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: agents\n"
+            f"spec:\n  ports:\n  - name: http\n    port: 80\n    targetPort: {target_port}\n"
+        )
+        command = ["kubectl", "--kubeconfig", str(kubeconfig), "apply", "--server-side"]
+        return subprocess.run(
+            [*command, "--validate=false", "-f", str(manifest), *flags],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert kubectl_apply(8080).returncode == 0
+    refused = kubectl_apply(9090, "--field-manager=other")
+    assert refused.returncode != 0
+    assert 'conflict with "kubectl' in refused.stderr
+    assert '.spec.ports[name="http"].targetPort' in refused.stderr
+    assert kubectl_apply(9090, "--field-manager=other", "--force-conflicts").returncode == 0
+    stored = fake.get_object("services", "agents", "web")
+    assert stored is not None
+    assert stored["spec"]["ports"][0]["targetPort"] == 9090
+    owners = {e["manager"]: e["fieldsV1"] for e in stored["metadata"]["managedFields"]}
+    port = owners["other"]["f:spec"]["f:ports"]['k:{"name":"http"}']
+    assert port == {".": {}, "f:name": {}, "f:port": {}, "f:targetPort": {}}
+    # The forced field moved; the fields both applied with the same value stay shared.
+    assert owners["kubectl"]["f:spec"]["f:ports"]['k:{"name":"http"}'] == {
+        ".": {},
+        "f:name": {},
+        "f:port": {},
+    }
