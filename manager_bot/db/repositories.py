@@ -152,10 +152,6 @@ class Agents:
     async def all(self) -> Sequence[Agent]:
         return (await self._session.scalars(select(Agent))).all()
 
-    async def any_ever(self) -> bool:
-        """Whether this database has ever held an agent (in any state)."""
-        return (await self._session.scalar(select(Agent.id).limit(1))) is not None
-
     async def owned_by_any(self, owner_ids: Sequence[int]) -> dict[int, list[Agent]]:
         query = (
             select(Agent)
@@ -451,17 +447,15 @@ class Usage:
         return {(agent_id, day): int(total) for agent_id, day, total in rows}
 
     async def totals(
-        self, *, since: date, until: date | None = None, agent_ids: Sequence[str] | None = None
+        self, *, since: date, agent_ids: Sequence[str] | None = None
     ) -> dict[str, UsageTotals]:
-        """Usage per agent summed over days `since`..`until` (inclusive)."""
+        """Usage per agent summed over the days from `since` on."""
         query = select(
             AgentUsage.agent_id,
             func.sum(AgentUsage.prompt_tokens),
             func.sum(AgentUsage.completion_tokens),
             func.sum(AgentUsage.requests),
         ).where(AgentUsage.day >= since)
-        if until is not None:
-            query = query.where(AgentUsage.day <= until)
         if agent_ids is not None:
             query = query.where(AgentUsage.agent_id.in_(agent_ids))
         rows = (await self._session.execute(query.group_by(AgentUsage.agent_id))).all()
@@ -550,9 +544,6 @@ class Operations:
             .order_by(Operation.id)
         )
         return (await self._session.scalars(query)).all()
-
-    async def get(self, operation_id: int) -> Operation | None:
-        return await self._session.get(Operation, operation_id)
 
     async def all_of(self, agent_id: str) -> Sequence[Operation]:
         query = select(Operation).where(Operation.agent_id == agent_id).order_by(Operation.id)

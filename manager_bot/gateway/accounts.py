@@ -186,11 +186,6 @@ class AccountBook:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    def forget(self) -> None:
-        """Drop every cached row (the in-process gateway, after its manager changed one)."""
-        self._known.clear()
-        self._unknown.clear()
-
     async def _read(self, key_hash: str, now: float) -> AgentAccount | None:
         day = self._today()
         async with self._db.reading() as session:

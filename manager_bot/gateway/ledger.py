@@ -63,7 +63,6 @@ class UsageLedger:
         self._told: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self.flushes = 0
 
     # -- the budget ------------------------------------------------------------------
 
@@ -173,7 +172,6 @@ class UsageLedger:
         for key, total in totals.items():
             self._stored[key] = max(self._stored.get(key, 0), total)
         self._writing = {}
-        self.flushes += 1
         return len(deltas)
 
     def _restore(

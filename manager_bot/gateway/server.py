@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -86,7 +87,7 @@ class Gateway:
         limiter: UserRateLimiter,
         guard: EndpointGuard,
         limits: GatewayLimits,
-        ready: Any = None,
+        ready: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._accounts = accounts
         self._ledger = ledger

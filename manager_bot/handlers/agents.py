@@ -20,8 +20,8 @@ from manager_bot import keyboards, texts
 from manager_bot.db.models import Agent
 from manager_bot.gateway.endpoints import EndpointGuard
 from manager_bot.handlers.model_steps import (
+    ask_for_details,
     ask_key_if_needed,
-    model_name_question,
     take_endpoint,
     take_model_name,
 )
@@ -285,13 +285,11 @@ async def new_model(
     await query.answer()
     assert isinstance(query.message, Message)
     await state.update_data(provider=provider.name, model=callback_data.model, endpoint=None)
-    if provider.is_custom:
-        await state.set_state(AgentEdit.endpoint)
-        await query.message.answer(texts.ASK_ENDPOINT)
-    elif not callback_data.model:
-        await state.set_state(AgentEdit.model_name)
-        await query.message.answer(model_name_question(provider))
-    else:
+    asked = await ask_for_details(
+        query.message, state, provider, callback_data.model,
+        endpoint_state=AgentEdit.endpoint, model_name_state=AgentEdit.model_name,
+    )  # fmt: skip
+    if not asked:
         await _after_new_model(query.message, state, provider, deployer, query.from_user.id)
 
 

@@ -24,8 +24,8 @@ from manager_bot.crypto import Vault
 from manager_bot.gateway.endpoints import EndpointGuard
 from manager_bot.handlers.agents import send_card
 from manager_bot.handlers.model_steps import (
+    ask_for_details,
     ask_key_if_needed,
-    model_name_question,
     take_endpoint,
     take_model_name,
 )
@@ -201,13 +201,11 @@ async def picked_model(
         provider=provider.name, model=callback_data.model, key=None, endpoint=None
     )
     assert isinstance(query.message, Message)
-    if provider.is_custom:
-        await state.set_state(Deploy.endpoint)
-        await query.message.answer(texts.ASK_ENDPOINT)
-    elif not callback_data.model:
-        await state.set_state(Deploy.model_name)
-        await query.message.answer(model_name_question(provider))
-    else:
+    asked = await ask_for_details(
+        query.message, state, provider, callback_data.model,
+        endpoint_state=Deploy.endpoint, model_name_state=Deploy.model_name,
+    )  # fmt: skip
+    if not asked:
         await _after_model(query.message, state, provider)
 
 

@@ -33,6 +33,23 @@ async def checked_endpoint(text: str, guard: EndpointGuard) -> str:
     return url
 
 
+async def ask_for_details(
+    message: Message, state: FSMContext, provider: Provider, model: str, *,
+    endpoint_state: State, model_name_state: State,
+) -> bool:  # fmt: skip
+    """After a model button: ask for the endpoint ("My own endpoint") or the model id
+    ("Other model…"); False when the button named the model, so nothing is asked."""
+    if provider.is_custom:
+        await state.set_state(endpoint_state)
+        await message.answer(texts.ASK_ENDPOINT)
+    elif not model:
+        await state.set_state(model_name_state)
+        await message.answer(model_name_question(provider))
+    else:
+        return False
+    return True
+
+
 async def take_endpoint(
     message: Message, state: FSMContext, guard: EndpointGuard, *, next_state: State
 ) -> None:

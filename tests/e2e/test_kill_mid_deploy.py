@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import polling, start_manager_process, stop_process
+from tests.e2e.conftest import fill_wizard, polling, start_manager_process, stop_process
 from tests.fakes.loopback import free_port
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeBot, FakeTelegram
@@ -45,7 +45,6 @@ async def test_a_deploy_killed_midway_is_finished_at_the_next_start(
     telegram: FakeTelegram, openai_server: FakeOpenAI, tmp_path: Path, hold: str
 ) -> None:
     manager = telegram.add_bot(username="hatchbot_manager_bot")
-    agent_bot = telegram.add_bot(username="phoenix_bot", first_name="Phoenix")
     env = {
         "OPENAI_API_KEY": "sk-platformkeyplatformkey00", "OPENAI_BASE_URL": openai_server.url,
         "METRICS_PORT": "0", "GATEWAY_PORT": str(free_port()),
@@ -54,14 +53,8 @@ async def test_a_deploy_killed_midway_is_finished_at_the_next_start(
     user = telegram.user(manager)
     try:
         await wait_until(lambda: polling(telegram, manager), timeout=60)
-        await user.send("/deploy")
-        await user.press("I already have a bot")
-        await user.wait_for(text_contains="Paste")
-        await user.send(agent_bot.token)
-        await user.press("OpenAI · gpt-4o-mini")
-        await user.wait_for(text_contains="Last step")
-        await user.send("You rise again.")
-        await user.wait_for(text_contains="Ready to deploy")
+        await fill_wizard(user, telegram, "phoenix_bot")
+        agent_bot = telegram.bot("phoenix_bot")
 
         method, whose = HOLDS[hold]
         held: FakeBot = manager if whose == "manager" else agent_bot
