@@ -178,10 +178,12 @@ def deployment(spec: AgentSpec, cluster: ClusterConfig) -> JsonDict:
             "limits": {"cpu": cluster.cpu_limit, "memory": cluster.memory_limit},
         },
         "livenessProbe": {**probe, "initialDelaySeconds": 5, "failureThreshold": 3},
+        # Probed every second: a new agent takes traffic about a second after it listens,
+        # not after the next of 5-second probes (the first one comes before it listens).
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": "http"},
-            "periodSeconds": 5,
-            "failureThreshold": 2,
+            "periodSeconds": 1,
+            "failureThreshold": 3,
         },
         "securityContext": {
             "allowPrivilegeEscalation": False,

@@ -228,13 +228,20 @@ def mounted_files(
 
 
 def command_line(
-    container: Mapping[str, Any], env: Mapping[str, str], *, entrypoint: Sequence[str] = ()
+    container: Mapping[str, Any],
+    env: Mapping[str, str],
+    *,
+    entrypoint: Sequence[str] = (),
+    cmd: Sequence[str] = (),
 ) -> list[str]:
-    """The argv the container starts with: `command` (else the image `entrypoint`) + `args`.
+    """The argv the container starts with, as the container runtime builds it.
 
-    Both `command` and `args` are expanded against the final env, as the kubelet does.
-    The image's CMD is not modelled: pass `args` when the test depends on it.
+    `command` replaces the image's ENTRYPOINT and drops its CMD; `args` replaces CMD.
+    Both `command` and `args` are expanded against the final env, as the kubelet does;
+    the image's own ENTRYPOINT and CMD are not.
     """
     command = [expand(part, env) for part in container.get("command") or []]
     args = [expand(part, env) for part in container.get("args") or []]
-    return (command or list(entrypoint)) + args
+    if command:
+        return command + args
+    return list(entrypoint) + (args or list(cmd))

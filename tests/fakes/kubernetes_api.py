@@ -15,7 +15,7 @@ import hashlib
 import json
 import secrets
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +129,9 @@ class FakeKubernetes:
         self._roles: list[JsonDict] = []
         self.access_checks: list[AccessCheck] = []
         self._logs: dict[tuple[str, str], str] = {}
+        # A FakeKubelet, when one runs the Deployments: told of changes, asked for logs.
+        self._kubelet_wake: Callable[[], None] | None = None
+        self._kubelet_logs: Callable[[str, str], str | None] | None = None
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -222,6 +225,16 @@ class FakeKubernetes:
                 self._deployment_changed(created)
             return copy.deepcopy(created)
 
+    def replace_object(self, resource: str, obj: JsonDict) -> JsonDict:
+        """Update behind the API's back (an edit by someone else): spec and metadata."""
+        kind = resource_by_plural(resource)
+        metadata = obj["metadata"]
+        with self.lock:
+            live = self.store.require(kind, metadata.get("namespace"), metadata["name"])
+            stored = self.store.replace_stored(kind, live, obj)
+            self._written(kind, stored)
+            return copy.deepcopy(stored)
+
     def delete_object(self, resource: str, namespace: str | None, name: str) -> None:
         """Delete behind the API's back (drift for reconcile to repair)."""
         kind = resource_by_plural(resource)
@@ -278,6 +291,15 @@ class FakeKubernetes:
             for role in self._roles
             for rule in role.get("rules", [])
         )
+
+    def attach_kubelet(
+        self, *, on_change: Callable[[], None], logs: Callable[[str, str], str | None]
+    ) -> None:
+        """A FakeKubelet runs pods from now on: the methods below no longer make any."""
+        self._kubelet_wake, self._kubelet_logs = on_change, logs
+
+    def detach_kubelet(self) -> None:
+        self._kubelet_wake = self._kubelet_logs = None
 
     # -- the kubelet, played by tests ---------------------------------------------
 
@@ -510,7 +532,8 @@ class FakeKubernetes:
                 f"{waiting.get('reason', 'ContainerCreating')}",
             )
         key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
-        lines = self._logs.get(key, "").splitlines()
+        ran = self._kubelet_logs(*key) if self._kubelet_logs is not None else None
+        lines = (ran if ran is not None else self._logs.get(key, "")).splitlines()
         tail = request.query.get("tailLines")
         if tail is not None:
             lines = lines[-int(tail) :] if int(tail) > 0 else []
@@ -673,6 +696,9 @@ class FakeKubernetes:
             self._deployment_changed(obj)
 
     def _deployment_changed(self, deployment: JsonDict) -> None:
+        if self._kubelet_wake is not None:
+            self._kubelet_wake()
+            return
         metadata = deployment["metadata"]
         namespace, name = metadata["namespace"], metadata["name"]
         replicas = deployment.get("spec", {}).get("replicas", 1)
@@ -681,10 +707,8 @@ class FakeKubernetes:
             self._write_deployment_status(namespace, name, ready=0, pods=0)
             return
         current = self._pods_of(namespace, name)
-        template_hash = _template_hash(deployment)
-        stale = [
-            p for p in current if p["metadata"]["labels"].get("pod-template-hash") != template_hash
-        ]
+        wanted = template_hash(deployment)
+        stale = [p for p in current if p["metadata"]["labels"].get("pod-template-hash") != wanted]
         if self.auto_ready and (stale or not current):
             # A rolling update: the new template's pod replaces the old ones.
             for pod in stale:
@@ -711,6 +735,8 @@ class FakeKubernetes:
         return sorted(pods, key=lambda pod: pod["metadata"]["name"])
 
     def _remove_pods(self, namespace: str, deployment: str) -> None:
+        if self._kubelet_wake is not None:
+            self._kubelet_wake()
         for pod in self._pods_of(namespace, deployment):
             self.store.delete(resource_by_plural("pods"), namespace, pod["metadata"]["name"])
 
@@ -752,11 +778,11 @@ class FakeKubernetes:
         if deployment is None:
             raise not_found(deployments, deployment_name)
         pods = resource_by_plural("pods")
-        template_hash = _template_hash(deployment)
+        wanted = template_hash(deployment)
         current = [
             p
             for p in self._pods_of(namespace, deployment_name)
-            if p["metadata"]["labels"].get("pod-template-hash") == template_hash
+            if p["metadata"]["labels"].get("pod-template-hash") == wanted
         ]
         for stale in self._pods_of(namespace, deployment_name):
             if stale not in current:
@@ -767,7 +793,7 @@ class FakeKubernetes:
             template = deployment.get("spec", {}).get("template", {})
             labels = {
                 **template.get("metadata", {}).get("labels", {}),
-                "pod-template-hash": template_hash,
+                "pod-template-hash": wanted,
             }
             pod = self.store.create(
                 pods,
@@ -776,7 +802,7 @@ class FakeKubernetes:
                     "apiVersion": "v1",
                     "kind": "Pod",
                     "metadata": {
-                        "name": f"{deployment_name}-{template_hash}-{secrets.token_hex(3)[:5]}",
+                        "name": f"{deployment_name}-{wanted}-{secrets.token_hex(3)[:5]}",
                         "labels": labels,
                         "ownerReferences": [
                             {
@@ -915,7 +941,7 @@ def _dig_int(obj: JsonDict, *path: str) -> int:
     return int(value) if isinstance(value, int | str) and str(value).isdigit() else 0
 
 
-def _template_hash(deployment: JsonDict) -> str:
+def template_hash(deployment: JsonDict) -> str:
     template = json.dumps(deployment.get("spec", {}).get("template", {}), sort_keys=True)
     return hashlib.sha256(template.encode()).hexdigest()[:10]
 

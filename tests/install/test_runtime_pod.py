@@ -15,12 +15,8 @@ manifest names is mapped there).
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
-import subprocess
-import sys
-import sysconfig
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +27,7 @@ from pydantic import SecretStr
 
 from manager_bot.backends.base import AgentSecrets, AgentSpec
 from manager_bot.backends.manifests import ClusterConfig, agent_manifests
+from tests.fakes.image import final_stage, image_contract, interpreter_for, site_packages
 from tests.fakes.kubelet_env import container_env, mounted_files, secret_strings
 from tests.fakes.loopback import free_port
 from tests.fakes.openai_api import FakeOpenAI
@@ -42,31 +39,11 @@ LLM_KEY = "sk-podkeypodkeypodkeypodkey00"
 HOOK = "pod_webhook_secret_value_0123456789"
 
 
-def final_stage(dockerfile: str) -> list[str]:
-    """Instructions of the last stage, continuation lines joined, comments dropped."""
-    joined = re.sub(r"\\\n\s*", " ", dockerfile)
-    lines = [line.strip() for line in joined.splitlines() if line.strip()]
-    instructions = [line for line in lines if not line.startswith("#")]
-    last_from = max(i for i, line in enumerate(instructions) if line.startswith("FROM "))
-    return instructions[last_from:]
-
-
-def image_facts() -> tuple[dict[str, str], int, int]:
-    """(ENV, uid, gid) of the final image, read from the Dockerfile."""
-    stage = final_stage((REPO / "Dockerfile").read_text())
-    env: dict[str, str] = {}
-    for line in stage:
-        if line.startswith("ENV "):
-            env.update(pair.split("=", 1) for pair in line[4:].split())  # type: ignore[misc]
-    (user,) = [line[5:].strip() for line in stage if line.startswith("USER ")]
-    uid, _, gid = user.partition(":")
-    return env, int(uid), int(gid or uid)
-
-
 def test_the_image_is_slim_pinned_and_runs_as_a_user() -> None:
     stage = final_stage((REPO / "Dockerfile").read_text())
     assert re.fullmatch(r"FROM python:3\.11\.\d+-slim(-\w+)?", stage[0])
-    env, uid, _ = image_facts()
+    image = image_contract()
+    env, uid = image.env, image.uid
     assert uid != 0
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
     assert not [line for line in stage if re.search(r"\b(gcc|build-essential|pip install)", line)]
@@ -93,31 +70,6 @@ def pod_env(manifests: list[dict[str, Any]], mount_root: Path) -> dict[str, str]
     for directory in [p for p in mount_root.rglob("*") if p.is_dir()]:
         directory.chmod(0o755)
     return env
-
-
-def interpreter_for(uid: int, gid: int, pythonpath: str) -> tuple[str, dict[str, Any]]:
-    """A Python of this version that `uid` may run, and how to run as it."""
-    if os.geteuid() != 0:
-        return sys.executable, {}  # already not root
-    as_user: dict[str, Any] = {"user": uid, "group": gid, "extra_groups": []}
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    for candidate in (
-        sys.executable,
-        f"/usr/bin/python{version}",
-        f"/usr/local/bin/python{version}",
-    ):
-        if not Path(candidate).exists():
-            continue
-        try:
-            probe = subprocess.run(
-                [candidate, "-c", "import aiohttp, openai, pydantic_settings"],
-                env={"PYTHONPATH": pythonpath}, capture_output=True, check=False, **as_user,
-            )  # fmt: skip
-        except PermissionError:  # e.g. an interpreter under root's 0700 home
-            continue
-        if probe.returncode == 0:
-            return candidate, as_user
-    raise AssertionError(f"no Python {version} that uid {uid} can run with {pythonpath}")
 
 
 def tree(root: Path) -> list[Path]:
@@ -163,10 +115,9 @@ async def run_pod_and_say(
     expect: str,
 ) -> str:  # fmt: skip
     """Start the runtime as its pod would run, send `text`, wait for `expect`; its output."""
-    image_env, uid, gid = image_facts()
-    pythonpath = os.pathsep.join(
-        dict.fromkeys((sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]))
-    )
+    image = image_contract()
+    image_env, uid, gid = image.env, image.uid, image.gid
+    pythonpath = site_packages()
     python, as_user = interpreter_for(uid, gid, pythonpath)
     port = str(free_port())
     mounts = Path(tempfile.mkdtemp(prefix="hatchbot-mounts-"))

@@ -281,3 +281,11 @@ def test_command_and_args_are_expanded_against_the_final_env() -> None:
     assert command_line(container, env) == ["serve", "--port=8080", PLATFORM_KEY, "$(PORT)"]
     only_args = {"args": ["runtime", "$(NOPE)"]}
     assert command_line(only_args, env, entrypoint=["/entry"]) == ["/entry", "runtime", "$(NOPE)"]
+
+
+def test_command_replaces_entrypoint_and_drops_cmd_args_replace_cmd() -> None:
+    image = {"entrypoint": ["python", "-m"], "cmd": ["manager_bot"]}
+    assert command_line({}, {}, **image) == ["python", "-m", "manager_bot"]
+    assert command_line({"args": ["runtime"]}, {}, **image) == ["python", "-m", "runtime"]
+    assert command_line({"command": ["sh"]}, {}, **image) == ["sh"]
+    assert command_line({"command": ["sh"], "args": ["-c", "x"]}, {}, **image) == ["sh", "-c", "x"]
