@@ -42,7 +42,7 @@ def spec(telegram: FakeTelegram, openai_server: FakeOpenAI, **changes: Any) -> A
         ),
         "llm_model": "gpt-4o-mini",
         "system_prompt": "You are a pod.",
-        "llm_base_url": f"{openai_server.url}/v1",
+        "llm_base_url": openai_server.url,
         "telegram_api_url": telegram.url,
     }
     return AgentSpec(**(fields | changes))
@@ -50,7 +50,8 @@ def spec(telegram: FakeTelegram, openai_server: FakeOpenAI, **changes: Any) -> A
 
 def create(kube: FakeKubernetes, manifests: list[dict[str, Any]]) -> None:
     plural = {"NetworkPolicy": "networkpolicies", "Secret": "secrets", "Deployment": "deployments",
-              "Service": "services", "VirtualService": "virtualservices"}  # fmt: skip
+              "Service": "services", "VirtualService": "virtualservices",
+              "HTTPRoute": "httproutes"}  # fmt: skip
     for manifest in manifests:
         body = copy.deepcopy(manifest)
         body["metadata"]["namespace"] = "agents"

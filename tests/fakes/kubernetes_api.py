@@ -217,7 +217,7 @@ class FakeKubernetes:
 
     def put_object(self, resource: str, obj: JsonDict) -> JsonDict:
         """Create behind the API's back (setup, orphans); fills metadata like a create."""
-        kind = resource_by_plural(resource)
+        kind = _resource_of(resource, obj)
         namespace = obj.get("metadata", {}).get("namespace")
         with self.lock:
             created = self.store.create(kind, namespace, obj)
@@ -862,6 +862,12 @@ class FakeKubernetes:
 
 
 # -- helpers -------------------------------------------------------------------------
+
+
+def _resource_of(plural: str, obj: JsonDict) -> Resource:
+    """The object's own API group decides (two kinds are called `gateways`)."""
+    group, _, version = obj.get("apiVersion", "").rpartition("/")
+    return find_resource(group, version, plural) or resource_by_plural(plural)
 
 
 def _verb(request: web.Request, route: _Route) -> str:

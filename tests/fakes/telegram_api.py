@@ -212,6 +212,8 @@ class FakeTelegram:
         self._chats: dict[int, JsonDict] = {}
         self._incoming: dict[tuple[int, int, int], JsonDict] = {}
         self._closing = False
+        # Public host names webhooks are sent to -> the base URL of what stands for them.
+        self.hosts: dict[str, str] = {}
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -776,8 +778,12 @@ class FakeTelegram:
 
     async def _post_update(self, url: str, update: JsonDict, headers: dict[str, str]) -> str | None:
         assert self._client is not None
-        host = urlsplit(url).hostname or ""
-        if host not in ("127.0.0.1", "localhost"):
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if host in self.hosts:  # a public name the test's ingress stands for (TLS ends there)
+            headers = {**headers, "Host": parts.netloc}
+            url = f"{self.hosts[host]}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+        elif host not in ("127.0.0.1", "localhost"):
             # Tests never reach the internet: fail like Telegram does for an unknown host.
             return "Failed to resolve host: Name or service not known"
         try:
