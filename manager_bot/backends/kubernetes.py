@@ -324,7 +324,7 @@ class KubernetesBackend:
 
         if spec.get("replicas", 1) == 0:
             return seen(ObservedState.STOPPED)
-        if status.get("readyReplicas", 0) >= 1:
+        if status.get("readyReplicas", 0) >= 1 and _rolled_out(deployment):
             return seen(ObservedState.RUNNING)
         stuck = _stuck_reason(pods)
         if stuck is not None:
@@ -426,6 +426,19 @@ def _api_error(method: str, path: str, status: int, body: Any) -> KubernetesErro
     kind = path.rstrip("/").split("/")[-2] if path.count("/") > 2 else path
     return KubernetesError(
         f"Kubernetes API answered {status} {reason} to {method} {kind}".strip(), status=status
+    )
+
+
+def _rolled_out(deployment: JsonDict) -> bool:
+    """The controller has seen the latest spec and no pod of an older template is left
+    (as `kubectl rollout status` decides): a ready pod then runs what we applied, not
+    the configuration before an edit."""
+    status = deployment.get("status", {})
+    updated = status.get("updatedReplicas", 0)
+    return (
+        status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+        and updated >= deployment.get("spec", {}).get("replicas", 1)
+        and status.get("replicas", 0) <= updated
     )
 
 
