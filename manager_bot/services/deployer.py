@@ -609,8 +609,9 @@ class Deployer:
         )
 
     async def _reapply(self, agent: Agent) -> None:
-        """Apply the stored desired state; the webhook is pointed whatever the apply did
-        (it does not depend on the workload: a rotated token must be heard at once)."""
+        """Apply the stored desired state and wait for its rollout; the webhook is pointed
+        whatever the apply did (it does not depend on the workload: a rotated token must
+        be heard at once)."""
         spec = self.spec_for(agent)
         failed: BackendError | None = None
         try:
@@ -621,6 +622,10 @@ class Deployer:
             await self.point_webhook(spec, drop_pending_updates=False)
         if failed is not None:
             raise DeployFailed(DeployStep.WORKLOAD, str(failed), rolled_back=False) from None
+        if spec.running:
+            # Done means the new configuration answers (or is still starting), and a
+            # configuration that crashes is said now, not by the next health sweep.
+            await self._store_observed(await self._wait_until_ready(agent.id))
 
     async def point_webhook(self, spec: AgentSpec, *, drop_pending_updates: bool) -> None:
         """Webhook mode: set and verify it. Polling mode: delete it so the runtime may poll."""
