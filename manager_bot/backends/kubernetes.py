@@ -434,11 +434,13 @@ def _rolled_out(deployment: JsonDict) -> bool:
     (as `kubectl rollout status` decides): a ready pod then runs what we applied, not
     the configuration before an edit."""
     status = deployment.get("status", {})
-    updated = status.get("updatedReplicas", 0)
+    updated = int(status.get("updatedReplicas", 0))
+    observed = int(status.get("observedGeneration", 0))
+    wanted = int(deployment.get("spec", {}).get("replicas", 1))
     return (
-        status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
-        and updated >= deployment.get("spec", {}).get("replicas", 1)
-        and status.get("replicas", 0) <= updated
+        observed >= int(deployment["metadata"].get("generation", 0))
+        and updated >= wanted
+        and int(status.get("replicas", 0)) <= updated
     )
 
 
