@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import gc
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
@@ -27,6 +30,7 @@ from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 from manager_bot.gateway.endpoints import EndpointGuard, EndpointPolicy
 from manager_bot.gateway.process import build_gateway
+from manager_bot.gateway.server import Gateway
 from manager_bot.handlers import admin, agents, common, deploy, start
 from manager_bot.logs import configure_logging
 from manager_bot.metrics import TelegramErrorMetrics, UpdateMetricsMiddleware
@@ -55,6 +59,7 @@ from manager_bot.status_server import Startup, StartupStopped, StatusServer, Ste
 
 log = logging.getLogger(__name__)
 DATA_DIR = Path("data")
+T = TypeVar("T")
 
 
 def build_bot(settings: ManagerSettings) -> Bot:
@@ -212,10 +217,13 @@ def build_dispatcher(
     dispatcher.errors.register(on_error)
     dispatcher.include_routers(
         common.build_cancel_router(),
+        deploy.build_exit_router(),
+        # Before the admin and start routers: any command leaves a pending card edit.
+        agents.build_edit_router(),
         admin.build_router(list(settings.admin_ids)),
         start.build_router(),
         deploy.build_router(),
-        agents.build_router(),
+        agents.build_card_router(),
         common.build_fallback_router(),
     )
     return dispatcher
@@ -231,6 +239,133 @@ def build_backend(settings: ManagerSettings) -> Backend:
     if settings.backend == "kubernetes":
         return KubernetesBackend.from_settings(settings)
     return LocalBackend(data_dir=DATA_DIR)
+
+
+async def open_database(url: str) -> Database:
+    """The database, reachable and migrated to the newest schema."""
+    database = Database(url)
+    try:
+        # Asked first because it can be cancelled; Alembic's thread cannot.
+        async with database.engine.connect():
+            pass
+        await upgrade(url)
+    except BaseException:
+        await database.close()
+        raise
+    return database
+
+
+@dataclass(frozen=True)
+class ManagerParts:
+    """A manager's parts, connected: what `python -m manager_bot` runs, and tests poke at."""
+
+    settings: ManagerSettings
+    database: Database
+    vault: Vault
+    backend: Backend
+    gateway: Gateway | None  # in this process with the local backend; its own on Kubernetes
+    gateway_url: str  # the LLM base URL agents are given
+    agent_telegram: AgentTelegram
+    deployer: Deployer
+    reconciler: Reconciler
+    bot: Bot
+    broadcaster: Broadcaster
+    bans: BanList
+    dispatcher: Dispatcher
+    scheduler: Scheduler  # not started
+    recovery: Recovery
+
+
+async def assemble_manager(
+    settings: ManagerSettings,
+    *,
+    cleanup: contextlib.AsyncExitStack,
+    startup: Startup | None = None,
+    vault: Vault | None = None,
+    backend: Backend | None = None,
+    health: HealthConfig | None = None,
+    ready_timeout: float = 90.0,
+    ready_poll_interval: float = 0.5,
+) -> ManagerParts:
+    """Every part of a manager, built from `settings` and connected; nothing polls yet.
+
+    The one place that decides how the parts connect: `run_manager` and the tests both
+    call it. Each step that needs the database runs through `startup` when given
+    (retried while its trouble is transient), else once. What it opens is closed by
+    `cleanup`, in the order that lets sends in flight finish; a `backend` or `vault`
+    passed in is the caller's (tests keep one across restarts, or share one).
+    With the local backend the LLM gateway runs in this process, on
+    GATEWAY_HOST:GATEWAY_PORT; on Kubernetes it is a process of its own
+    (`python -m manager_bot gateway`) that agents reach at `agents_gateway_url`.
+    """
+
+    async def step(name: str, action: Callable[[], Awaitable[T]]) -> T:
+        return await (action() if startup is None else startup.run(name, action))
+
+    if vault is None:
+        vault = load_vault(settings, data_dir=DATA_DIR)  # a missing key: fatal, at once
+    database_url = settings.database_url.get_secret_value()
+    database = await step("database", lambda: open_database(database_url))
+    cleanup.push_async_callback(database.close)
+    if backend is None:
+        backend = build_backend(settings)
+        cleanup.push_async_callback(backend.close)
+    gateway, gateway_url = None, settings.agents_gateway_url
+    if isinstance(backend, LocalBackend):
+        # One machine: the gateway runs here, on 127.0.0.1, before any agent starts.
+        gateway = build_gateway(settings=settings, database=database, vault=vault)
+        cleanup.push_async_callback(gateway.stop)
+        try:
+            gateway_url = await gateway.start(settings.gateway_host, settings.gateway_port)
+        except OSError as error:
+            raise SystemExit(
+                f"python -m manager_bot: the LLM gateway cannot listen on "
+                f"{settings.gateway_host}:{settings.gateway_port} ({error.strerror}); "
+                "set GATEWAY_PORT to a free port"
+            ) from None
+        await backend.adopt()
+    # The manager's own token too: Managed Bots' access settings are set with it.
+    agent_telegram = AgentTelegram(
+        api_url=settings.telegram_api_url, manager_token=settings.manager_bot_token
+    )
+    cleanup.push_async_callback(agent_telegram.close)
+    deployer = build_deployer(
+        settings=settings, database=database, vault=vault, backend=backend,
+        telegram=agent_telegram, gateway_url=gateway_url,
+        installation_id=await step("database", lambda: installation_id(database)),
+        ready_timeout=ready_timeout, ready_poll_interval=ready_poll_interval,
+    )  # fmt: skip
+    reconciler = Reconciler(database=database, backend=backend, deployer=deployer)
+    bot = build_bot(settings)
+    broadcaster = Broadcaster(bot=bot, database=database, rate=settings.broadcast_rate)
+    bans = BanList()
+    await step("database", lambda: bans.load(database))
+    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    dispatcher = build_dispatcher(
+        settings=settings,
+        database=database,
+        vault=vault,
+        deployer=deployer,
+        storage=build_fsm_storage(database=database, redis_url=redis_url),
+        broadcaster=broadcaster,
+        bans=bans,
+    )
+    cleanup.push_async_callback(dispatcher.storage.close)
+    scheduler = build_scheduler(
+        settings=settings, database=database, backend=backend, deployer=deployer, bot=bot,
+        health=health,
+    )  # fmt: skip
+    recovery = Recovery(database=database, deployer=deployer, reconciler=reconciler, bot=bot)
+    await cleanup.enter_async_context(bot)
+    # Stopped before the bot's session closes: sends in flight may finish.
+    cleanup.push_async_callback(scheduler.stop)
+    cleanup.push_async_callback(broadcaster.close)
+    return ManagerParts(
+        settings=settings, database=database, vault=vault, backend=backend, gateway=gateway,
+        gateway_url=gateway_url, agent_telegram=agent_telegram, deployer=deployer,
+        reconciler=reconciler, bot=bot, broadcaster=broadcaster, bans=bans,
+        dispatcher=dispatcher, scheduler=scheduler, recovery=recovery,
+    )  # fmt: skip
 
 
 RECONCILE_PATIENCE = 10.0  # seconds start-up waits for the cluster before polling anyway
@@ -263,56 +398,20 @@ async def run_manager(settings: ManagerSettings) -> None:
             await status.start(settings.metrics_host, settings.metrics_port)
             cleanup.push_async_callback(status.stop)
         try:
-            vault = load_vault(settings, data_dir=DATA_DIR)  # a missing key: fatal, at once
-            database_url = settings.database_url.get_secret_value()
-
-            async def open_database() -> Database:
-                database = Database(database_url)
-                try:
-                    # Asked first because it can be cancelled; Alembic's thread cannot.
-                    async with database.engine.connect():
-                        pass
-                    await upgrade(database_url)
-                except BaseException:
-                    await database.close()
-                    raise
-                return database
-
-            database = await startup.run("database", open_database)
-            cleanup.push_async_callback(database.close)
-            backend = build_backend(settings)
-            cleanup.push_async_callback(backend.close)
-            gateway_url = settings.agents_gateway_url
-            if isinstance(backend, LocalBackend):
-                # One machine: the gateway runs here, on 127.0.0.1, before any agent starts.
-                gateway = build_gateway(settings=settings, database=database, vault=vault)
-                cleanup.push_async_callback(gateway.stop)
-                try:
-                    gateway_url = await gateway.start(settings.gateway_host, settings.gateway_port)
-                except OSError as error:
-                    raise SystemExit(
-                        f"python -m manager_bot: the LLM gateway cannot listen on "
-                        f"{settings.gateway_host}:{settings.gateway_port} ({error.strerror}); "
-                        "set GATEWAY_PORT to a free port"
-                    ) from None
-                await backend.adopt()
-            agent_telegram = AgentTelegram(api_url=settings.telegram_api_url)
-            cleanup.push_async_callback(agent_telegram.close)
-            deployer = build_deployer(
-                settings=settings, database=database, vault=vault, backend=backend,
-                telegram=agent_telegram, gateway_url=gateway_url,
-                installation_id=await startup.run("database", lambda: installation_id(database)),
-            )  # fmt: skip
-            status.agent_counts = deployer.queries.agent_counts
-            upgraded = await startup.run("database", deployer.ensure_gateway_credentials)
+            parts = await assemble_manager(settings, cleanup=cleanup, startup=startup)
+            # Cancelled before the parts close: the reconcile and recovery use them.
+            cleanup.push_async_callback(stop_background)
+            status.agent_counts = parts.deployer.queries.agent_counts
+            upgraded = await startup.run("database", parts.deployer.ensure_gateway_credentials)
             if upgraded:
                 log.info(
                     "%d agents moved to the LLM gateway (their provider keys removed)", upgraded
                 )
-            reconciler = Reconciler(database=database, backend=backend, deployer=deployer)
 
             async def reconcile(patience: float | None = None) -> None:
-                report = await startup.run("reconcile", reconciler.reconcile, patience=patience)
+                report = await startup.run(
+                    "reconcile", parts.reconciler.reconcile, patience=patience
+                )
                 log.info(
                     "reconciled: %d applied, %d removed", len(report.applied), len(report.removed)
                 )
@@ -324,34 +423,12 @@ async def run_manager(settings: ManagerSettings) -> None:
                     "the cluster does not answer: polling starts; reconcile retries beside it"
                 )
                 background.append(asyncio.create_task(reconcile()))
-                cleanup.push_async_callback(stop_background)
-            redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
-            bot = build_bot(settings)
-            broadcaster = Broadcaster(bot=bot, database=database, rate=settings.broadcast_rate)
-            bans = BanList()
-            await startup.run("database", lambda: bans.load(database))
-            dispatcher = build_dispatcher(
-                settings=settings,
-                database=database,
-                vault=vault,
-                deployer=deployer,
-                storage=build_fsm_storage(database=database, redis_url=redis_url),
-                broadcaster=broadcaster,
-                bans=bans,
-            )
-            cleanup.push_async_callback(dispatcher.storage.close)
-            scheduler = build_scheduler(
-                settings=settings, database=database, backend=backend, deployer=deployer, bot=bot
-            )
-            recovery = Recovery(
-                database=database, deployer=deployer, reconciler=reconciler, bot=bot
-            )
 
             async def on_startup() -> None:
-                scheduler.start()
+                parts.scheduler.start()
                 # What a manager that died midway left unfinished: finished (or rolled back)
                 # and its users told, beside polling (a deploy may wait a minute for readiness).
-                background.append(asyncio.create_task(recovery.finish_unfinished()))
+                background.append(asyncio.create_task(parts.recovery.finish_unfinished()))
                 # Start-up leaves a great many long-lived objects (aiogram's and pydantic's
                 # models, SQLAlchemy's mappers). Frozen, a full collection no longer walks them
                 # all: under load it had stalled every chat at once for about 0.2 s.
@@ -359,23 +436,19 @@ async def run_manager(settings: ManagerSettings) -> None:
                 gc.freeze()
                 status.ready = True
 
-            dispatcher.startup.register(on_startup)
-            await cleanup.enter_async_context(bot)
-            # Stopped before the bot's session closes: sends in flight may finish.
-            cleanup.push_async_callback(scheduler.stop)
-            cleanup.push_async_callback(broadcaster.close)
-            cleanup.push_async_callback(stop_background)
+            parts.dispatcher.startup.register(on_startup)
             # Polling asks getMe first and stops at a 5xx: asked here (aiogram caches it).
-            await startup.run("Telegram getMe", bot.me)
+            await startup.run("Telegram getMe", parts.bot.me)
             await startup.run(
-                "Telegram setMyCommands", lambda: register_commands(bot, list(settings.admin_ids))
+                "Telegram setMyCommands",
+                lambda: register_commands(parts.bot, list(settings.admin_ids)),
             )
-            resumed = await startup.run("database", broadcaster.resume_unfinished)
+            resumed = await startup.run("database", parts.broadcaster.resume_unfinished)
             if resumed:
                 log.info("resuming broadcasts %s", resumed)
             if startup.stopping:
                 raise StartupStopped
             # From here aiogram handles SIGINT and SIGTERM (it replaces our handlers).
-            await dispatcher.start_polling(bot, handle_signals=True)
+            await parts.dispatcher.start_polling(parts.bot, handle_signals=True)
         except StartupStopped:
             log.info("stopped before start-up was done")

@@ -7,42 +7,29 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiogram import Bot, Dispatcher
 from kubernetes import client, config
 
-from manager_bot.app import (
-    build_bot,
-    build_deployer,
-    build_dispatcher,
-    build_scheduler,
-    installation_id,
-)
+from manager_bot.app import ManagerParts, assemble_manager
 from manager_bot.backends.base import Backend
 from manager_bot.backends.kubernetes import KubernetesBackend
 from manager_bot.backends.local import LocalBackend
 from manager_bot.backends.manifests import ClusterConfig
 from manager_bot.config import ManagerSettings
 from manager_bot.crypto import Vault, generate_key
-from manager_bot.db.fsm_storage import SqlStorage
-from manager_bot.db.migrate import upgrade
 from manager_bot.db.models import Agent
 from manager_bot.db.session import Database
-from manager_bot.gateway.process import build_gateway
 from manager_bot.gateway.server import Gateway
 from manager_bot.scheduler import Scheduler
-from manager_bot.services.admin import BanList
 from manager_bot.services.broadcast import Broadcaster
 from manager_bot.services.deployer import Deployer, NewAgent
 from manager_bot.services.health import HealthConfig
 from manager_bot.services.reconciler import Reconciler
-from manager_bot.services.telegram import AgentTelegram
 from runtime.settings_loading import load_settings
 from tests.fakes.agent_pods import FakeAgentPods
 from tests.fakes.install import manager_kube  # noqa: F401 (the `kube` fixture, with RBAC)
@@ -56,38 +43,90 @@ PUBLIC_URL = "https://bots.example.com"
 REPO = Path(__file__).resolve().parents[2]
 
 
-@dataclass
 class Manager:
-    """A running manager and what tests need to poke at."""
+    """A manager assembled as `python -m manager_bot` assembles it, polling the fake
+    Telegram; its scheduler is not started (tests run a sweep when they want one).
 
-    fake: FakeBot
-    deployer: Deployer
-    database: Database
-    backend: Backend
-    restart: Callable[[], Any]
-    scheduler: Scheduler  # not started: tests run `health_check()` when they want a sweep
-    broadcaster: Broadcaster
-    gateway: Gateway
-    vault: Vault
+    A restart stops polling and closes every part, then assembles the manager anew:
+    what carries over is what a new process would find (the database with the wizards'
+    states, the vault's keys, the backend's agents).
+    """
 
-    @property
-    def reconciler(self) -> Reconciler:
-        return Reconciler(database=self.database, backend=self.backend, deployer=self.deployer)
+    def __init__(
+        self, *, fake: FakeBot, settings: ManagerSettings, backend: Backend,
+        health: HealthConfig | None,
+    ) -> None:  # fmt: skip
+        self.fake = fake
+        self._settings, self._backend, self._health = settings, backend, health
+        self._vault = Vault([generate_key()])
+        self._cleanup = contextlib.AsyncExitStack()
+        self._polling: asyncio.Task[None] | None = None
+        self.parts: ManagerParts
 
-
-class _Running:
-    def __init__(self, dispatcher: Dispatcher, bot: Bot) -> None:
-        self.dispatcher, self.bot = dispatcher, bot
-        self.task = asyncio.create_task(
-            dispatcher.start_polling(bot, polling_timeout=1, handle_signals=False)
+    async def start(self) -> None:
+        self._cleanup = contextlib.AsyncExitStack()
+        try:
+            self.parts = await assemble_manager(
+                self._settings, cleanup=self._cleanup, backend=self._backend, vault=self._vault,
+                health=self._health, ready_timeout=30,
+            )  # fmt: skip
+        except BaseException:
+            await self._cleanup.aclose()
+            raise
+        self._polling = asyncio.create_task(
+            self.parts.dispatcher.start_polling(
+                self.parts.bot, polling_timeout=1, handle_signals=False
+            )
         )
 
     async def stop(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            await self.dispatcher.stop_polling()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-        await self.bot.session.close()
+        if self._polling is not None:
+            try:
+                await self.parts.dispatcher.stop_polling()
+            except RuntimeError:  # polling has not begun yet
+                self._polling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._polling
+            self._polling = None
+        await self._cleanup.aclose()
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    @property
+    def deployer(self) -> Deployer:
+        return self.parts.deployer
+
+    @property
+    def database(self) -> Database:
+        return self.parts.database
+
+    @property
+    def backend(self) -> Backend:
+        return self.parts.backend
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self.parts.scheduler
+
+    @property
+    def broadcaster(self) -> Broadcaster:
+        return self.parts.broadcaster
+
+    @property
+    def reconciler(self) -> Reconciler:
+        return self.parts.reconciler
+
+    @property
+    def vault(self) -> Vault:
+        return self.parts.vault
+
+    @property
+    def gateway(self) -> Gateway:
+        """The LLM gateway in the manager's process (the local backend's)."""
+        assert self.parts.gateway is not None, "on Kubernetes the gateway is its own process"
+        return self.parts.gateway
 
 
 @pytest.fixture
@@ -98,69 +137,29 @@ def manager_env() -> dict[str, str]:
 
 async def start_manager(
     *, telegram: FakeTelegram, openai_server: FakeOpenAI, backend: Backend, url: str,
-    mode: str, env: dict[str, str], health: HealthConfig | None = None,
+    env: dict[str, str], health: HealthConfig | None = None,
 ) -> AsyncIterator[Manager]:  # fmt: skip
     fake = telegram.add_bot(username="hatchbot_bot", can_manage_bots=True)
+    on_kubernetes = isinstance(backend, KubernetesBackend)
     settings = load_settings(
         ManagerSettings,
         {
             "MANAGER_BOT_TOKEN": fake.token,
             "TELEGRAM_API_URL": telegram.url,
             "OPENAI_BASE_URL": openai_server.url,
-            **({"BACKEND": "kubernetes", "PUBLIC_URL": PUBLIC_URL} if mode == "webhook" else {}),
+            "DATABASE_URL": url,
+            # Fixed, as in production: after a restart agents find the gateway where it was.
+            "GATEWAY_PORT": str(free_port()),
+            **({"BACKEND": "kubernetes", "PUBLIC_URL": PUBLIC_URL} if on_kubernetes else {}),
             **env,
         },
     )
-    await upgrade(url)
-    database = Database(url)
-    vault = Vault([generate_key()])
-    gateway = build_gateway(settings=settings, database=database, vault=vault)
-    gateway_url = await gateway.start("127.0.0.1", 0)
-    if mode == "webhook":  # pods reach the gateway by its Service's name
-        gateway_url = settings.agents_gateway_url
-    agent_telegram = AgentTelegram(api_url=telegram.url)
-    installation = await installation_id(database)
-    deployer = build_deployer(
-        settings=settings, database=database, vault=vault, backend=backend,
-        telegram=agent_telegram, gateway_url=gateway_url, installation_id=installation,
-        ready_timeout=30,
-    )  # fmt: skip
-
-    notifier_bot = build_bot(settings)
-    broadcaster = Broadcaster(bot=notifier_bot, database=database, rate=settings.broadcast_rate)
-    bans = BanList()
-    await bans.load(database)
-
-    def start() -> _Running:
-        dispatcher = build_dispatcher(
-            settings=settings, database=database, vault=vault, deployer=deployer,
-            storage=SqlStorage(database), broadcaster=broadcaster, bans=bans,
-        )  # fmt: skip
-        return _Running(dispatcher, build_bot(settings))
-
-    running = start()
-    scheduler = build_scheduler(
-        settings=settings, database=database, backend=backend, deployer=deployer,
-        bot=notifier_bot, health=health,
-    )  # fmt: skip
-
-    async def restart() -> None:
-        nonlocal running
-        await running.stop()
-        running = start()
-
+    manager = Manager(fake=fake, settings=settings, backend=backend, health=health)
+    await manager.start()
     try:
-        yield Manager(
-            fake, deployer, database, backend, restart, scheduler, broadcaster, gateway, vault
-        )
+        yield manager
     finally:
-        await gateway.stop()
-        await broadcaster.close()
-        await scheduler.stop()
-        await notifier_bot.session.close()
-        await running.stop()
-        await agent_telegram.close()
-        await database.close()
+        await manager.stop()
 
 
 @pytest.fixture
@@ -183,7 +182,7 @@ async def local_manager(
     try:
         async for manager in start_manager(
             telegram=telegram, openai_server=openai_server, backend=backend, url=sqlite_url,
-            mode="polling", env=manager_env,
+            env=manager_env,
             health=HealthConfig(webhook_mode=False, give_up_after=give_up_after),
         ):  # fmt: skip
             yield manager
@@ -216,7 +215,7 @@ async def kube_manager(
     try:
         async for manager in start_manager(
             telegram=telegram, openai_server=openai_server, backend=backend, url=sqlite_url,
-            mode="webhook", env=manager_env, health=health,
+            env=manager_env, health=health,
         ):  # fmt: skip
             yield manager
     finally:

@@ -144,18 +144,17 @@ async def test_a_local_manager_on_an_empty_database_deletes_nothing(
     """The same data/ directory, a lost database: the running agent is not the new
     database's to delete (its stamp names the other installation)."""
     first_backend = LocalBackend(data_dir=tmp_path, restart_backoff=(0.2,))
-    first, first_telegram = await build_world(
+    first = await build_world(
         url=f"sqlite+aiosqlite:///{tmp_path / 'first.db'}", backend=first_backend,
-        telegram=telegram, llm=openai_server, mode="polling",
+        telegram=telegram, llm=openai_server,
     )  # fmt: skip
     second_backend = LocalBackend(data_dir=tmp_path, restart_backoff=(0.2,))
     try:
         agent = await first.deployer.deploy(request(telegram))
         await first_backend.close()  # the first manager goes away; its agent runs on
-        await second_backend.adopt()
-        second, second_telegram = await build_world(
+        second = await build_world(  # adopts the running agent, as a manager starting does
             url=f"sqlite+aiosqlite:///{tmp_path / 'second.db'}", backend=second_backend,
-            telegram=telegram, llm=openai_server, mode="polling",
+            telegram=telegram, llm=openai_server,
         )  # fmt: skip
         try:
             alerts: list[str] = []
@@ -173,12 +172,10 @@ async def test_a_local_manager_on_an_empty_database_deletes_nothing(
             assert seen is not None and seen.state.value in ("running", "starting")
             assert alerts and "deleted nothing" in alerts[0]
         finally:
-            await second_telegram.close()
             await second.close()
     finally:
         await second_backend.shutdown_agents()
         await first_backend.shutdown_agents()
-        await first_telegram.close()
         await first.close()
 
 

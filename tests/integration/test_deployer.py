@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -12,20 +13,17 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from manager_bot.app import installation_id
+from manager_bot.app import ManagerParts, assemble_manager
 from manager_bot.backends.base import Backend
 from manager_bot.backends.kubernetes import KubernetesBackend
 from manager_bot.backends.local import LocalBackend
 from manager_bot.backends.manifests import ClusterConfig
 from manager_bot.config import ManagerSettings
 from manager_bot.crypto import Vault, generate_key
-from manager_bot.db.migrate import upgrade
 from manager_bot.db.models import DesiredState
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
-from manager_bot.gateway.process import build_gateway
-from manager_bot.gateway.server import Gateway
-from manager_bot.services.deployer import Deployer, DeployerConfig, DeployStep, NewAgent
+from manager_bot.services.deployer import Deployer, DeployStep, NewAgent
 from manager_bot.services.errors import (
     AgentNotFound,
     BotAlreadyUsed,
@@ -34,9 +32,7 @@ from manager_bot.services.errors import (
     InvalidBotToken,
     QuotaReached,
 )
-from manager_bot.services.providers import available_providers
 from manager_bot.services.reconciler import Reconciler
-from manager_bot.services.telegram import AgentTelegram
 from runtime.settings_loading import load_settings
 from tests.fakes.databases import raw_database_bytes
 from tests.fakes.kubelet_env import secret_strings
@@ -54,66 +50,66 @@ KINDS = ("secrets", "deployments", "services", "networkpolicies", "virtualservic
 
 @dataclass
 class World:
-    deployer: Deployer
-    database: Database
+    """A manager's parts, as `python -m manager_bot` assembles them, without the chat."""
+
+    parts: ManagerParts
     telegram: FakeTelegram
     llm: FakeOpenAI
     database_url: str
-    gateway: Gateway
-    backend: Backend
+    cleanup: contextlib.AsyncExitStack
+
+    @property
+    def deployer(self) -> Deployer:
+        return self.parts.deployer
+
+    @property
+    def database(self) -> Database:
+        return self.parts.database
+
+    @property
+    def backend(self) -> Backend:
+        return self.parts.backend
 
     @property
     def reconciler(self) -> Reconciler:
-        return Reconciler(database=self.database, backend=self.backend, deployer=self.deployer)
+        return self.parts.reconciler
 
     async def close(self) -> None:
-        await self.gateway.stop()
-        await self.database.close()
+        await self.cleanup.aclose()
 
 
-def settings_for(telegram: FakeTelegram, llm: FakeOpenAI) -> ManagerSettings:
-    return load_settings(
+async def build_world(
+    *, url: str, backend: Backend, telegram: FakeTelegram, llm: FakeOpenAI
+) -> World:
+    settings = load_settings(
         ManagerSettings,
         {
             "MANAGER_BOT_TOKEN": "1:x",
             "TELEGRAM_API_URL": telegram.url,
             "OPENAI_API_KEY": "sk-platformkeyplatformkey00",
             "OPENAI_BASE_URL": llm.url,
+            "DATABASE_URL": url,
+            "MAX_AGENTS_PER_USER": "2",
+            "GATEWAY_PORT": "0",
+            "PUBLIC_URL": PUBLIC_URL,
+            **({"BACKEND": "kubernetes"} if isinstance(backend, KubernetesBackend) else {}),
         },
     )
-
-
-async def build_world(
-    *, url: str, backend: Backend, telegram: FakeTelegram, llm: FakeOpenAI, mode: str
-) -> tuple[World, AgentTelegram]:
-    await upgrade(url)
-    database = Database(url)
-    agent_telegram = AgentTelegram(api_url=telegram.url)
-    settings, vault = settings_for(telegram, llm), Vault([generate_key()])
-    gateway = build_gateway(settings=settings, database=database, vault=vault)
-    gateway_url = await gateway.start("127.0.0.1", 0)
-    installation = await installation_id(database)
-    deployer = Deployer(
-        database=database,
-        vault=vault,
-        backend=backend,
-        telegram=agent_telegram,
-        providers=available_providers(settings),
-        config=DeployerConfig(
-            mode=mode,
-            public_url=PUBLIC_URL,
-            telegram_api_url=telegram.url,
-            max_agents_per_user=2,
-            gateway_url=gateway_url,
-            installation_id=installation,
-            ready_timeout=20,
-            ready_poll_interval=0.05,
-        ),
-    )
-    async with database.session() as session:
-        for user_id in (OWNER, STRANGER):
-            await Repositories(session).users.upsert(user_id=user_id, username=None, first_name="U")
-    return World(deployer, database, telegram, llm, url, gateway, backend), agent_telegram
+    cleanup = contextlib.AsyncExitStack()
+    try:
+        parts = await assemble_manager(
+            settings, cleanup=cleanup, backend=backend, vault=Vault([generate_key()]),
+            ready_timeout=20, ready_poll_interval=0.05,
+        )  # fmt: skip
+        async with parts.database.session() as session:
+            for user_id in (OWNER, STRANGER):
+                await Repositories(session).users.upsert(
+                    user_id=user_id, username=None, first_name="U"
+                )
+    except BaseException:
+        await cleanup.aclose()
+        raise
+    return World(parts, telegram, llm, url, cleanup)
 
 
 @pytest.fixture
@@ -134,13 +130,10 @@ async def kube_world(
         ),
         request_timeout=(1, 1),
     )
-    world, agent_telegram = await build_world(
-        url=sqlite_url, backend=backend, telegram=telegram, llm=openai_server, mode="webhook"
-    )
+    world = await build_world(url=sqlite_url, backend=backend, telegram=telegram, llm=openai_server)
     yield world
-    await agent_telegram.close()
-    await backend.close()
     await world.close()
+    await backend.close()
 
 
 def request(telegram: FakeTelegram, username: str = "helper_bot", **changes: str) -> NewAgent:
@@ -186,7 +179,8 @@ async def test_deploy_on_kubernetes_reports_steps_and_sets_the_webhook(
         e["name"]: e.get("value")
         for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
     }
-    assert env["LLM_BASE_URL"] == kube_world.gateway.url  # the gateway, not the provider
+    # The gateway's Service (a process of its own on Kubernetes), not the provider.
+    assert env["LLM_BASE_URL"] == kube_world.parts.settings.agents_gateway_url
     assert new.bot_token not in str(deployment)
     async with kube_world.database.session() as session:
         entries = await Repositories(session).audit.recent()
@@ -389,9 +383,9 @@ async def test_a_manager_on_an_empty_database_deletes_nothing(
     delete, even stamped with an id (a new database makes a new installation id)."""
     agent = await kube_world.deployer.deploy(request(kube_world.telegram))
     empty_url = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
-    empty, agent_telegram = await build_world(
+    empty = await build_world(
         url=empty_url, backend=kube_world.backend, telegram=kube_world.telegram,
-        llm=kube_world.llm, mode="webhook",
+        llm=kube_world.llm,
     )  # fmt: skip
     alerts: list[str] = []
 
@@ -408,7 +402,6 @@ async def test_a_manager_on_an_empty_database_deletes_nothing(
         assert kube.get_object("deployments", "agents", f"agent-{agent.id}") is not None
         assert "knows no agent at all" in alerts[0]
     finally:
-        await agent_telegram.close()
         await empty.close()
 
 
@@ -461,7 +454,7 @@ async def kube_world_factory(
     kubeconfig: Path, kube: FakeKubernetes, telegram: FakeTelegram, openai_server: FakeOpenAI
 ) -> AsyncIterator[object]:
     kube.auto_ready = True
-    made: list[tuple[AgentTelegram, KubernetesBackend, World]] = []
+    made: list[tuple[KubernetesBackend, World]] = []
 
     async def make(url: str) -> World:
         configuration = client.Configuration()
@@ -472,26 +465,21 @@ async def kube_world_factory(
                 namespace="agents", image="i", router="istio", public_url=PUBLIC_URL
             ),
         )
-        world, agent_telegram = await build_world(
-            url=url, backend=backend, telegram=telegram, llm=openai_server, mode="webhook"
-        )
-        made.append((agent_telegram, backend, world))
+        world = await build_world(url=url, backend=backend, telegram=telegram, llm=openai_server)
+        made.append((backend, world))
         return world
 
     yield make
-    for agent_telegram, backend, world in made:
-        await agent_telegram.close()
+    for backend, world in made:
+        await world.close()
         await backend.close()
-        await world.gateway.stop()
 
 
 async def test_local_deploy_answers_through_the_fakes(
     tmp_path: Path, sqlite_url: str, telegram: FakeTelegram, openai_server: FakeOpenAI
 ) -> None:
     backend = LocalBackend(data_dir=tmp_path, restart_backoff=(0.2,))
-    world, agent_telegram = await build_world(
-        url=sqlite_url, backend=backend, telegram=telegram, llm=openai_server, mode="polling"
-    )
+    world = await build_world(url=sqlite_url, backend=backend, telegram=telegram, llm=openai_server)
     try:
         steps: list[DeployStep] = []
 
@@ -516,9 +504,8 @@ async def test_local_deploy_answers_through_the_fakes(
         await world.deployer.delete(owner_id=OWNER, agent_id=agent.id)
         assert agent.id not in await backend.observe_all()
     finally:
-        await backend.shutdown_agents()
-        await agent_telegram.close()
         await world.close()
+        await backend.shutdown_agents()
 
 
 async def test_agents_from_before_the_gateway_get_a_credential_and_lose_the_provider_key(
