@@ -76,7 +76,13 @@ def _doctor(settings: ManagerSettings) -> int:
     for check in checks:
         print(check.line)
     failed = [check.name for check in checks if check.ok is False]
-    print(f"{len(failed)} check(s) failed: {', '.join(failed)}" if failed else "all checks passed")
+    warned = [check.name for check in checks if check.warning]
+    notes = f" ({len(warned)} warning(s): {', '.join(warned)})" if warned else ""
+    print(
+        f"{len(failed)} check(s) failed: {', '.join(failed)}{notes}"
+        if failed
+        else f"all checks passed{notes}"
+    )
     return 1 if failed else 0
 
 

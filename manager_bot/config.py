@@ -198,6 +198,11 @@ class ManagerSettings(PlatformSettings):
     )
     health_interval: int = Field(default=30, ge=1, description="seconds between health sweeps")
     max_agents_per_user: int = Field(default=3, ge=0, description="quota of agents per user")
+    card_edit_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        description="seconds a card's pending edit (prompt, model, key) waits for its answer",
+    )
     broadcast_rate: float = Field(
         default=30.0, gt=0, le=1000, description="broadcast messages per second, overall"
     )

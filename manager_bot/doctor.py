@@ -28,10 +28,11 @@ class Check:
     name: str
     ok: bool | None  # None: not applicable or not reachable because an earlier check failed
     detail: str
+    warning: bool = False  # it runs, but a feature is off: the detail says how to turn it on
 
     @property
     def line(self) -> str:
-        verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[self.ok]
+        verdict = "WARN" if self.warning else {True: "PASS", False: "FAIL", None: "SKIP"}[self.ok]
         return f"{verdict}  {self.name:<15} {self.detail}"
 
 
@@ -54,7 +55,12 @@ class Doctor:
             checks.append(Check("encryption", True, self._key_source_note()))
         else:
             checks.extend(await self._stored_state())
-        checks.append(await self._guard("manager token", self._manager_token))
+        manager_token = await self._guard("manager token", self._manager_token)
+        checks.append(manager_token)
+        if manager_token.ok:
+            checks.append(await self._guard("managed bots", self._managed_bots))
+        else:
+            checks.append(Check("managed bots", None, "needs the manager token"))
         checks.extend(await self._cluster())
         checks.append(await self._public_url())
         return checks
@@ -166,6 +172,30 @@ class Doctor:
         finally:
             await telegram.close()
         return Check("manager token", True, f"getMe: @{identity.username}")
+
+    async def _managed_bots(self) -> Check:
+        """Telegram's Bot Management Mode (getMe's can_manage_bots): without it /deploy
+        cannot offer "Create a new bot", and users must paste a BotFather token."""
+        from aiogram import Bot
+        from aiogram.client.session.aiohttp import AiohttpSession
+        from aiogram.client.telegram import TelegramAPIServer
+
+        session = AiohttpSession(api=TelegramAPIServer.from_base(self._settings.telegram_api_url))
+        bot = Bot(self._settings.manager_bot_token.get_secret_value(), session=session)
+        try:
+            me = await bot.me()
+        finally:
+            await session.close()
+        if me.can_manage_bots:
+            return Check("managed bots", True, "Bot Management Mode is on: /deploy can create bots")
+        return Check(
+            "managed bots",
+            True,
+            "Bot Management Mode is off, so users must paste a BotFather token. To let them "
+            "create bots in two taps: open @BotFather → your bot → Bot Settings → "
+            "Bot Management Mode → Turn on, then restart the manager",
+            warning=True,
+        )
 
     async def _cluster(self) -> list[Check]:
         if self._settings.backend != "kubernetes":

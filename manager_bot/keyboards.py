@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import (
+    InlineKeyboardButton,
     InlineKeyboardMarkup,
     KeyboardButton,
     KeyboardButtonRequestManagedBot,
@@ -13,11 +16,57 @@ from aiogram.utils.keyboard import InlineKeyboardBuilder
 
 from manager_bot import texts
 from manager_bot.db.models import Agent
+from manager_bot.services.agent_profile import AccessMode
 from manager_bot.services.providers import Provider
 
 
+class CardAction(StrEnum):
+    """What a button about one agent asks for (its value is what the button carries)."""
+
+    OPEN = "open"
+    LIST = "list"
+    RESTART = "restart"
+    STOP = "stop"
+    RESUME = "resume"
+    REVERT = "revert"
+    LOGS = "logs"
+    MUTE = "mute"
+    PROMPT = "prompt"
+    MODEL = "model"
+    ROTATE = "rotate"
+    ROTATE_YES = "rotate_yes"
+    DELETE = "delete"
+    DELETE_YES = "delete_yes"
+    ACCESS = "access"  # who can talk to it: the screen
+    ACCESS_EVERYONE = "acc_all"
+    ACCESS_OWNER = "acc_owner"
+    ACCESS_LISTED = "acc_list"  # asks for the list
+    ACCESS_DONE = "acc_done"  # applies the list collected so far
+    TOKEN = "token"  # a pasted bot's new token from BotFather
+    DESCRIPTION = "descr"  # the screen
+    DESCRIPTION_EDIT = "descr_edit"
+    DESCRIPTION_DERIVED = "descr_prompt"
+
+
+# The access screen's mode buttons.
+ACCESS_CHOICES: dict[AccessMode, CardAction] = {
+    AccessMode.EVERYONE: CardAction.ACCESS_EVERYONE,
+    AccessMode.OWNER: CardAction.ACCESS_OWNER,
+    AccessMode.LISTED: CardAction.ACCESS_LISTED,
+}
+
+
 class AgentAction(CallbackData, prefix="ag"):
-    action: str
+    """A button of the agent's card, or of a list or picker that turns into the card."""
+
+    action: CardAction
+    agent_id: str
+
+
+class AlertAction(CallbackData, prefix="al"):
+    """A button under a notification about an agent: the notification stays as it is."""
+
+    action: CardAction
     agent_id: str
 
 
@@ -31,21 +80,73 @@ class WizardAction(CallbackData, prefix="wz"):
     value: int = 0
 
 
-def choose_bot(*, first_name: str) -> ReplyKeyboardMarkup:
-    """Managed Bots first (two taps, no token to copy), the pasted token as fallback."""
-    base = "".join(c for c in first_name.lower() if c.isalnum())[:20] or "my"
-    request = KeyboardButtonRequestManagedBot(
-        request_id=1, suggested_name=f"{first_name[:40]}'s AI", suggested_username=f"{base}_ai_bot"
-    )
-    return ReplyKeyboardMarkup(
-        keyboard=[
-            [KeyboardButton(text=texts.CREATE_BOT_BUTTON, request_managed_bot=request)],
-            [KeyboardButton(text=texts.HAVE_BOT_BUTTON)],
-            [KeyboardButton(text=texts.CANCEL_BUTTON)],
-        ],
-        resize_keyboard=True,
-        one_time_keyboard=True,
-    )
+class WizardStep(StrEnum):
+    """The deploy wizard's steps, in the order a user may meet them."""
+
+    BOT = "bot"
+    TOKEN = "token"
+    MODEL = "model"
+    ENDPOINT = "endpoint"
+    MODEL_NAME = "model_name"
+    KEY = "key"
+    PROMPT = "prompt"
+    CONFIRM = "confirm"
+
+
+class WizardBack(CallbackData, prefix="wb"):
+    step: WizardStep  # the step whose message carries the button: an older one is stale
+
+
+def choose_bot(*, first_name: str, can_manage_bots: bool = True) -> ReplyKeyboardMarkup:
+    """Managed Bots first (two taps, no token to copy), the pasted token as fallback;
+    only the fallback when the manager bot's Bot Management Mode is off."""
+    rows = [
+        [KeyboardButton(text=texts.HAVE_BOT_BUTTON)],
+        [KeyboardButton(text=texts.CANCEL_BUTTON)],
+    ]
+    if can_manage_bots:
+        base = "".join(c for c in first_name.lower() if c.isalnum())[:20] or "my"
+        request = KeyboardButtonRequestManagedBot(
+            request_id=1,
+            suggested_name=f"{first_name[:40]}'s AI",
+            suggested_username=f"{base}_ai_bot",
+        )
+        rows.insert(0, [KeyboardButton(text=texts.CREATE_BOT_BUTTON, request_managed_bot=request)])
+    return ReplyKeyboardMarkup(keyboard=rows, resize_keyboard=True, one_time_keyboard=True)
+
+
+def _back_and_cancel(step: WizardStep) -> list[InlineKeyboardButton]:
+    """The wizard's last row: back to the step before `step`, or out."""
+    return [
+        InlineKeyboardButton(
+            text=texts.WIZARD_BACK_BUTTON, callback_data=WizardBack(step=step).pack()
+        ),
+        InlineKeyboardButton(
+            text=texts.CANCEL_BUTTON, callback_data=WizardAction(action="cancel").pack()
+        ),
+    ]
+
+
+def _with_back(markup: InlineKeyboardMarkup, step: WizardStep) -> InlineKeyboardMarkup:
+    """`markup` with Back beside its Cancel (shared keyboards end with a lone Cancel)."""
+    rows = list(markup.inline_keyboard)
+    cancel = WizardAction(action="cancel").pack()
+    if rows and [button.callback_data for button in rows[-1]] == [cancel]:
+        rows.pop()
+    return InlineKeyboardMarkup(inline_keyboard=[*rows, _back_and_cancel(step)])
+
+
+def wizard_step(step: WizardStep) -> InlineKeyboardMarkup:
+    """Under a wizard question answered by typing: Back and Cancel."""
+    return InlineKeyboardMarkup(inline_keyboard=[_back_and_cancel(step)])
+
+
+def wizard_models(providers: tuple[Provider, ...]) -> InlineKeyboardMarkup:
+    return _with_back(models(providers), WizardStep.MODEL)
+
+
+def wizard_no_key() -> InlineKeyboardMarkup:
+    return _with_back(no_key(), WizardStep.KEY)
 
 
 def cancel_only() -> InlineKeyboardMarkup:
@@ -89,8 +190,8 @@ def presets() -> InlineKeyboardMarkup:
     builder = InlineKeyboardBuilder()
     for index, (label, _) in enumerate(texts.PRESETS):
         builder.button(text=label, callback_data=WizardAction(action="preset", value=index))
-    builder.button(text=texts.CANCEL_BUTTON, callback_data=WizardAction(action="cancel"))
     builder.adjust(1)
+    builder.row(*_back_and_cancel(WizardStep.PROMPT))
     return builder.as_markup()
 
 
@@ -98,12 +199,14 @@ def confirm_deploy() -> InlineKeyboardMarkup:
     builder = InlineKeyboardBuilder()
     builder.button(text=texts.DEPLOY_BUTTON, callback_data=WizardAction(action="deploy"))
     builder.button(text=texts.EDIT_PROMPT_BUTTON, callback_data=WizardAction(action="edit"))
-    builder.button(text=texts.CANCEL_BUTTON, callback_data=WizardAction(action="cancel"))
-    builder.adjust(1, 2)
+    builder.adjust(1, 1)
+    builder.row(*_back_and_cancel(WizardStep.CONFIRM))
     return builder.as_markup()
 
 
-def agent_list(agents: list[Agent], *, action: str = "open") -> InlineKeyboardMarkup:
+def agent_list(
+    agents: list[Agent], *, action: CardAction = CardAction.OPEN
+) -> InlineKeyboardMarkup:
     builder = InlineKeyboardBuilder()
     for agent in agents:
         builder.button(
@@ -114,48 +217,137 @@ def agent_list(agents: list[Agent], *, action: str = "open") -> InlineKeyboardMa
     return builder.as_markup()
 
 
+# What the card offers, in the order its buttons appear; state-dependent ones only when
+# the agent's state allows them (see `offers`).
+CARD_BUTTONS: tuple[CardAction, ...] = (
+    CardAction.RESUME,
+    CardAction.RESTART,
+    CardAction.STOP,
+    CardAction.LOGS,
+    CardAction.PROMPT,
+    CardAction.MODEL,
+    CardAction.REVERT,
+    CardAction.ACCESS,
+    CardAction.DESCRIPTION,
+    CardAction.ROTATE,
+    CardAction.TOKEN,
+    CardAction.DELETE,
+    CardAction.LIST,
+)
+
+
+def offers(agent: Agent, action: CardAction) -> bool:
+    """Whether `action` makes sense for the agent as it is now: a card drawn earlier may
+    offer Stop for an agent that has been stopped since."""
+    running = agent.desired_state != "stopped"
+    if action in (CardAction.RESTART, CardAction.STOP, CardAction.MUTE):
+        return running
+    if action is CardAction.RESUME:
+        return not running
+    if action is CardAction.REVERT:
+        return agent.revision > 1
+    if action in (CardAction.ROTATE, CardAction.ROTATE_YES):
+        return bool(agent.managed)
+    if action is CardAction.TOKEN:  # a Managed Bot's token is rotated through Telegram
+        return not agent.managed
+    if action is CardAction.DESCRIPTION_DERIVED:
+        return agent.description is not None
+    return True
+
+
 def agent_card(agent: Agent) -> InlineKeyboardMarkup:
     """Buttons that fit the agent's state."""
     builder = InlineKeyboardBuilder()
-
-    def add(label: str, action: str) -> None:
-        builder.button(text=label, callback_data=AgentAction(action=action, agent_id=agent.id))
-
-    if agent.desired_state == "stopped":
-        add("▶️ Resume", "resume")
-    else:
-        add("🔄 Restart", "restart")
-        add("⏸ Stop", "stop")
-    add("📜 Logs", "logs")
-    add("✏️ Edit prompt", "prompt")
-    add("🧠 Change model", "model")
-    if agent.revision > 1:
-        add("↩️ Revert", "revert")
-    if agent.managed:
-        add("🔑 Rotate token", "rotate")
-    add(texts.DELETE_BUTTON, "delete")
-    add("⬅️ All agents", "list")
+    for action in CARD_BUTTONS:
+        if offers(agent, action):
+            builder.button(
+                text=texts.CARD_BUTTONS[action],
+                callback_data=AgentAction(action=action, agent_id=agent.id),
+            )
     builder.adjust(2)
     return builder.as_markup()
 
 
-def confirm_delete(agent: Agent) -> InlineKeyboardMarkup:
+def _confirm(agent: Agent, *, yes_label: str, yes: CardAction) -> InlineKeyboardMarkup:
+    """Yes, or Cancel back to the card."""
     builder = InlineKeyboardBuilder()
+    builder.button(text=yes_label, callback_data=AgentAction(action=yes, agent_id=agent.id))
     builder.button(
-        text=texts.YES_DELETE_BUTTON,
-        callback_data=AgentAction(action="delete_yes", agent_id=agent.id),
-    )
-    builder.button(
-        text=texts.NO_BUTTON, callback_data=AgentAction(action="open", agent_id=agent.id)
+        text=texts.CANCEL_BUTTON,
+        callback_data=AgentAction(action=CardAction.OPEN, agent_id=agent.id),
     )
     return builder.as_markup()
+
+
+def confirm_delete(agent: Agent) -> InlineKeyboardMarkup:
+    return _confirm(agent, yes_label=texts.YES_DELETE_BUTTON, yes=CardAction.DELETE_YES)
+
+
+def confirm_rotate(agent: Agent) -> InlineKeyboardMarkup:
+    return _confirm(agent, yes_label=texts.YES_ROTATE_BUTTON, yes=CardAction.ROTATE_YES)
+
+
+def back_to_card(agent: Agent) -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    builder.button(
+        text=texts.BACK_BUTTON,
+        callback_data=AgentAction(action=CardAction.OPEN, agent_id=agent.id),
+    )
+    return builder.as_markup()
+
+
+def _card_button(
+    builder: InlineKeyboardBuilder, agent: Agent, action: CardAction, text: str
+) -> None:
+    builder.button(text=text, callback_data=AgentAction(action=action, agent_id=agent.id))
+
+
+def access_modes(agent: Agent, *, current: AccessMode) -> InlineKeyboardMarkup:
+    """Who can talk to it: the three modes (the current one ticked), and Back."""
+    builder = InlineKeyboardBuilder()
+    for mode, action in ACCESS_CHOICES.items():
+        text = texts.ACCESS_MODE_BUTTONS[mode]
+        _card_button(builder, agent, action, f"✅ {text}" if mode is current else text)
+    _card_button(builder, agent, CardAction.OPEN, texts.BACK_BUTTON)
+    builder.adjust(1)
+    return builder.as_markup()
+
+
+def access_list_done(agent_id: str) -> InlineKeyboardMarkup:
+    """Under the list collected so far: Done applies it."""
+    builder = InlineKeyboardBuilder()
+    builder.button(
+        text=texts.DONE_BUTTON,
+        callback_data=AgentAction(action=CardAction.ACCESS_DONE, agent_id=agent_id),
+    )
+    return builder.as_markup()
+
+
+def description(agent: Agent) -> InlineKeyboardMarkup:
+    """The description's screen: Edit, From the prompt (when it is the owner's), Back."""
+    builder = InlineKeyboardBuilder()
+    _card_button(builder, agent, CardAction.DESCRIPTION_EDIT, texts.EDIT_DESCRIPTION_BUTTON)
+    if offers(agent, CardAction.DESCRIPTION_DERIVED):
+        _card_button(
+            builder, agent, CardAction.DESCRIPTION_DERIVED, texts.DERIVED_DESCRIPTION_BUTTON
+        )
+    _card_button(builder, agent, CardAction.OPEN, texts.BACK_BUTTON)
+    builder.adjust(1)
+    return builder.as_markup()
+
+
+def card_models(agent: Agent, providers: tuple[Provider, ...]) -> InlineKeyboardMarkup:
+    """The wizard's model buttons, with Back to the card in place of its Cancel."""
+    rows = models(providers).inline_keyboard[:-1]
+    return InlineKeyboardMarkup(inline_keyboard=[*rows, *back_to_card(agent).inline_keyboard])
 
 
 def budget_notice(agent: Agent, *, can_raise: bool) -> InlineKeyboardMarkup:
     """Under a budget notice: the card, and for admins a way to raise the limit."""
     builder = InlineKeyboardBuilder()
     builder.button(
-        text=texts.OPEN_CARD_BUTTON, callback_data=AgentAction(action="open", agent_id=agent.id)
+        text=texts.OPEN_CARD_BUTTON,
+        callback_data=AlertAction(action=CardAction.OPEN, agent_id=agent.id),
     )
     if can_raise:
         builder.button(
@@ -170,15 +362,15 @@ def health_alert(agent: Agent, *, gave_up: bool) -> InlineKeyboardMarkup:
     """Buttons under a health notification: what the owner most likely wants next."""
     builder = InlineKeyboardBuilder()
 
-    def add(label: str, action: str) -> None:
-        builder.button(text=label, callback_data=AgentAction(action=action, agent_id=agent.id))
+    def add(label: str, action: CardAction) -> None:
+        builder.button(text=label, callback_data=AlertAction(action=action, agent_id=agent.id))
 
-    add(texts.LOGS_BUTTON, "logs")
+    add(texts.LOGS_BUTTON, CardAction.LOGS)
     if gave_up:
-        add(texts.RESUME_BUTTON, "resume")
+        add(texts.RESUME_BUTTON, CardAction.RESUME)
     else:
-        add(texts.RESTART_BUTTON, "restart")
-        add(texts.MUTE_BUTTON, "mute")
+        add(texts.RESTART_BUTTON, CardAction.RESTART)
+        add(texts.MUTE_BUTTON, CardAction.MUTE)
     builder.adjust(3)
     return builder.as_markup()
 

@@ -40,7 +40,20 @@ CHOOSE_BOT = (
     "Tap <b>Create a new bot</b>: Telegram creates it for you in two taps.\n"
     "Already made one with @BotFather? Tap <b>I already have a bot</b>."
 )
+CHOOSE_BOT_PASTE_ONLY = (
+    "Let's make your AI bot.\n\n"
+    "Create one with /newbot in @BotFather, then tap <b>I already have a bot</b> and "
+    "paste its token."
+)
 CHOOSE_BOT_HINT = "Please tap one of the buttons below, or /cancel."
+WIZARD_BACK_BUTTON = "« Back"
+BACK_STALE = "That step is already behind you: use the newest message."
+LEFT_WIZARD = "Left the deploy wizard."
+SECRET_DELETED = "🔒 I deleted your message for safety: it looked like a token or API key."
+PROMPT_HAS_SECRET = (
+    "🔒 I deleted your message for safety: it holds what looks like a token or API key, "
+    "and your bot's users could coax it out. Send the instructions without it."
+)
 PASTE_TOKEN = (
     "Paste the bot's token from @BotFather (it looks like <code>123456:ABC-DEF…</code>).\n"
     "I delete your message right away."
@@ -62,6 +75,8 @@ PASTE_KEY = (
     "{provider} needs your own API key. Paste it here; I delete your message right away "
     "and store the key encrypted."
 )
+CHECKING_KEY = "Checking your key…"
+KEY_ACCEPTED = "✅ {provider} accepted the key."
 KEY_REJECTED = "{provider} rejected that key. Check it and paste it again, or /cancel."
 KEY_UNREACHABLE = "I couldn't reach {provider} to check the key. Paste it again in a moment."
 KEY_HINT = "Please paste the API key as text, or /cancel."
@@ -156,6 +171,102 @@ PROMPT_CHANGED = "✏️ @{username} has new instructions."
 MODEL_CHANGED = "🧠 @{username} now uses {model}."
 TOKEN_ROTATED = "🔑 @{username} has a fresh token; the old one no longer works."
 ACTION_FAILED = "That didn't work: {hint}. Please try again in a moment."
+CARD_BUTTONS = {  # keyed by keyboards.CardAction's values
+    "resume": "▶️ Resume",
+    "restart": "🔄 Restart",
+    "stop": "⏸ Stop",
+    "logs": "📜 Logs",
+    "prompt": "✏️ Edit prompt",
+    "model": "🧠 Change model",
+    "revert": "↩️ Revert",
+    "rotate": "🔑 Rotate token",
+    "access": "👥 Who can talk to it",
+    "token": "🔑 Replace token",
+    "descr": "📝 Description",
+    "delete": DELETE_BUTTON,
+    "list": "⬅️ All agents",
+}
+BACK_BUTTON = "⬅️ Back"
+YES_ROTATE_BUTTON = "Yes, rotate"
+CONFIRM_ROTATE = (
+    "Give @{username} a fresh token? The old one stops working at once; the bot keeps "
+    "running with the new one."
+)
+CHOOSE_NEW_MODEL = "Pick the new model for @{username} (🔑 = bring your own key):"
+LOGS_HEADER = "📜 The last log lines of @{username}:"
+LOGS_SENT_AS_FILE = "📜 The log is long: it is in the file below."
+OUT_OF_DATE = "This menu is out of date."
+CARD_WAS_OUT_OF_DATE = "That card was out of date; this is the agent now."
+EDIT_EXPIRED = "That edit expired; open the card again (/agents). Nothing was changed."
+
+# -- who can talk to it -----------------------------------------------------------------
+ACCESS_SCREEN = "👥 Who can talk to @{username}: {who}\n\nYou can always talk to it yourself."
+ACCESS_WHO = {
+    "everyone": "everyone",
+    "owner": "only you",
+    "listed": "you and the users listed ({ids})",
+}
+ACCESS_MODE_BUTTONS = {
+    "everyone": "Everyone",
+    "owner": "Only me",
+    "listed": "Listed users…",
+}
+ACCESS_CHANGED = {
+    "everyone": "👥 Everyone can talk to @{username} now.",
+    "owner": "👥 Only you can talk to @{username} now.",
+    "listed": "👥 You and {count} listed user(s) can talk to @{username} now.",
+}
+ASK_ACCESS_LIST = (
+    "Who may talk to @{username}? Send their Telegram user ids (separated by commas, "
+    "spaces or new lines), or forward me a message from each person. Then tap Done.\n"
+    "You are always let in. /cancel to stop."
+)
+ACCESS_LIST_SO_FAR = "Listed so far: {ids}. Add more, or tap Done."
+ACCESS_REFUSED = "That list can't be used: {reason}."
+ACCESS_HIDDEN_USER = (
+    "{name} hides their account in forwarded messages, so Telegram doesn't tell me who "
+    "they are. Ask them for their user id and send it here."
+)
+ACCESS_NOT_A_PERSON = (
+    "That was forwarded from a chat, a channel or a bot, not a person. Forward a message "
+    "they wrote."
+)
+ACCESS_LIST_HINT = (
+    "Send user ids or forward a message from the person, then tap Done. /cancel to stop."
+)
+ACCESS_LIST_GONE = "That list was not applied (it expired or was cancelled). Nothing was changed."
+DONE_BUTTON = "✅ Done"
+
+# -- a pasted bot's new token -------------------------------------------------------------
+ASK_NEW_TOKEN = (
+    "Paste the new token from @BotFather for @{username} (/token there, or /revoke for a "
+    "fresh one). I delete your message right away. /cancel to stop."
+)
+TOKEN_OF_ANOTHER_BOT = (
+    "That token belongs to @{given}, not @{expected}. Paste the token of @{expected}."
+)
+TOKEN_REPLACED = "🔑 @{username} now runs with its new token."
+
+# -- description ----------------------------------------------------------------------------
+DESCRIPTION_SCREEN = (
+    "📝 What Telegram shows about @{username} before a chat starts ({source}):\n\n{text}"
+)
+DESCRIPTION_DERIVED_SOURCE = "the first sentence of its instructions"
+DESCRIPTION_OWN_SOURCE = "your own words"
+EDIT_DESCRIPTION_BUTTON = "✏️ Edit"
+DERIVED_DESCRIPTION_BUTTON = "📄 From the prompt"
+ASK_DESCRIPTION = (
+    "Send the new description of @{username} (one line, up to {limit} characters), or /cancel."
+)
+DESCRIPTION_TOO_LONG = (
+    "That is {length} characters; Telegram allows {limit}. Shorten it, or /cancel."
+)
+DESCRIPTION_HINT = "Please send the description as a text message, or /cancel."
+DESCRIPTION_CHANGED = "📝 @{username} has a new description."
+DESCRIPTION_FROM_PROMPT = (
+    "📝 @{username}'s description is the first sentence of its instructions again."
+)
+PROFILE_PENDING = " Telegram shows it shortly."
 
 
 def state_icon(agent: Agent) -> str:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.commands import HELP, RESET, START
 from runtime.llm import Llm, LlmError, Usage
 from runtime.metrics import Metrics
 from runtime.telegram import BotApi, TelegramApiError
@@ -206,12 +207,12 @@ class Conversations:
             return
         text = self._without_mention(text)
         command = self._command(text)
-        if command == "start":
+        if command == START:
             name = self.me.first_name if self.me else "your assistant"
             await self._reply(chat_id, TEXTS["start"].format(name=name), message)
-        elif command == "help":
+        elif command == HELP:
             await self._reply(chat_id, TEXTS["help"], message)
-        elif command == "reset":
+        elif command == RESET:
             self._history.reset(chat_id)
             await self._reply(chat_id, TEXTS["reset"], message)
         else:

@@ -122,6 +122,16 @@ class Agent(Base):
     health_reason: Mapped[str | None] = mapped_column(String(256))
     health_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     muted_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Who may talk to the agent (services/agent_profile.py: AccessMode) and, for
+    # "listed", the comma-separated Telegram user ids. Not part of a revision: an edit
+    # or a revert keeps it.
+    access: Mapped[str] = mapped_column(String(16), default="everyone")
+    access_user_ids: Mapped[str | None] = mapped_column(Text)
+    # The owner's one-liner for the bot's description (None: the prompt's first sentence).
+    description: Mapped[str | None] = mapped_column(String(512))
+    # False while Telegram may not show the agent's commands, description (and, for a
+    # Managed Bot, access) as stored: reconcile sets them again.
+    profile_synced: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow

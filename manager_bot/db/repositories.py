@@ -204,6 +204,17 @@ class Agents:
         )
         return (await self._session.scalars(query)).all()
 
+    async def profile_pending(self, limit: int) -> Sequence[str]:
+        """Live agents whose Telegram profile may be out of date; random ones first, so
+        a few that always fail (a revoked token) do not starve the rest."""
+        query = (
+            select(Agent.id)
+            .where(Agent.desired_state.in_(ACTIVE), Agent.profile_synced.is_(False))
+            .order_by(func.random())
+            .limit(limit)
+        )
+        return (await self._session.scalars(query)).all()
+
 
 class Revisions:
     def __init__(self, session: AsyncSession) -> None:

@@ -2,8 +2,11 @@
 
 Steps: get a bot (Managed Bots, or a pasted BotFather token), pick a model
 (and give a key if the platform has none for it), write the instructions,
-confirm. Secrets typed into the chat are deleted at once and kept in the wizard
-state only encrypted, because that state is stored in the database or Redis.
+confirm; "« Back" on every step after the first (their order: `deploy_steps`).
+Secrets typed into the chat are deleted at once and kept in the wizard state only
+encrypted, because that state is stored in the database or Redis; anything shaped
+like a token or key typed at another step is deleted too. A command typed
+mid-wizard leaves it first (`build_exit_router`).
 """
 
 from __future__ import annotations
@@ -11,25 +14,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from html import escape
 
 from aiogram import Bot, F, Router
+from aiogram.dispatcher.event.bases import SkipHandler
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
-from aiogram.filters import Command
+from aiogram.filters import Command, StateFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import CallbackQuery, Message, ReplyKeyboardRemove
 
-from manager_bot import keyboards, texts
+from manager_bot import texts
 from manager_bot.crypto import Vault
-from manager_bot.gateway.endpoints import EndpointGuard
-from manager_bot.handlers.agents import send_card
-from manager_bot.handlers.model_steps import (
-    ask_for_details,
-    ask_key_if_needed,
-    take_endpoint,
-    take_model_name,
-)
-from manager_bot.keyboards import ModelChoice, WizardAction
+from manager_bot.gateway.endpoints import EndpointGuard, EndpointRefused
+from manager_bot.handlers import deploy_steps
+from manager_bot.handlers.message_filters import HoldsSecret, TypedCommand
+from manager_bot.handlers.model_steps import checked_endpoint, take_model_name
+from manager_bot.keyboards import ModelChoice, WizardAction, WizardBack, WizardStep
 from manager_bot.logs import new_request_id
 from manager_bot.services.deployer import (
     MAX_PROMPT_CHARS,
@@ -49,6 +50,7 @@ from manager_bot.services.errors import (
 from manager_bot.services.llm_keys import KeyCheck, check_key
 from manager_bot.services.providers import Provider, find_provider
 from manager_bot.services.telegram import AgentTokenError, BotIdentity, looks_like_token
+from manager_bot.views.live_card import send_card
 
 log = logging.getLogger(__name__)
 
@@ -65,23 +67,99 @@ class Deploy(StatesGroup):
     deploying = State()
 
 
+STEP_STATES: dict[WizardStep, State] = {
+    WizardStep.BOT: Deploy.bot,
+    WizardStep.TOKEN: Deploy.token,
+    WizardStep.MODEL: Deploy.model,
+    WizardStep.ENDPOINT: Deploy.endpoint,
+    WizardStep.MODEL_NAME: Deploy.model_name,
+    WizardStep.KEY: Deploy.key,
+    WizardStep.PROMPT: Deploy.prompt,
+    WizardStep.CONFIRM: Deploy.confirm,
+}
+
+
 async def _delete_quietly(message: Message) -> None:
     """Remove a message that carried a secret; a failure must not keep the secret around."""
     with contextlib.suppress(TelegramBadRequest):
         await message.delete()
 
 
-async def start_wizard(message: Message, state: FSMContext, deployer: Deployer) -> None:
-    """Starts the wizard, unless the user is at their quota."""
+async def leave_for_command(message: Message, state: FSMContext) -> None:
+    """A command typed mid-wizard: the wizard ends with a note, and the command goes on.
+
+    aiogram cannot hand an update back to the dispatcher, but SkipHandler lets it carry
+    on past this router, to the command's own handler, as if no wizard were running.
+    Those later routers still see the state the update arrived with: the wizard's own
+    step handlers therefore ignore commands (see `build_router`).
+    """
+    await state.clear()
+    await message.answer(texts.LEFT_WIZARD, reply_markup=ReplyKeyboardRemove())
+    raise SkipHandler
+
+
+async def start_wizard(message: Message, state: FSMContext, bot: Bot, deployer: Deployer) -> None:
+    """Starts the wizard (again, when typed mid-wizard), unless the user is at their quota."""
     assert message.from_user is not None
+    await state.clear()
     if await deployer.queries.quota_reached(message.from_user.id):
         await message.answer(texts.QUOTA.format(limit=deployer.max_agents_per_user))
         return
-    await state.clear()
+    await _show_bot_step(message, state, bot=bot, first_name=message.from_user.first_name)
+
+
+async def _show_bot_step(message: Message, state: FSMContext, *, bot: Bot, first_name: str) -> None:
     await state.set_state(Deploy.bot)
-    await message.answer(
-        texts.CHOOSE_BOT, reply_markup=keyboards.choose_bot(first_name=message.from_user.first_name)
+    me = await bot.me()  # asked once per process: aiogram caches it
+    text, keyboard = deploy_steps.bot_step(
+        first_name=first_name, can_manage_bots=bool(me.can_manage_bots)
     )
+    await message.answer(text, reply_markup=keyboard)
+
+
+async def _enter(
+    step: WizardStep, message: Message, state: FSMContext, providers: tuple[Provider, ...], *,
+    edit: bool = False,
+) -> None:  # fmt: skip
+    """Moves to `step` and shows it: a new message, or `message` edited (going back)."""
+    await state.set_state(STEP_STATES[step])
+    text, keyboard = deploy_steps.view(step, await state.get_data(), providers)
+    if edit:
+        try:
+            await message.edit_text(text, reply_markup=keyboard)
+            return
+        except TelegramBadRequest:  # too old to edit, or already showing it: say it anew
+            pass
+    await message.answer(text, reply_markup=keyboard)
+
+
+async def went_back(
+    query: CallbackQuery, callback_data: WizardBack, state: FSMContext, bot: Bot,
+    providers: tuple[Provider, ...],
+) -> None:  # fmt: skip
+    """« Back: the step before, its message in place of this one; what was entered stays."""
+    await query.answer()
+    assert isinstance(query.message, Message)
+    data = await state.get_data()
+    step = deploy_steps.previous(callback_data.step, data, providers)
+    if step is WizardStep.BOT:  # a reply keyboard cannot replace inline buttons: a new message
+        with contextlib.suppress(TelegramBadRequest):
+            await query.message.edit_reply_markup(reply_markup=None)
+        await _show_bot_step(query.message, state, bot=bot, first_name=query.from_user.first_name)
+        return
+    await _enter(step, query.message, state, providers, edit=True)
+
+
+async def stale_back(query: CallbackQuery) -> None:
+    """« Back under a step the user has already left."""
+    await query.answer(texts.BACK_STALE)
+
+
+async def deleted_secret(message: Message, raw_state: str | None) -> None:
+    """A token or key where none was asked for: deleted, and the step stays as it was."""
+    await _delete_quietly(message)
+    at_prompt = raw_state == Deploy.prompt.state
+    await message.answer(texts.PROMPT_HAS_SECRET if at_prompt else texts.SECRET_DELETED)
 
 
 async def managed_bot_update(event: object) -> None:
@@ -108,23 +186,13 @@ async def managed_bot_created(
     )
 
 
-async def wants_to_paste(message: Message, state: FSMContext) -> None:
-    await state.set_state(Deploy.token)
-    await message.answer(texts.PASTE_TOKEN, reply_markup=ReplyKeyboardRemove())
+async def wants_to_paste(
+    message: Message, state: FSMContext, providers: tuple[Provider, ...]
+) -> None:
+    await _enter(WizardStep.TOKEN, message, state, providers)
 
 
-async def bot_step_hint(
-    message: Message, state: FSMContext, deployer: Deployer, vault: Vault,
-    providers: tuple[Provider, ...],
-) -> None:  # fmt: skip
-    """A token pasted before tapping "I already have a bot" is taken (and deleted) all the same."""
-    token = (message.text or "").strip()
-    if looks_like_token(token):
-        await _accept_token(
-            message, state, token=token, managed=False, deployer=deployer, vault=vault,
-            providers=providers, delete_message=True,
-        )  # fmt: skip
-        return
+async def bot_step_hint(message: Message) -> None:
     await message.answer(texts.CHOOSE_BOT_HINT)
 
 
@@ -132,7 +200,8 @@ async def pasted_token(
     message: Message, state: FSMContext, deployer: Deployer, vault: Vault,
     providers: tuple[Provider, ...],
 ) -> None:  # fmt: skip
-    """Deletes the message whatever it is (it may be a secret), while the token is checked."""
+    """Deletes the message whatever it is (it may be a secret), while the token is checked.
+    A token pasted before tapping "I already have a bot" is taken all the same."""
     token = (message.text or "").strip()
     if not looks_like_token(token):
         await _delete_quietly(message)
@@ -181,11 +250,10 @@ async def _accept_token(
         await message.answer(texts.BOT_IN_USE.format(username=str(error)))
         return
     await state.update_data(token=vault.encrypt(token), managed=managed, username=identity.username)
-    await state.set_state(Deploy.model)
     await message.answer(
         texts.BOT_READY.format(username=identity.username), reply_markup=ReplyKeyboardRemove()
     )
-    await message.answer(texts.PICK_MODEL, reply_markup=keyboards.models(providers))
+    await _enter(WizardStep.MODEL, message, state, providers)
 
 
 async def picked_model(
@@ -197,42 +265,44 @@ async def picked_model(
         await query.answer(texts.NOT_FOUND, show_alert=True)  # forged or stale data
         return
     await query.answer()
-    await state.update_data(
+    data = await state.update_data(
         provider=provider.name, model=callback_data.model, key=None, endpoint=None
     )
     assert isinstance(query.message, Message)
-    asked = await ask_for_details(
-        query.message, state, provider, callback_data.model,
-        endpoint_state=Deploy.endpoint, model_name_state=Deploy.model_name,
-    )  # fmt: skip
-    if not asked:
-        await _after_model(query.message, state, provider)
+    step = deploy_steps.following(WizardStep.MODEL, data, providers)
+    await _enter(step, query.message, state, providers)
 
 
 async def typed_endpoint(
-    message: Message, state: FSMContext, endpoint_guard: EndpointGuard
-) -> None:
-    await take_endpoint(message, state, endpoint_guard, next_state=Deploy.model_name)
+    message: Message, state: FSMContext, endpoint_guard: EndpointGuard,
+    providers: tuple[Provider, ...],
+) -> None:  # fmt: skip
+    """The endpoint's URL: refused with the reason, or kept and the model's id asked."""
+    try:
+        url = await checked_endpoint(message.text or "", endpoint_guard)
+    except EndpointRefused as refused:
+        await message.answer(texts.ENDPOINT_REFUSED.format(reason=escape(str(refused))))
+        return
+    await state.update_data(endpoint=url)
+    await _enter(WizardStep.MODEL_NAME, message, state, providers)
 
 
 async def typed_model_name(
     message: Message, state: FSMContext, providers: tuple[Provider, ...]
 ) -> None:
-    provider = await take_model_name(message, state, providers)
-    if provider is not None:
-        await _after_model(message, state, provider)
+    if await take_model_name(message, state, providers) is None:
+        return
+    step = deploy_steps.following(WizardStep.MODEL_NAME, await state.get_data(), providers)
+    await _enter(step, message, state, providers)
 
 
-async def _after_model(message: Message, state: FSMContext, provider: Provider) -> None:
-    """A model is chosen: its key next if one is needed, else the prompt."""
-    if not await ask_key_if_needed(message, state, provider, key_state=Deploy.key):
-        await _ask_prompt(message, state)
-
-
-async def no_key_needed(query: CallbackQuery, state: FSMContext) -> None:
+async def no_key_needed(
+    query: CallbackQuery, state: FSMContext, providers: tuple[Provider, ...]
+) -> None:
     await query.answer()
     assert isinstance(query.message, Message)
-    await _ask_prompt(query.message, state)
+    await state.update_data(key=None)  # one pasted before going back is dropped
+    await _enter(WizardStep.PROMPT, query.message, state, providers)
 
 
 async def model_step_hint(message: Message) -> None:
@@ -250,78 +320,75 @@ async def endpoint_step_hint(message: Message) -> None:
 async def pasted_key(
     message: Message, state: FSMContext, vault: Vault, providers: tuple[Provider, ...]
 ) -> None:
-    await _delete_quietly(message)
+    """Deletes the key's message; the key is checked with the provider while the user
+    reads "Checking your key…", which then turns into the verdict."""
     data = await state.get_data()
     provider = find_provider(providers, str(data.get("provider")))
-    if provider is None:
-        await state.clear()
-        await message.answer(texts.CANCELLED)
-        return
     key = (message.text or "").strip()
-    if provider.is_custom:  # only the gateway connects to a user's endpoint
+    if provider is None or provider.is_custom:
+        await _delete_quietly(message)
+        if provider is None:  # removed from the configuration meanwhile
+            await state.clear()
+            await message.answer(texts.CANCELLED)
+            return
+        # Only the gateway connects to a user's endpoint: its key is not checked here.
         await state.update_data(key=vault.encrypt(key))
-        await _ask_prompt(message, state)
+        await _enter(WizardStep.PROMPT, message, state, providers)
         return
+    await _delete_quietly(message)
+    checking = await message.answer(texts.CHECKING_KEY)  # the check may take seconds
     verdict = await check_key(provider, key)
     if verdict is KeyCheck.REJECTED:
-        await message.answer(texts.KEY_REJECTED.format(provider=provider.label))
+        await checking.edit_text(texts.KEY_REJECTED.format(provider=provider.label))
         return
     if verdict is KeyCheck.UNREACHABLE:
-        await message.answer(texts.KEY_UNREACHABLE.format(provider=provider.label))
+        await checking.edit_text(texts.KEY_UNREACHABLE.format(provider=provider.label))
         return
     await state.update_data(key=vault.encrypt(key))
-    await _ask_prompt(message, state)
+    await checking.edit_text(texts.KEY_ACCEPTED.format(provider=provider.label))
+    await _enter(WizardStep.PROMPT, message, state, providers)
 
 
 async def key_step_hint(message: Message) -> None:
     await message.answer(texts.KEY_HINT)
 
 
-async def _ask_prompt(message: Message, state: FSMContext) -> None:
-    await state.set_state(Deploy.prompt)
-    await message.answer(
-        texts.ASK_PROMPT.format(limit=MAX_PROMPT_CHARS), reply_markup=keyboards.presets()
-    )
-
-
-async def typed_prompt(message: Message, state: FSMContext) -> None:
+async def typed_prompt(
+    message: Message, state: FSMContext, providers: tuple[Provider, ...]
+) -> None:
     prompt = (message.text or "").strip()
     if len(prompt) > MAX_PROMPT_CHARS:
         await message.answer(
             texts.PROMPT_TOO_LONG.format(length=len(prompt), limit=MAX_PROMPT_CHARS)
         )
         return
-    await _show_summary(message, state, prompt)
+    await state.update_data(prompt=prompt)
+    await _enter(WizardStep.CONFIRM, message, state, providers)
 
 
 async def picked_preset(
-    query: CallbackQuery, callback_data: WizardAction, state: FSMContext
-) -> None:
+    query: CallbackQuery, callback_data: WizardAction, state: FSMContext,
+    providers: tuple[Provider, ...],
+) -> None:  # fmt: skip
     if not 0 <= callback_data.value < len(texts.PRESETS):
         await query.answer(texts.NOT_FOUND, show_alert=True)
         return
     await query.answer()
     assert isinstance(query.message, Message)
-    await _show_summary(query.message, state, texts.PRESETS[callback_data.value][1])
+    await state.update_data(prompt=texts.PRESETS[callback_data.value][1])
+    await _enter(WizardStep.CONFIRM, query.message, state, providers)
 
 
 async def prompt_step_hint(message: Message) -> None:
     await message.answer(texts.PROMPT_HINT)
 
 
-async def _show_summary(message: Message, state: FSMContext, prompt: str) -> None:
-    data = await state.update_data(prompt=prompt)
-    await state.set_state(Deploy.confirm)
-    await message.answer(
-        texts.summary(username=data["username"], model=data["model"], prompt=prompt),
-        reply_markup=keyboards.confirm_deploy(),
-    )
-
-
-async def edit_prompt(query: CallbackQuery, state: FSMContext) -> None:
+async def edit_prompt(
+    query: CallbackQuery, state: FSMContext, providers: tuple[Provider, ...]
+) -> None:
     await query.answer()
     assert isinstance(query.message, Message)
-    await _ask_prompt(query.message, state)
+    await _enter(WizardStep.PROMPT, query.message, state, providers)
 
 
 async def deploy(query: CallbackQuery, state: FSMContext, deployer: Deployer, vault: Vault) -> None:
@@ -416,38 +483,60 @@ async def confirm_step_hint(message: Message) -> None:
     await message.answer(texts.DEPLOY_HINT)
 
 
+def build_exit_router() -> Router:
+    """Included before every feature Router (after /cancel's): a command typed mid-wizard,
+    /help as much as /agents, leaves the wizard before its own handler runs. /deploy
+    starts the wizard over instead, and /cancel keeps its own words."""
+    router = Router(name="deploy-exit")
+    router.message.register(
+        leave_for_command, StateFilter(Deploy), TypedCommand(), ~Command("deploy", "cancel")
+    )
+    return router
+
+
 def build_router() -> Router:
     """A fresh Router (a Router belongs to one Dispatcher; tests and restarts build several)."""
     router = Router(name="deploy")
     router.message.register(start_wizard, Command("deploy"))
     router.managed_bot.register(managed_bot_update)
-    router.message.register(managed_bot_created, Deploy.bot, F.managed_bot_created)
-    router.message.register(wants_to_paste, Deploy.bot, F.text == texts.HAVE_BOT_BUTTON)
-    router.message.register(bot_step_hint, Deploy.bot)
-    router.message.register(pasted_token, Deploy.token, F.text)
-    router.message.register(token_step_hint, Deploy.token)
-    router.callback_query.register(picked_model, Deploy.model, ModelChoice.filter())
-    router.message.register(model_step_hint, Deploy.model)
-    router.message.register(typed_endpoint, Deploy.endpoint, F.text, ~F.text.startswith("/"))
-    router.message.register(typed_model_name, Deploy.model_name, F.text, ~F.text.startswith("/"))
-    router.message.register(endpoint_step_hint, Deploy.endpoint)
-    router.message.register(model_step_hint_typed, Deploy.model_name)
-    router.callback_query.register(
+    steps = Router(name="deploy-steps")
+    router.include_router(steps)
+    # A command typed mid-wizard was let through by `leave_for_command`, which cleared the
+    # state; the state filters here still see the old one, so commands pass them by.
+    steps.message.filter(~TypedCommand())
+    getting_bot = StateFilter(Deploy.bot, Deploy.token)
+    steps.message.register(managed_bot_created, getting_bot, F.managed_bot_created)
+    steps.message.register(wants_to_paste, getting_bot, F.text == texts.HAVE_BOT_BUTTON)
+    steps.message.register(pasted_token, Deploy.bot, F.text, F.text.func(looks_like_token))
+    steps.message.register(pasted_token, Deploy.token, F.text)
+    steps.message.register(pasted_key, Deploy.key, F.text)
+    # Where no secret is asked for, one pasted all the same is deleted before anything else.
+    steps.message.register(deleted_secret, StateFilter(Deploy), HoldsSecret())
+    steps.message.register(bot_step_hint, Deploy.bot)
+    steps.message.register(token_step_hint, Deploy.token)
+    steps.message.register(model_step_hint, Deploy.model)
+    steps.message.register(typed_endpoint, Deploy.endpoint, F.text, ~F.text.startswith("/"))
+    steps.message.register(typed_model_name, Deploy.model_name, F.text, ~F.text.startswith("/"))
+    steps.message.register(endpoint_step_hint, Deploy.endpoint)
+    steps.message.register(model_step_hint_typed, Deploy.model_name)
+    steps.message.register(key_step_hint, Deploy.key)
+    steps.message.register(typed_prompt, Deploy.prompt, F.text, ~F.text.startswith("/"))
+    steps.message.register(prompt_step_hint, Deploy.prompt)
+    steps.message.register(confirm_step_hint, Deploy.confirm)
+    steps.message.register(confirm_step_hint, Deploy.deploying)
+
+    steps.callback_query.register(picked_model, Deploy.model, ModelChoice.filter())
+    steps.callback_query.register(
         no_key_needed, Deploy.key, WizardAction.filter(F.action == "nokey")
     )
-    router.message.register(pasted_key, Deploy.key, F.text)
-    router.message.register(key_step_hint, Deploy.key)
-    router.message.register(typed_prompt, Deploy.prompt, F.text, ~F.text.startswith("/"))
-    router.callback_query.register(
+    steps.callback_query.register(
         picked_preset, Deploy.prompt, WizardAction.filter(F.action == "preset")
     )
-    router.message.register(prompt_step_hint, Deploy.prompt)
-    router.callback_query.register(
+    steps.callback_query.register(
         edit_prompt, Deploy.confirm, WizardAction.filter(F.action == "edit")
     )
-    router.callback_query.register(
-        deploy, Deploy.confirm, WizardAction.filter(F.action == "deploy")
-    )
-    router.message.register(confirm_step_hint, Deploy.confirm)
-    router.message.register(confirm_step_hint, Deploy.deploying)
+    steps.callback_query.register(deploy, Deploy.confirm, WizardAction.filter(F.action == "deploy"))
+    for step, step_state in STEP_STATES.items():
+        steps.callback_query.register(went_back, step_state, WizardBack.filter(F.step == step))
+    steps.callback_query.register(stale_back, WizardBack.filter())
     return router

@@ -39,15 +39,25 @@ from manager_bot.db.session import Database
 from manager_bot.gateway.credentials import credential_hash, new_credential
 from manager_bot.metrics import DEPLOYS
 from manager_bot.services.agent_locks import AgentLocks
+from manager_bot.services.agent_profile import (
+    MAX_MANAGED_LISTED_USERS,
+    Access,
+    AccessMode,
+    access_of,
+    check_description,
+    profile_of,
+)
 from manager_bot.services.agent_queries import AgentQueries, owned
 from manager_bot.services.errors import (
     BotAlreadyUsed,
     DeployFailed,
     DeployThrottled,
+    InvalidAccess,
     InvalidAgentConfig,
     InvalidBotToken,
     NoPreviousRevision,
     QuotaReached,
+    TokenOfAnotherBot,
 )
 from manager_bot.services.providers import Provider, find_provider, is_model_id
 from manager_bot.services.telegram import (
@@ -59,6 +69,7 @@ from manager_bot.services.telegram import (
 log = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 4000
+PROFILES_PER_RECONCILE = 20  # profiles set again per reconcile run (3-4 Bot API calls each)
 WEBHOOK_CLEAR_RETRIES = (1.0, 2.0)  # seconds between tries of a deleted bot's deleteWebhook
 T = TypeVar("T")
 
@@ -286,6 +297,7 @@ class Deployer:
             await self._roll_back(agent, actor_id=actor_id, failure=failure)
             raise failure from None
         await self._audit(actor_id, "deploy", agent.id, "ok")
+        await self._sync_profile(agent)  # never fails the deploy: reconcile retries it
 
     async def resume_deploy(self, agent_id: str, *, actor_id: int | None) -> Agent:
         """A deploy the manager did not finish (it died midway): finish it now, or roll it
@@ -390,6 +402,8 @@ class Deployer:
                     llm_api_key=llm_api_key, llm_base_url=llm_base_url,
                 )  # fmt: skip
             await self._reapply(agent)  # the new desired state is stored first
+            if not agent.profile_synced:
+                await self._sync_profile(agent)
         return await self._reload(agent.id)
 
     async def _revise(
@@ -409,6 +423,8 @@ class Deployer:
         checked = self._check_config(new_provider, new_model, key, base_url)
         if system_prompt is not None:
             agent.system_prompt = self._check_prompt(system_prompt)
+            if agent.description is None:  # the description is the prompt's first sentence
+                agent.profile_synced = False
         agent.provider, agent.model = new_provider, new_model
         agent.llm_api_key_encrypted = self._encrypt_optional(key)
         agent.llm_base_url = base_url if checked.is_custom else None
@@ -425,6 +441,8 @@ class Deployer:
         async with self.locks.hold(agent_id), self._operation("revert", agent_id, owner_id):
             agent = await self._restore_previous(owner_id, agent_id)
             await self._reapply(agent)
+            if not agent.profile_synced:
+                await self._sync_profile(agent)
         return await self._reload(agent.id)
 
     async def _restore_previous(self, owner_id: int, agent_id: str) -> Agent:
@@ -435,6 +453,8 @@ class Deployer:
             if previous is None:
                 raise NoPreviousRevision(agent.id)
             agent.provider, agent.model = previous.provider, previous.model
+            if agent.description is None and agent.system_prompt != previous.system_prompt:
+                agent.profile_synced = False
             agent.system_prompt = previous.system_prompt
             agent.llm_api_key_encrypted = previous.llm_api_key_encrypted
             agent.llm_base_url = previous.llm_base_url
@@ -464,6 +484,149 @@ class Deployer:
                 )
             await self._reapply(agent)
         return await self._reload(agent.id)
+
+    async def replace_token(self, *, owner_id: int, agent_id: str, new_token: str) -> Agent:
+        """A pasted bot's new token from BotFather (the old one revoked or leaked).
+
+        getMe must name the agent's own bot: another bot's token is refused before anything
+        changes (TokenOfAnotherBot), a revoked or malformed one too (InvalidBotToken). Then,
+        as in `rotate_token`, the token is stored encrypted with a new gateway credential,
+        the webhook is cleared with the old token (if it still works: Telegram keeps one
+        webhook per bot, so this must come before the new one is set) and the agent rolls
+        and is pointed at with the new token. Managed Bots use `rotate_token`."""
+        new_token = new_token.strip()
+        async with self._db.reading() as session:  # refused before Telegram is asked
+            agent = await owned(Repositories(session), owner_id, agent_id)
+            managed, bot_id, username = agent.managed, agent.bot_id, agent.bot_username
+        if managed:
+            raise InvalidAgentConfig("a Managed Bot's token is replaced through Telegram")
+        identity = await self._identify(new_token)
+        if identity.id != bot_id:
+            raise TokenOfAnotherBot(expected=username, given=identity.username)
+        credential = new_credential()
+        async with self.locks.hold(agent_id), self._operation("replace-token", agent_id, owner_id):
+            async with self._db.session() as session:
+                repos = Repositories(session)
+                agent = await owned(repos, owner_id, agent_id)
+                old_token = self._vault.decrypt(agent.token_encrypted)
+                agent.token_encrypted = self._vault.encrypt(new_token)
+                agent.gateway_key_encrypted = self._vault.encrypt(credential)
+                agent.gateway_key_hash = credential_hash(credential)
+                agent.bot_username = identity.username or agent.bot_username
+                # Judged anew: a revoked token is what a new one usually mends.
+                agent.health = agent.health_kind = agent.health_reason = None
+                await repos.audit.record(
+                    actor_id=owner_id, action="replace-token", agent_id=agent.id, outcome="ok"
+                )
+            if old_token != new_token:
+                with contextlib.suppress(AgentTokenError):  # revoked: nothing to clear
+                    await self._telegram.delete_webhook(old_token)
+            await self._reapply(agent)
+        return await self._reload(agent.id)
+
+    async def set_access(self, *, owner_id: int, agent_id: str, access: Access) -> Agent:
+        """Who may talk to the agent. Stored on the agent, not in a revision, so edits,
+        reverts and reconcile keep it; the runtime gets it as ALLOWED_USER_IDS (a rolling
+        update). A Managed Bot also gets Telegram's own access settings, set first so the
+        restriction holds at Telegram while the pods roll; if Telegram refuses now, the
+        runtime still enforces it and reconcile sets Telegram's again."""
+        async with self.locks.hold(agent_id), self._operation("access", agent_id, owner_id):
+            async with self._db.session() as session:
+                repos = Repositories(session)
+                agent = await owned(repos, owner_id, agent_id)
+                others = access.others_than(owner_id)
+                if agent.managed and len(others) > MAX_MANAGED_LISTED_USERS:
+                    raise InvalidAccess(
+                        f"a Managed Bot lets in at most {MAX_MANAGED_LISTED_USERS} users "
+                        "besides you"
+                    )
+                agent.access = access.mode.value
+                agent.access_user_ids = access.stored_user_ids
+                if agent.managed:  # Telegram's access settings are part of its profile
+                    agent.profile_synced = False
+                await repos.audit.record(
+                    actor_id=owner_id, action="access", agent_id=agent.id, outcome="ok",
+                    detail=f"{access.mode} ({len(others)} listed)",
+                )  # fmt: skip
+            if not agent.profile_synced:
+                await self._sync_profile(agent)
+            await self._reapply(agent)
+        return await self._reload(agent.id)
+
+    async def set_description(self, *, owner_id: int, agent_id: str, text: str | None) -> Agent:
+        """The owner's one-liner for the bot's description and short description (None or
+        blank: back to the prompt's first sentence). Nothing rolls: only Telegram shows
+        it. The returned agent's `profile_synced` says whether Telegram has it already
+        (after a 429 or an outage, reconcile sets it)."""
+        description = check_description(text)
+        async with self.locks.hold(agent_id):
+            async with self._db.session() as session:
+                repos = Repositories(session)
+                agent = await owned(repos, owner_id, agent_id)
+                agent.description = description
+                agent.profile_synced = False
+                await repos.audit.record(
+                    actor_id=owner_id, action="describe", agent_id=agent.id, outcome="ok"
+                )
+            await self._sync_profile(agent)
+        return await self._reload(agent.id)
+
+    async def sync_pending_profiles(self, *, limit: int = PROFILES_PER_RECONCILE) -> list[str]:
+        """Reconcile's part for Telegram: agents whose commands, description or managed
+        access Telegram may not have yet get them again; returns those now set."""
+        async with self._db.reading() as session:
+            pending = await Repositories(session).agents.profile_pending(limit)
+        synced = []
+        for agent_id in pending:
+            async with self.locks.hold(agent_id):
+                agent = await self.stored(agent_id)
+                if agent is None or agent.desired_state == DesiredState.DELETED:
+                    continue
+                if not agent.profile_synced and await self._sync_profile(agent):
+                    synced.append(agent_id)
+        return synced
+
+    async def _sync_profile(self, agent: Agent) -> bool:
+        """Telegram shows the agent's commands and description (and a Managed Bot's access)
+        as stored; True if it all went through. A failure (a 429, Telegram away, a revoked
+        token) never fails the action that asked: it is logged with the agent's id and the
+        row stays unsynced for reconcile. Called with the agent's lock held."""
+        profile = profile_of(agent)
+        token = self._vault.decrypt(agent.token_encrypted)
+        try:
+            await self._telegram.set_commands(token, profile.commands)
+            await self._telegram.set_descriptions(
+                token, description=profile.description, short=profile.short_description
+            )
+            if agent.managed:
+                await self._set_managed_access(agent)
+        except AgentTokenError as error:
+            log.warning(
+                "agent %s: its Telegram profile is not set yet (%s); reconcile retries",
+                agent.id, error,
+            )  # fmt: skip
+            return False
+        async with self._db.session() as session:
+            stored = await Repositories(session).agents.get(agent.id)
+            if stored is not None:
+                stored.profile_synced = True
+        agent.profile_synced = True
+        return True
+
+    async def _set_managed_access(self, agent: Agent) -> None:
+        """Telegram's own access settings of a Managed Bot (the manager's token)."""
+        if not self._telegram.manages_bots:
+            log.warning(
+                "agent %s: Telegram's access settings not set (no manager token here); "
+                "its runtime enforces them alone", agent.id,
+            )  # fmt: skip
+            return
+        access = access_of(agent)
+        await self._telegram.set_managed_access(
+            agent.bot_id,
+            restricted=access.mode is not AccessMode.EVERYONE,
+            user_ids=access.others_than(agent.owner_id),
+        )
 
     async def restart(self, *, owner_id: int, agent_id: str) -> Agent:
         async with self.locks.hold(agent_id), self._operation("restart", agent_id, owner_id):
@@ -604,6 +767,7 @@ class Deployer:
             llm_base_url=self._config.gateway_url,
             telegram_api_url=self._config.telegram_api_url,
             installation=self._config.installation_id,
+            allowed_user_ids=access_of(agent).allowed_user_ids(agent.owner_id),
             running=agent.desired_state == DesiredState.RUNNING,
             revision=agent.revision,
         )

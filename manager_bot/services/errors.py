@@ -53,3 +53,16 @@ class DeployFailed(HatchbotError):
         self.step = step
         self.hint = hint
         self.rolled_back = rolled_back
+
+
+class InvalidAccess(InvalidAgentConfig):
+    """An access list the platform cannot accept (too many ids, not ids at all)."""
+
+
+class TokenOfAnotherBot(HatchbotError):
+    """A replacement token that belongs to another bot than the agent's."""
+
+    def __init__(self, *, expected: str, given: str) -> None:
+        super().__init__(f"the token is @{given}'s, not @{expected}'s")
+        self.expected = expected
+        self.given = given

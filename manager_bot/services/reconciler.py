@@ -105,6 +105,11 @@ class Reconciler:
             await self._deployer.audit_system(
                 "reconcile", None, f"applied {applied}, removed {removed}"
             )
+        # Telegram's side (commands, description, a Managed Bot's access) that a 429 or an
+        # outage kept from being set when it was asked for.
+        profiles = await self._deployer.sync_pending_profiles()
+        if profiles:
+            log.info("reconcile set the Telegram profile of %s", profiles)
         return ReconcileReport(tuple(applied), tuple(removed), tuple(failed))
 
     async def _removable(

@@ -1,4 +1,5 @@
-"""Bot API calls made with an agent's token (not the manager's): identity and webhooks.
+"""Bot API calls about agents: identity, webhooks and profile with an agent's token, and
+the Managed Bots calls only the manager's own token may make (access settings).
 
 The manager owns every agent's webhook: it sets it (Kubernetes) or deletes it
 (local polling) and checks the result, so agent pods never call getUpdates.
@@ -9,7 +10,7 @@ token never appears in them.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -23,6 +24,8 @@ from aiogram.exceptions import (
     TelegramServerError,
     TelegramUnauthorizedError,
 )
+from aiogram.types import BotCommand
+from pydantic import SecretStr
 
 from manager_bot.metrics import TelegramErrorMetrics
 from manager_bot.response_models import KeepResponseModels
@@ -44,6 +47,14 @@ class BotIdentity:
     id: int
     username: str
     first_name: str
+
+
+@dataclass(frozen=True)
+class ManagedAccess:
+    """A Managed Bot's access settings as Telegram keeps them (the owner always has it)."""
+
+    restricted: bool
+    user_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,10 +80,17 @@ class AgentTokenError(Exception):
 class AgentTelegram:
     """Bot API calls on behalf of agents, sharing one HTTP session for all tokens."""
 
-    def __init__(self, *, api_url: str) -> None:
+    def __init__(self, *, api_url: str, manager_token: SecretStr | None = None) -> None:
         self._session = AiohttpSession(api=TelegramAPIServer.from_base(api_url))
         self._session.middleware(TelegramErrorMetrics())
         self._session.middleware(KeepResponseModels())
+        # For what only the manager bot may ask about the bots it manages.
+        self._manager_token = manager_token
+
+    @property
+    def manages_bots(self) -> bool:
+        """Whether Managed Bots' own settings can be changed (the manager's token is here)."""
+        return self._manager_token is not None
 
     async def close(self) -> None:
         await self._session.close()
@@ -111,6 +129,47 @@ class AgentTelegram:
             last_error_message=info.last_error_message,
             last_error_date=int(last_error.timestamp()) if last_error else None,
         )
+
+    async def set_commands(self, token: str, commands: Sequence[tuple[str, str]]) -> None:
+        """setMyCommands in the default scope: the menu every user of the bot sees."""
+        await self._call(
+            self._bot(token).set_my_commands(
+                [BotCommand(command=name, description=text) for name, text in commands]
+            )
+        )
+
+    async def set_descriptions(self, token: str, *, description: str, short: str) -> None:
+        """setMyDescription (the empty chat's "What can this bot do?", 0-512 characters)
+        and setMyShortDescription (the profile page and shared links, 0-120)."""
+        bot = self._bot(token)
+        await self._call(bot.set_my_description(description=description))
+        await self._call(bot.set_my_short_description(short_description=short))
+
+    async def set_managed_access(
+        self, bot_id: int, *, restricted: bool, user_ids: Sequence[int] = ()
+    ) -> None:
+        """setManagedBotAccessSettings with the manager's token: `restricted` lets only the
+        owner and `user_ids` (at most 10) use the bot."""
+        await self._call(
+            self._manager().set_managed_bot_access_settings(
+                user_id=bot_id,
+                is_access_restricted=restricted,
+                added_user_ids=list(user_ids) if restricted else None,
+            )
+        )
+
+    async def managed_access(self, bot_id: int) -> ManagedAccess:
+        """getManagedBotAccessSettings with the manager's token."""
+        settings = await self._call(self._manager().get_managed_bot_access_settings(user_id=bot_id))
+        return ManagedAccess(
+            restricted=settings.is_access_restricted,
+            user_ids=tuple(user.id for user in settings.added_users or ()),
+        )
+
+    def _manager(self) -> Bot:
+        if self._manager_token is None:
+            raise AgentTokenError(AgentTokenError.REJECTED, "the manager's token is not configured")
+        return self._bot(self._manager_token.get_secret_value())
 
     @staticmethod
     async def _call(awaitable: Awaitable[T]) -> T:

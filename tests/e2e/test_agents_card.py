@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from manager_bot import texts
 from tests.e2e.conftest import Manager, deploy_directly, fill_wizard
 from tests.fakes.kubelet_env import container_env, mounted_files, secret_strings
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.telegram_api import FakeTelegram
-from tests.fakes.user import SimUser
+from tests.fakes.user import JsonDict, SimUser
+from tests.fakes.waiting import wait_until
 
 
 async def deploy_one(user: SimUser, telegram: FakeTelegram, username: str) -> None:
@@ -71,7 +73,7 @@ async def test_card_actions_stop_resume_edit_revert_logs_delete(
     await user.wait_for(text_contains="no agents yet")
 
 
-async def test_forged_and_foreign_agent_ids_get_not_found(
+async def test_forged_and_foreign_agent_ids_are_out_of_date_and_change_nothing(
     local_manager: Manager, telegram: FakeTelegram
 ) -> None:
     owner = telegram.user(local_manager.fake, first_name="Olga")
@@ -83,17 +85,27 @@ async def test_forged_and_foreign_agent_ids_get_not_found(
     await mallory.wait_for(text_contains="no agents yet")
     anchor = mallory.last_message()
     assert anchor is not None
-    for data in (f"ag:delete_yes:{agent.id}", f"ag:stop:{agent.id}", f"ag:open:{agent.id}"):
+    forged = (f"ag:delete_yes:{agent.id}", f"ag:stop:{agent.id}", f"ag:open:{agent.id}")
+    for data in (*forged, "ag:stop:../../x", f"al:restart:{agent.id}"):
         await mallory.press_callback(anchor, data)
-        await mallory.wait_for(text_contains="Agent not found")
-    await mallory.press_callback(anchor, "ag:stop:../../x")
-    await mallory.wait_for(text_contains="Agent not found")
+    # Someone else's agent looks like one the user no longer has: the menu is out of date.
+    await mallory.wait_for(text_contains="This menu is out of date", after=0)
+
+    async def all_answered() -> bool:
+        return len(out_of_date(mallory)) == 5
+
+    await wait_until(all_answered)
     await mallory.press_callback(anchor, "total garbage")
     await mallory.wait_for_answer(text_contains="Agent not found")
     await mallory.send(f"/stop {agent.id}")
     await mallory.wait_for(text_contains="no agents yet")
     still = await local_manager.deployer.queries.agent(owner_id=owner.id, agent_id=agent.id)
     assert still.desired_state == "running"
+    assert "Agent not found" not in str(owner.messages())
+
+
+def out_of_date(user: SimUser) -> list[JsonDict]:
+    return [a for a in user.callback_answers() if a.get("text") == texts.OUT_OF_DATE]
 
 
 async def test_commands_are_registered_and_unknown_input_is_answered(

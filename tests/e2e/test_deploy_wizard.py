@@ -73,7 +73,9 @@ async def test_two_tap_managed_bot_on_kubernetes(
     await user.press("dana_ai_bot")
     await user.wait_for(text_contains="Version: 1")
     await user.press("Rotate token")
-    await user.wait_for(text_contains="fresh token")
+    await user.wait_for(text_contains="fresh token?")  # the card asks first
+    await user.press("Yes, rotate")
+    await user.wait_for(text_contains="has a fresh token")
     assert managed.token != old_token
     assert (
         kube_manager.deployer.spec_for(

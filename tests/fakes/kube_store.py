@@ -301,7 +301,11 @@ def value_at(obj: Any, path: tuple[str, ...]) -> Any:
 
 def _remove_path(obj: JsonDict, path: tuple[str, ...]) -> None:
     if len(path) > 1 and path[-2].startswith("k:") and path[-1] in json.loads(path[-2][2:]):
-        return  # an element's key goes with the element, which apply_merge drops
+        # Nobody owns the element's key any more: the element goes whole, at any depth
+        # (an env entry inside a container included), as the real server removes it.
+        _remove_path_only(obj, path[:-1])
+        _prune_empty(obj, path[:-2])
+        return
     parent = value_at(obj, path[:-1])
     if isinstance(parent, dict):
         parent.pop(path[-1], None)

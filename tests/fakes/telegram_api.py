@@ -38,6 +38,9 @@ JsonDict = dict[str, Any]
 
 MAX_TEXT = 4096
 MAX_CAPTION = 1024
+MAX_DESCRIPTION = 512  # setMyDescription: 0-512 characters
+MAX_SHORT_DESCRIPTION = 120  # setMyShortDescription: 0-120 characters
+MAX_ADDED_USERS = 10  # setManagedBotAccessSettings: up to 10 besides the owner
 SECRET_TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "_-")
 # Fields that are strings in the Bot API: kept raw even when they look like JSON.
 STRING_FIELDS = frozenset(
@@ -139,6 +142,12 @@ class FakeBot:
     drafts: list[JsonDict] = field(default_factory=list)
     chat_actions: list[JsonDict] = field(default_factory=list)
     commands: dict[str, list[JsonDict]] = field(default_factory=dict)
+    # By language code ("" for the default), as setMyDescription and friends keep them.
+    descriptions: dict[str, str] = field(default_factory=dict)
+    short_descriptions: dict[str, str] = field(default_factory=dict)
+    # A Managed Bot's access settings (changed only by its manager bot).
+    access_restricted: bool = False
+    access_user_ids: list[int] = field(default_factory=list)
     callback_answers: list[JsonDict] = field(default_factory=list)
     pending: deque[JsonDict] = field(default_factory=deque)
     next_update_id: int = 1
@@ -275,6 +284,14 @@ class FakeTelegram:
     def revoke(self, token: str) -> None:
         bot = self._bots.pop(token)
         bot.revoked_tokens.add(token)
+
+    def reissue_token(self, bot: FakeBot) -> str:
+        """BotFather's /revoke: the bot's token stops working and a new one is issued;
+        the bot (id, webhook, profile) stays the same."""
+        self.revoke(bot.token)
+        bot.token = make_token(bot.id)
+        self._bots[bot.token] = bot
+        return bot.token
 
     def user(
         self,
@@ -430,11 +447,17 @@ class FakeTelegram:
             "setmycommands": self._set_my_commands,
             "getmycommands": self._get_my_commands,
             "deletemycommands": self._delete_my_commands,
+            "setmydescription": self._set_my_description,
+            "getmydescription": self._get_my_description,
+            "setmyshortdescription": self._set_my_short_description,
+            "getmyshortdescription": self._get_my_short_description,
             "setwebhook": self._set_webhook,
             "deletewebhook": self._delete_webhook,
             "getwebhookinfo": self._get_webhook_info,
             "getmanagedbottoken": self._get_managed_bot_token,
             "replacemanagedbottoken": self._replace_managed_bot_token,
+            "setmanagedbotaccesssettings": self._set_managed_bot_access_settings,
+            "getmanagedbotaccesssettings": self._get_managed_bot_access_settings,
         }
 
     # -- methods -----------------------------------------------------------------
@@ -639,6 +662,26 @@ class FakeTelegram:
         bot.commands.pop(_scope_key(params), None)
         return True
 
+    async def _set_my_description(self, bot: FakeBot, params: JsonDict) -> bool:
+        text = str(params.get("description") or "")
+        if len(text) > MAX_DESCRIPTION:
+            raise bad_request("description is too long")
+        _set_by_language(bot.descriptions, params, text)
+        return True
+
+    async def _get_my_description(self, bot: FakeBot, params: JsonDict) -> JsonDict:
+        return {"description": _by_language(bot.descriptions, params)}
+
+    async def _set_my_short_description(self, bot: FakeBot, params: JsonDict) -> bool:
+        text = str(params.get("short_description") or "")
+        if len(text) > MAX_SHORT_DESCRIPTION:
+            raise bad_request("short description is too long")
+        _set_by_language(bot.short_descriptions, params, text)
+        return True
+
+    async def _get_my_short_description(self, bot: FakeBot, params: JsonDict) -> JsonDict:
+        return {"short_description": _by_language(bot.short_descriptions, params)}
+
     async def _set_webhook(self, bot: FakeBot, params: JsonDict) -> bool:
         url = str(params.get("url") or "")
         if not url:
@@ -702,6 +745,40 @@ class FakeTelegram:
         managed.token = make_token(managed.id)
         self._bots[managed.token] = managed
         return managed.token
+
+    async def _set_managed_bot_access_settings(self, bot: FakeBot, params: JsonDict) -> bool:
+        managed = self._managed_by(bot, params)
+        restricted = params.get("is_access_restricted")
+        if not isinstance(restricted, bool):
+            raise bad_request("is_access_restricted must be a boolean")
+        added = params.get("added_user_ids") or []
+        if not isinstance(added, list) or not all(isinstance(i, int) for i in added):
+            raise bad_request("can't parse added_user_ids JSON array")
+        if len(added) > MAX_ADDED_USERS:
+            raise bad_request("too many users specified")
+        managed.access_restricted = restricted
+        # "Ignored if is_access_restricted is False"
+        managed.access_user_ids = list(dict.fromkeys(added)) if restricted else []
+        return True
+
+    async def _get_managed_bot_access_settings(self, bot: FakeBot, params: JsonDict) -> JsonDict:
+        managed = self._managed_by(bot, params)
+        settings: JsonDict = {"is_access_restricted": managed.access_restricted}
+        if managed.access_restricted:
+            settings["added_users"] = [self._user(user_id) for user_id in managed.access_user_ids]
+        return settings
+
+    def _user(self, user_id: int) -> JsonDict:
+        """A User object for an id: what the fake knows of it from its private chat."""
+        chat = self._chats.get(user_id, {})
+        user: JsonDict = {
+            "id": user_id,
+            "is_bot": False,
+            "first_name": chat.get("first_name", "User"),
+        }
+        if chat.get("username"):
+            user["username"] = chat["username"]
+        return user
 
     def _managed_by(self, bot: FakeBot, params: JsonDict) -> FakeBot:
         user_id = int(params.get("user_id") or 0)
@@ -924,6 +1001,21 @@ def _scope_key(params: JsonDict) -> str:
     scope = params.get("scope") or {"type": "default"}
     language = params.get("language_code") or ""
     return json.dumps(scope, sort_keys=True) + language
+
+
+def _set_by_language(texts: dict[str, str], params: JsonDict, text: str) -> None:
+    """An empty text removes the dedicated text of that language, as Telegram does."""
+    language = str(params.get("language_code") or "")
+    if text:
+        texts[language] = text
+    else:
+        texts.pop(language, None)
+
+
+def _by_language(texts: dict[str, str], params: JsonDict) -> str:
+    """The language's own text, else the default one, else empty."""
+    language = str(params.get("language_code") or "")
+    return texts.get(language, texts.get("", ""))
 
 
 def _public(message: JsonDict) -> JsonDict:

@@ -172,6 +172,18 @@ class SimUser(_ChatParticipant):
             content["entities"] = entities
         return await self._push_message(self.as_user(), content)
 
+    async def forward(
+        self, text: str, *, author: SimUser | None = None, hidden_name: str | None = None
+    ) -> JsonDict:
+        """A message `author` wrote, forwarded here; without an author, from someone who
+        hides their account in forwards (Telegram gives only their name)."""
+        origin: JsonDict = {"date": int(time.time()) - 60}
+        if author is not None:
+            origin.update(type="user", sender_user=author.as_user())
+        else:
+            origin.update(type="hidden_user", sender_user_name=hidden_name or "Someone")
+        return await self._push_message(self.as_user(), {"text": text, "forward_origin": origin})
+
     async def send_photo(self, caption: str | None = None) -> JsonDict:
         photo = [
             {

@@ -34,7 +34,7 @@ async def doctor(cwd: Path, env: dict[str, str]) -> tuple[int, dict[str, str], s
     lines = {}
     for line in output.splitlines():
         verdict, _, rest = line.partition("  ")
-        if verdict in ("PASS", "FAIL", "SKIP"):
+        if verdict in ("PASS", "FAIL", "SKIP", "WARN"):
             name, _, detail = rest.strip().partition("  ")
             lines[name.strip()] = f"{verdict} {detail.strip()}"
     assert process.returncode is not None
@@ -90,16 +90,17 @@ async def test_a_ready_installation_passes_every_check(
     telegram: FakeTelegram, kube: FakeKubernetes, kubeconfig: Path, stored: tuple[str, str],
     public_endpoint: int, tmp_path: Path,
 ) -> None:  # fmt: skip
-    manager = telegram.add_bot(username="hatchbot_bot")
+    manager = telegram.add_bot(username="hatchbot_bot", can_manage_bots=True)
     env = base_env(manager, telegram, kubeconfig, *stored, public_endpoint)
     code, checks, output = await doctor(tmp_path, env)
     assert code == 0, output
     assert set(checks) == {
-        "configuration", "database", "migrations", "encryption", "manager token", "cluster",
-        "namespace", "permissions", "public URL",
+        "configuration", "database", "migrations", "encryption", "manager token",
+        "managed bots", "cluster", "namespace", "permissions", "public URL",
     }  # fmt: skip
     assert all(line.startswith("PASS") for line in checks.values()), output
     assert checks["manager token"] == "PASS getMe: @hatchbot_bot"
+    assert checks["managed bots"].startswith("PASS Bot Management Mode is on")
     assert "decrypt all 2 stored secrets" in checks["encryption"]
     assert "all 20 granted in agents" in checks["permissions"]
     assert kube.objects("secrets", "agents") == []  # the namespace probe was a dry run
@@ -125,7 +126,21 @@ async def test_each_problem_is_named_and_fails_the_run(
     assert checks["namespace"] == "FAIL agents not found"
     assert checks["public URL"].startswith("FAIL cannot connect to 127.0.0.1")
     assert checks["cluster"].startswith("PASS")
+    assert checks["managed bots"] == "SKIP needs the manager token"
     assert revoked.token not in output and AGENT_TOKEN not in output
+
+
+async def test_bot_management_mode_off_is_a_warning_with_the_way_to_turn_it_on(
+    telegram: FakeTelegram, kube: FakeKubernetes, kubeconfig: Path, stored: tuple[str, str],
+    public_endpoint: int, tmp_path: Path,
+) -> None:  # fmt: skip
+    manager = telegram.add_bot(username="hatchbot_bot")  # can_manage_bots: false
+    env = base_env(manager, telegram, kubeconfig, *stored, public_endpoint)
+    code, checks, output = await doctor(tmp_path, env)
+    assert code == 0, output  # the manager runs: users paste BotFather tokens instead
+    assert checks["managed bots"].startswith("WARN Bot Management Mode is off"), output
+    assert "@BotFather → your bot → Bot Settings → Bot Management Mode → Turn on" in output
+    assert "all checks passed (1 warning(s): managed bots)" in output
 
 
 async def test_missing_permissions_unmigrated_database_and_unreachable_cluster(

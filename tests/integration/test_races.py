@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from manager_bot.crypto import Vault, generate_key
 from manager_bot.db.migrate import upgrade
-from manager_bot.db.models import Agent, DesiredState, User, utcnow
+from manager_bot.db.models import Agent, DesiredState, User, new_agent_id, utcnow
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database, is_sqlite
 from manager_bot.services.deployer import NewAgent
@@ -196,6 +197,27 @@ async def test_a_user_never_seen_by_the_bot_gets_a_row_to_lock(request_db: str) 
         await database.close()
 
 
+async def add_at_0004(session: AsyncSession, agent: Agent) -> Agent:
+    """The agent's row as the schema of revision 0004 holds it: only the columns it had
+    (the model has grown since, and the ORM would write every column it knows)."""
+    agent.id = new_agent_id()
+    row = {
+        "id": agent.id, "owner_id": agent.owner_id, "name": agent.name,
+        "bot_id": agent.bot_id, "bot_username": agent.bot_username, "managed": False,
+        "token_encrypted": agent.token_encrypted,
+        "webhook_secret_encrypted": agent.webhook_secret_encrypted,
+        "provider": agent.provider, "model": agent.model,
+        "system_prompt": agent.system_prompt, "revision": 1,
+        "desired_state": agent.desired_state or DesiredState.RUNNING.value,
+        "created_at": agent.created_at or utcnow(), "updated_at": utcnow(),
+    }  # fmt: skip
+    await session.execute(
+        text(f"INSERT INTO agents ({', '.join(row)}) VALUES ({', '.join(':' + c for c in row)})"),
+        row,
+    )
+    return agent
+
+
 async def test_the_upgrade_keeps_the_newest_of_two_live_agents_of_one_bot(
     request_db: str,
 ) -> None:
@@ -209,14 +231,14 @@ async def test_the_upgrade_keeps_the_newest_of_two_live_agents_of_one_bot(
             repos = Repositories(session)
             for user_id in (OWNER, STRANGER):
                 await repos.users.upsert(user_id=user_id, username=None, first_name="U")
-            older = await repos.agents.add(
-                agent_of(OWNER, 9, vault, created_at=now - timedelta(minutes=1))
+            older = await add_at_0004(
+                session, agent_of(OWNER, 9, vault, created_at=now - timedelta(minutes=1))
             )
-            newer = await repos.agents.add(
-                agent_of(STRANGER, 9, vault, created_at=now, desired_state="stopped")
+            newer = await add_at_0004(
+                session, agent_of(STRANGER, 9, vault, created_at=now, desired_state="stopped")
             )
-            other = await repos.agents.add(agent_of(OWNER, 10, vault))
-            deleted = await repos.agents.add(agent_of(OWNER, 9, vault, desired_state="deleted"))
+            other = await add_at_0004(session, agent_of(OWNER, 10, vault))
+            deleted = await add_at_0004(session, agent_of(OWNER, 9, vault, desired_state="deleted"))
         await upgrade(request_db)
         async with database.session() as session:
             repos = Repositories(session)

@@ -1,0 +1,1 @@
+"""How things are shown: screens (pure) and the messages that show them."""
