@@ -121,10 +121,7 @@ STEP_LABELS = {
     "webhook": "Webhook set",
     "ready": "Agent ready",
 }
-DEPLOY_FAILED = (
-    "❌ Deploy failed at <b>{step}</b>: {hint}\n"
-    "Nothing was left behind. Try /deploy again in a moment."
-)
+DEPLOY_FAILED = "❌ Deploy failed at <b>{step}</b>: {reason}\nNothing was left behind."
 DEPLOYED = "🎉 @{username} is live! Open it: https://t.me/{username}"
 DEPLOY_INTERRUPTED = (
     "⚠️ The deploy was interrupted by a restart on our side before your bot was made. "
@@ -454,3 +451,34 @@ def broadcast_report(
             f"Uncertain (a send cut off mid-way: a stop, or no answer in time; not sent again): {counts['uncertain']}"
         )
     return "\n".join(lines)
+
+
+# -- failures in plain words (one per services.errors.ErrorCode) -------------------------
+FAILURE_WORDS = {
+    "cluster-denied": (
+        "our servers would not let me set up your bot. That is a problem on our side, "
+        "not yours: please tell an admin and quote the reference."
+    ),
+    "cluster-unavailable": "our servers are busy or unreachable right now. Please try again "
+    "in a few minutes.",
+    "cluster-rejected": (
+        "our servers refused your bot's settings. Please tell an admin and quote the reference."
+    ),
+    "agent-crashed": (
+        "your bot started but keeps stopping. Check its instructions and model and try "
+        "again; if it happens again, tell an admin and quote the reference."
+    ),
+    "agent-changed": "the bot was stopped or deleted while this ran. Open /agents to see it.",
+    "token-revoked": (
+        "Telegram no longer accepts this bot's token (was it revoked in @BotFather?). "
+        "Get a new token from @BotFather and try again."
+    ),
+    "telegram-unavailable": "Telegram did not answer. Please try again in a minute.",
+    "telegram-rejected": (
+        "Telegram would not connect your bot to us. Please try again later; if it keeps "
+        "happening, tell an admin and quote the reference."
+    ),
+    "internal": "something went wrong on our side. Please try again in a moment.",
+}
+ACTION_FAILED_PLAIN = "That didn't work: {reason}"
+FAILURE_REFERENCE = "(error <code>{code}</code>, reference <code>{reference}</code>)"

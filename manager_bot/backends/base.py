@@ -89,9 +89,10 @@ class Observed:
 class BackendError(Exception):
     """A backend operation failed; `retryable` says whether trying again may help."""
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(self, message: str, *, retryable: bool = True, status: int | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.status = status  # the cluster API's answer (0: unreachable); None: not an API
 
 
 class Backend(Protocol):

@@ -411,8 +411,7 @@ class KubernetesError(BackendError):
 
     def __init__(self, message: str, *, status: int) -> None:
         retryable = status == 0 or status >= 500 or status in (409, 429)
-        super().__init__(message, retryable=retryable)
-        self.status = status
+        super().__init__(message, retryable=retryable, status=status)
 
 
 def _api_error(method: str, path: str, status: int, body: Any) -> KubernetesError:

@@ -50,6 +50,7 @@ from manager_bot.services.errors import (
 from manager_bot.services.llm_keys import KeyCheck, check_key
 from manager_bot.services.providers import Provider, find_provider
 from manager_bot.services.telegram import AgentTokenError, BotIdentity, looks_like_token
+from manager_bot.views.errors import explain
 from manager_bot.views.live_card import send_card
 
 log = logging.getLogger(__name__)
@@ -458,7 +459,7 @@ async def _deploy_and_tell(
     except DeployFailed as failure:
         await progress_message.edit_text(
             texts.DEPLOY_FAILED.format(
-                step=texts.STEP_LABELS.get(failure.step, failure.step), hint=failure.hint
+                step=texts.STEP_LABELS.get(failure.step, failure.step), reason=explain(failure)
             )
         )
         return

@@ -10,7 +10,7 @@ from manager_bot.crypto import Vault
 from manager_bot.db.models import Agent
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
-from manager_bot.services.errors import AgentNotFound, DeployFailed
+from manager_bot.services.errors import AgentNotFound, DeployFailed, cluster_code
 from manager_bot.services.telegram import AgentTelegram, WebhookStatus
 from runtime.redaction import redact
 
@@ -71,7 +71,9 @@ class AgentQueries:
         try:
             text = await self._backend.logs(agent.id, lines)
         except BackendError as error:
-            raise DeployFailed(LOGS_STEP, str(error), rolled_back=False) from None
+            raise DeployFailed(
+                LOGS_STEP, str(error), rolled_back=False, code=cluster_code(error.status)
+            ) from None
         return redact(text, self._secrets_of(agent))
 
     def _secrets_of(self, agent: Agent) -> list[str]:

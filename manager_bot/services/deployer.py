@@ -52,12 +52,14 @@ from manager_bot.services.errors import (
     BotAlreadyUsed,
     DeployFailed,
     DeployThrottled,
+    ErrorCode,
     InvalidAccess,
     InvalidAgentConfig,
     InvalidBotToken,
     NoPreviousRevision,
     QuotaReached,
     TokenOfAnotherBot,
+    cluster_code,
 )
 from manager_bot.services.providers import Provider, find_provider, is_model_id
 from manager_bot.services.telegram import (
@@ -290,7 +292,7 @@ class Deployer:
             failure = (
                 error
                 if isinstance(error, DeployFailed)
-                else DeployFailed(DeployStep.WORKLOAD, "an unexpected error on our side")
+                else DeployFailed(DeployStep.WORKLOAD, f"unexpected: {error!r}")
             )
             if not isinstance(error, DeployFailed):
                 log.exception("deploy of agent %s failed unexpectedly", agent.id)
@@ -305,7 +307,11 @@ class Deployer:
         async with self.locks.hold(agent_id):
             agent = await self.stored(agent_id)
             if agent is None or agent.desired_state != DesiredState.RUNNING:
-                raise DeployFailed(DeployStep.WORKLOAD, "it was stopped or deleted meanwhile")
+                raise DeployFailed(
+                    DeployStep.WORKLOAD,
+                    "stopped or deleted meanwhile",
+                    code=ErrorCode.AGENT_CHANGED,
+                )
             await self._finish_deploy(agent, actor_id=actor_id or agent.owner_id,
                                       progress=no_progress)  # fmt: skip
         return await self._reload(agent_id)
@@ -346,7 +352,9 @@ class Deployer:
         try:
             await self._backend.apply(spec)
         except BackendError as error:
-            raise DeployFailed(DeployStep.WORKLOAD, str(error)) from None
+            raise DeployFailed(
+                DeployStep.WORKLOAD, str(error), code=cluster_code(error.status)
+            ) from None
         await self._report(progress, DeployStep.WORKLOAD)
         if DeployStep.ROUTE in self.steps:
             await self._report(progress, DeployStep.ROUTE)
@@ -785,7 +793,10 @@ class Deployer:
         if spec.running:
             await self.point_webhook(spec, drop_pending_updates=False)
         if failed is not None:
-            raise DeployFailed(DeployStep.WORKLOAD, str(failed), rolled_back=False) from None
+            raise DeployFailed(
+                DeployStep.WORKLOAD, str(failed), rolled_back=False,
+                code=cluster_code(failed.status),
+            ) from None  # fmt: skip
         if spec.running:
             # Done means the new configuration answers (or is still starting), and a
             # configuration that crashes is said now, not by the next health sweep.
@@ -809,9 +820,14 @@ class Deployer:
             )
             status = await self._telegram.webhook_status(token)
         except AgentTokenError as error:
-            raise DeployFailed(DeployStep.WEBHOOK, error.reason) from None
+            raise DeployFailed(
+                DeployStep.WEBHOOK, error.reason, code=_telegram_code(error)
+            ) from None
         if status.url != url:
-            raise DeployFailed(DeployStep.WEBHOOK, "Telegram did not keep the webhook URL")
+            raise DeployFailed(
+                DeployStep.WEBHOOK, "Telegram did not keep the webhook URL",
+                code=ErrorCode.TELEGRAM_REJECTED,
+            )  # fmt: skip
 
     async def _wait_until_ready(self, agent_id: str) -> Observed:
         """Poll the backend until the agent runs; a crash loop fails, slowness does not."""
@@ -826,7 +842,10 @@ class Deployer:
             if observed.state is ObservedState.RUNNING:
                 return observed
             if observed.state is ObservedState.CRASH_LOOPING:
-                raise DeployFailed(DeployStep.READY, observed.reason or "the agent keeps crashing")
+                raise DeployFailed(
+                    DeployStep.READY, observed.reason or "crash-looping",
+                    code=ErrorCode.AGENT_CRASHED,
+                )  # fmt: skip
             await asyncio.sleep(self._config.ready_poll_interval)
         # Still starting (an image pull, a slow node): not a failure; health reports it later.
         return observed
@@ -894,7 +913,10 @@ class Deployer:
         try:
             return await call
         except BackendError as error:
-            raise DeployFailed(DeployStep.WORKLOAD, str(error), rolled_back=False) from None
+            raise DeployFailed(
+                DeployStep.WORKLOAD, str(error), rolled_back=False,
+                code=cluster_code(error.status),
+            ) from None  # fmt: skip
 
     async def _audit(
         self,
@@ -914,3 +936,10 @@ class Deployer:
             agent = await Repositories(session).agents.get(agent_id)
             assert agent is not None
             return agent
+
+
+def _telegram_code(error: AgentTokenError) -> ErrorCode:
+    return {
+        AgentTokenError.INVALID: ErrorCode.TOKEN_REVOKED,
+        AgentTokenError.UNREACHABLE: ErrorCode.TELEGRAM_UNAVAILABLE,
+    }.get(error.reason, ErrorCode.TELEGRAM_REJECTED)

@@ -2,6 +2,33 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Why an action failed, stable across releases: users quote it, texts key on it."""
+
+    CLUSTER_DENIED = "cluster-denied"  # the cluster refused our request (permissions)
+    CLUSTER_UNAVAILABLE = "cluster-unavailable"  # unreachable, overloaded or busy: retry
+    CLUSTER_REJECTED = "cluster-rejected"  # the cluster refused the objects themselves
+    AGENT_CRASHED = "agent-crashed"  # the bot started and kept stopping
+    AGENT_CHANGED = "agent-changed"  # stopped or deleted while the action ran
+    TOKEN_REVOKED = "token-revoked"  # Telegram no longer accepts the bot's token
+    TELEGRAM_UNAVAILABLE = "telegram-unavailable"  # Telegram unreachable or failing: retry
+    TELEGRAM_REJECTED = "telegram-rejected"  # Telegram refused the webhook
+    INTERNAL = "internal"  # a fault on our side
+
+
+def cluster_code(status: int | None) -> ErrorCode:
+    """The code of a backend failure, from the cluster API's status (None: not an API)."""
+    if status is None:
+        return ErrorCode.INTERNAL
+    if status == 403:
+        return ErrorCode.CLUSTER_DENIED
+    if status == 0 or status >= 500 or status in (409, 429):
+        return ErrorCode.CLUSTER_UNAVAILABLE
+    return ErrorCode.CLUSTER_REJECTED
+
 
 class HatchbotError(Exception):
     """Base of the errors a handler turns into a helpful reply."""
@@ -46,13 +73,20 @@ class NoPreviousRevision(HatchbotError):
 
 
 class DeployFailed(HatchbotError):
-    """A step of a deploy or change failed; nothing half-made was left behind."""
+    """A step of a deploy or change failed; nothing half-made was left behind.
 
-    def __init__(self, step: str, hint: str, *, rolled_back: bool = True) -> None:
+    `code` is what the user is told (in plain words, views/errors.py); `hint` is the
+    internal detail, for the log only."""
+
+    def __init__(
+        self, step: str, hint: str, *, rolled_back: bool = True,
+        code: ErrorCode = ErrorCode.INTERNAL,
+    ) -> None:  # fmt: skip
         super().__init__(f"{step}: {hint}")
         self.step = step
         self.hint = hint
         self.rolled_back = rolled_back
+        self.code = code
 
 
 class InvalidAccess(InvalidAgentConfig):

@@ -22,6 +22,7 @@ from manager_bot.db.session import Database
 from manager_bot.services.deployer import Deployer
 from manager_bot.services.errors import DeployFailed
 from manager_bot.services.reconciler import Reconciler
+from manager_bot.views.errors import explain
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ class Recovery:
                 status, text = (
                     OperationStatus.FAILED,
                     texts.DEPLOY_FAILED.format(
-                        step=texts.STEP_LABELS.get(failure.step, failure.step), hint=failure.hint
+                        step=texts.STEP_LABELS.get(failure.step, failure.step),
+                        reason=explain(failure),
                     ),
                 )
             else:

@@ -17,6 +17,7 @@ from manager_bot.services.agent_profile import MAX_DESCRIPTION, Access, access_o
 from manager_bot.services.budgets import Spend
 from manager_bot.services.errors import DeployFailed, HatchbotError, NoPreviousRevision
 from manager_bot.services.providers import Provider
+from manager_bot.views.errors import explain
 
 MAX_TEXT = 4096  # Telegram's limit on a message's text, counted after entities are parsed
 
@@ -143,7 +144,7 @@ def failure(error: HatchbotError) -> str:
     if isinstance(error, NoPreviousRevision):
         return texts.NO_PREVIOUS
     if isinstance(error, DeployFailed):
-        return texts.ACTION_FAILED.format(hint=escape(error.hint))
+        return texts.ACTION_FAILED_PLAIN.format(reason=explain(error))
     return texts.ACTION_FAILED.format(hint=escape(str(error)))
 
 
