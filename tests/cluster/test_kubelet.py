@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -18,6 +18,7 @@ from tests.fakes.kubelet import FakeKubelet
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram
+from tests.fakes.waiting import until
 
 CLUSTER = ClusterConfig(
     namespace="agents", image="hatchbot:test", router="istio", public_url="https://x.example"
@@ -56,15 +57,6 @@ def create(kube: FakeKubernetes, manifests: list[dict[str, Any]]) -> None:
         body = copy.deepcopy(manifest)
         body["metadata"]["namespace"] = "agents"
         kube.put_object(plural[manifest["kind"]], body)
-
-
-async def until(check: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if found := check():
-            return found
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 def pods(kube: FakeKubernetes) -> list[dict[str, Any]]:

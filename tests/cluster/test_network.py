@@ -11,12 +11,13 @@ import pytest
 import yaml
 
 from manager_bot.backends.manifests import ClusterConfig, agent_manifests, webhook_path
-from tests.cluster.test_kubelet import create, ready_pod, spec, until
+from tests.cluster.test_kubelet import create, ready_pod, spec
 from tests.fakes.cluster_network import Caller, FakeClusterNetwork
 from tests.fakes.kubelet import FakeKubelet
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram
+from tests.fakes.waiting import until
 from tests.runtime.conftest import set_webhook
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,12 +9,10 @@ agent answers through the LLM gateway. Nothing here is marked ready by hand.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -34,6 +32,7 @@ from tests.fakes.loopback import free_port
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.user import SimUser
+from tests.fakes.waiting import until
 
 REPO = Path(__file__).resolve().parents[2]
 GATEWAYS = {
@@ -128,15 +127,6 @@ async def cluster(
         database_url=sqlite_url, scratch=tmp_path,
     ) as running:  # fmt: skip
         yield running
-
-
-async def until(check: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if found := check():
-            return found
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 def system_prompt(openai_server: FakeOpenAI) -> str:

@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from kubernetes import client, config
 
-from manager_bot.app import ManagerParts, assemble_manager
-from manager_bot.backends.base import Backend
 from manager_bot.backends.kubernetes import KubernetesBackend
 from manager_bot.backends.local import LocalBackend
 from manager_bot.backends.manifests import ClusterConfig
-from manager_bot.config import ManagerSettings
-from manager_bot.crypto import Vault, generate_key
 from manager_bot.db.models import DesiredState
 from manager_bot.db.repositories import Repositories
-from manager_bot.db.session import Database
-from manager_bot.services.deployer import Deployer, DeployStep, NewAgent
+from manager_bot.services.deployer import DeployStep, NewAgent
 from manager_bot.services.errors import (
     AgentNotFound,
     BotAlreadyUsed,
@@ -33,83 +26,17 @@ from manager_bot.services.errors import (
     QuotaReached,
 )
 from manager_bot.services.reconciler import Reconciler
-from runtime.settings_loading import load_settings
 from tests.fakes.databases import raw_database_bytes
 from tests.fakes.kubelet_env import secret_strings
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.waiting import wait_until
+from tests.integration.world import OWNER, PUBLIC_URL, STRANGER, World, build_world
 
-PUBLIC_URL = "https://bots.example.com"
 USER_KEY = "sk-userownkeyuserownkey0000"
-OWNER, STRANGER = 1001, 2002
 LABELLED = "app.kubernetes.io/managed-by=hatchbot"
 KINDS = ("secrets", "deployments", "services", "networkpolicies", "virtualservices")
-
-
-@dataclass
-class World:
-    """A manager's parts, as `python -m manager_bot` assembles them, without the chat."""
-
-    parts: ManagerParts
-    telegram: FakeTelegram
-    llm: FakeOpenAI
-    database_url: str
-    cleanup: contextlib.AsyncExitStack
-
-    @property
-    def deployer(self) -> Deployer:
-        return self.parts.deployer
-
-    @property
-    def database(self) -> Database:
-        return self.parts.database
-
-    @property
-    def backend(self) -> Backend:
-        return self.parts.backend
-
-    @property
-    def reconciler(self) -> Reconciler:
-        return self.parts.reconciler
-
-    async def close(self) -> None:
-        await self.cleanup.aclose()
-
-
-async def build_world(
-    *, url: str, backend: Backend, telegram: FakeTelegram, llm: FakeOpenAI
-) -> World:
-    settings = load_settings(
-        ManagerSettings,
-        {
-            "MANAGER_BOT_TOKEN": "1:x",
-            "TELEGRAM_API_URL": telegram.url,
-            "OPENAI_API_KEY": "sk-platformkeyplatformkey00",
-            "OPENAI_BASE_URL": llm.url,
-            "DATABASE_URL": url,
-            "MAX_AGENTS_PER_USER": "2",
-            "GATEWAY_PORT": "0",
-            "PUBLIC_URL": PUBLIC_URL,
-            **({"BACKEND": "kubernetes"} if isinstance(backend, KubernetesBackend) else {}),
-        },
-    )
-    cleanup = contextlib.AsyncExitStack()
-    try:
-        parts = await assemble_manager(
-            settings, cleanup=cleanup, backend=backend, vault=Vault([generate_key()]),
-            ready_timeout=20, ready_poll_interval=0.05,
-        )  # fmt: skip
-        async with parts.database.session() as session:
-            for user_id in (OWNER, STRANGER):
-                await Repositories(session).users.upsert(
-                    user_id=user_id, username=None, first_name="U"
-                )
-    except BaseException:
-        await cleanup.aclose()
-        raise
-    return World(parts, telegram, llm, url, cleanup)
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@ who may talk to it, a pasted bot's new token, and the bot's profile in Telegram.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,19 +11,15 @@ from kubernetes import client, config
 from pydantic import SecretStr
 from sqlalchemy import text
 
-from manager_bot.app import build_deployer, installation_id, open_database
-from manager_bot.backends.base import Backend
 from manager_bot.backends.kubernetes import KubernetesBackend
 from manager_bot.backends.local import LocalBackend
 from manager_bot.backends.manifests import ClusterConfig
-from manager_bot.config import ManagerSettings
-from manager_bot.crypto import Vault, generate_key
 from manager_bot.db.migrate import downgrade, upgrade
 from manager_bot.db.models import Agent, utcnow
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 from manager_bot.services.agent_profile import Access, access_of
-from manager_bot.services.deployer import Deployer, NewAgent
+from manager_bot.services.deployer import NewAgent
 from manager_bot.services.errors import (
     AgentNotFound,
     InvalidAccess,
@@ -33,72 +27,17 @@ from manager_bot.services.errors import (
     InvalidBotToken,
     TokenOfAnotherBot,
 )
-from manager_bot.services.reconciler import Reconciler
 from manager_bot.services.telegram import AgentTelegram, AgentTokenError, ManagedAccess
 from runtime.commands import COMMANDS
-from runtime.settings_loading import load_settings
 from tests.fakes.kubelet_env import container_env, secret_strings
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeBot, FakeTelegram
+from tests.integration.world import World, world_on
 
 PUBLIC_URL = "https://bots.example.com"
 OWNER, STRANGER, FRIEND, OTHER_FRIEND = 1001, 2002, 4444, 5555
 PROMPT = "You are Helper, a patient tutor. Answer in short sentences."
-
-
-@dataclass
-class World:
-    """The manager's deployer and reconciler against the fakes; `manager` is its own bot."""
-
-    deployer: Deployer
-    reconciler: Reconciler
-    database: Database
-    telegram: FakeTelegram
-    manager: FakeBot
-    agent_telegram: AgentTelegram
-
-
-@contextlib.asynccontextmanager
-async def world_on(
-    backend: Backend, *, url: str, telegram: FakeTelegram, llm: FakeOpenAI
-) -> AsyncIterator[World]:
-    """Built with app.build_deployer; the manager's token reaches AgentTelegram, as the
-    manager's wiring passes MANAGER_BOT_TOKEN (Managed Bots' access settings need it)."""
-    manager = telegram.add_bot(username="hatch_bot", can_manage_bots=True)
-    kubernetes = isinstance(backend, KubernetesBackend)
-    settings = load_settings(
-        ManagerSettings,
-        {
-            "MANAGER_BOT_TOKEN": manager.token,
-            "TELEGRAM_API_URL": telegram.url,
-            "OPENAI_API_KEY": "sk-platformkeyplatformkey00",
-            "OPENAI_BASE_URL": llm.url,
-            "DATABASE_URL": url,
-            "PUBLIC_URL": PUBLIC_URL,
-            **({"BACKEND": "kubernetes"} if kubernetes else {}),
-        },
-    )
-    database = await open_database(url)
-    agent_telegram = AgentTelegram(api_url=telegram.url, manager_token=SecretStr(manager.token))
-    try:
-        deployer = build_deployer(
-            settings=settings, database=database, vault=Vault([generate_key()]),
-            backend=backend, telegram=agent_telegram,
-            gateway_url=llm.url,  # no gateway here: agents reach the fake model directly
-            installation_id=await installation_id(database),
-            ready_timeout=30, ready_poll_interval=0.05,
-        )  # fmt: skip
-        async with database.session() as session:
-            for user_id in (OWNER, STRANGER):
-                await Repositories(session).users.upsert(
-                    user_id=user_id, username=None, first_name="U"
-                )
-        reconciler = Reconciler(database=database, backend=backend, deployer=deployer)
-        yield World(deployer, reconciler, database, telegram, manager, agent_telegram)
-    finally:
-        await agent_telegram.close()
-        await database.close()
 
 
 @pytest.fixture
