@@ -86,6 +86,14 @@ class PlatformSettings(BaseSettings):
     gateway_agent_concurrency: int = Field(
         default=8, ge=1, description="completions one agent may have in flight at once"
     )
+    transcription_model: str = Field(
+        default="whisper-1",
+        description="model voice messages are transcribed with, at the platform's OpenAI "
+        "provider; empty: agents answer that they cannot listen",
+    )
+    transcription_tokens_per_second: int = Field(
+        default=100, ge=0, le=100_000, description="tokens one second of transcribed audio costs"
+    )
     gateway_flush_seconds: float = Field(
         default=1.0, gt=0, le=60, description="how often counted usage is written to the database"
     )

@@ -23,6 +23,7 @@ from aiohttp import web
 from runtime.chat import Conversations, Identity
 from runtime.config import RuntimeSettings
 from runtime.llm import Llm, build_client
+from runtime.media import MediaPolicy
 from runtime.metrics import Metrics
 from runtime.redaction import install_redaction
 from runtime.settings_loading import EXIT_BAD_CONFIG
@@ -53,6 +54,11 @@ class Runtime:
             system_prompt=settings.system_prompt,
             history_limit=settings.history_limit,
             allowed_user_ids=frozenset(settings.allowed_user_ids),
+            media=MediaPolicy(
+                vision=settings.llm_vision,
+                max_image_bytes=settings.max_image_bytes,
+                max_voice_seconds=settings.max_voice_seconds,
+            ),
         )
         self.draining = False
         self.token_rejected = False

@@ -5,6 +5,11 @@ chats run concurrently. Each chat keeps a bounded history (turns and
 characters, oldest dropped first). While the LLM works the chat shows
 "typing"; private chats see the reply grow as a draft, then get a real
 message. Whatever fails, the user gets an answer.
+
+Photos and image documents go to the model as inline image parts (when it can
+see: LLM_VISION); history keeps only their caption, marked `[image]`. Voice
+notes and audio are transcribed first; the transcript is answered, and kept in
+history, as if the user had typed it.
 """
 
 from __future__ import annotations
@@ -21,8 +26,18 @@ from typing import Any
 
 from runtime.commands import HELP, RESET, START
 from runtime.llm import Llm, LlmError, Usage
+from runtime.media import (
+    MAX_SOUND_BYTES,
+    Image,
+    MediaPolicy,
+    MediaRefused,
+    Sound,
+    image_in,
+    image_part,
+    sound_in,
+)
 from runtime.metrics import Metrics
-from runtime.telegram import BotApi, TelegramApiError
+from runtime.telegram import BotApi, FileTooLarge, TelegramApiError
 
 log = logging.getLogger(__name__)
 JsonDict = dict[str, Any]
@@ -45,7 +60,17 @@ TEXTS = {
         "/help — this message"
     ),
     "reset": "Done — I've forgotten our conversation. Let's start fresh.",
-    "text_only": "Sorry, I can only read text messages for now.",
+    "text_only": "Sorry, I can only read text, photos and voice messages.",
+    "no_vision": "I can't see images: my AI model reads text only. "
+    "Please describe the picture in words.",
+    "image_too_big": "This image is too large for me (over {megabytes} MB). "
+    "Please send a smaller one.",
+    "image_type": "I can read JPEG, PNG, WebP and GIF images only.",
+    "voice_too_long": "This recording is too long for me (over {seconds} seconds). "
+    "Please send a shorter one.",
+    "no_voice": "I can't listen to voice messages yet. Please write to me instead.",
+    "no_words": "I couldn't make out any words in that recording.",
+    "download": "I couldn't fetch that file from Telegram. Please try sending it again.",
     "not_allowed": "Sorry, this bot is private and only answers its owner's chosen users.",
     "auth": "I can't reach my AI model right now: its API key was rejected. "
     "My owner has been told and needs to update it.",
@@ -128,6 +153,7 @@ class Conversations:
         system_prompt: str,
         history_limit: int,
         allowed_user_ids: frozenset[int] = frozenset(),
+        media: MediaPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._api = api
@@ -136,6 +162,9 @@ class Conversations:
         self._system_prompt = system_prompt
         self._history = History(limit_turns=history_limit)
         self._allowed = allowed_user_ids
+        self._media = media or MediaPolicy(
+            vision=True, max_image_bytes=5 * 1024 * 1024, max_voice_seconds=120
+        )
         self._clock = clock
         self._seen: OrderedDict[int, None] = OrderedDict()
         self._queues: dict[int, asyncio.Queue[JsonDict]] = {}
@@ -203,7 +232,7 @@ class Conversations:
             await self._reply(chat_id, TEXTS["not_allowed"], message)
             return
         if not isinstance(text, str) or not text.strip():
-            await self._reply(chat_id, TEXTS["text_only"], message)
+            await self._handle_media(chat_id, message, private=private)
             return
         text = self._without_mention(text)
         command = self._command(text)
@@ -217,6 +246,81 @@ class Conversations:
             await self._reply(chat_id, TEXTS["reset"], message)
         else:
             await self._answer(chat_id, text, message, private=private)
+
+    async def _handle_media(self, chat_id: int, message: JsonDict, *, private: bool) -> None:
+        """A photo, image document, voice note or audio file; anything else is declined."""
+        try:
+            image = image_in(message, max_bytes=self._media.max_image_bytes)
+            sound = None if image else sound_in(message, max_seconds=self._media.max_voice_seconds)
+        except MediaRefused as refused:
+            await self._reply(chat_id, self._refusal(refused.kind), message)
+            return
+        if image is not None:
+            await self._answer_image(chat_id, image, message, private=private)
+        elif sound is not None:
+            await self._answer_sound(chat_id, sound, message, private=private)
+        else:
+            await self._reply(chat_id, TEXTS["text_only"], message)
+
+    def _refusal(self, kind: str) -> str:
+        megabytes = f"{self._media.max_image_bytes / (1024 * 1024):.1f}".removesuffix(".0")
+        return TEXTS[kind].format(megabytes=megabytes, seconds=self._media.max_voice_seconds)
+
+    async def _download(
+        self, chat_id: int, file_id: str, message: JsonDict, *, max_bytes: int, too_big: str
+    ) -> bytes | None:
+        """The file's bytes, or None once the user has been told why not."""
+        try:
+            return await self._api.download(file_id, max_bytes=max_bytes)
+        except FileTooLarge:
+            await self._reply(chat_id, self._refusal(too_big), message)
+        except TelegramApiError as error:
+            log.warning("could not download a file in chat %s: %s", chat_id, error.code)
+            await self._reply(chat_id, TEXTS["download"], message)
+        return None
+
+    async def _answer_image(
+        self, chat_id: int, image: Image, message: JsonDict, *, private: bool
+    ) -> None:
+        if not self._media.vision:  # decided before downloading: the model never gets it
+            await self._reply(chat_id, TEXTS["no_vision"], message)
+            return
+        data = await self._download(
+            chat_id, image.file_id, message,
+            max_bytes=self._media.max_image_bytes, too_big="image_too_big",
+        )  # fmt: skip
+        if data is None:
+            return
+        caption = self._without_mention(str(message.get("caption") or "")).strip()
+        parts: list[JsonDict] = [{"type": "text", "text": caption}] if caption else []
+        parts.append(image_part(image, data))
+        remembered = f"[image] {caption}".strip()
+        await self._answer(chat_id, parts, message, private=private, remembered=remembered)
+
+    async def _answer_sound(
+        self, chat_id: int, sound: Sound, message: JsonDict, *, private: bool
+    ) -> None:
+        data = await self._download(
+            chat_id, sound.file_id, message, max_bytes=MAX_SOUND_BYTES, too_big="voice_too_long"
+        )
+        if data is None:
+            return
+        sender = message.get("from") or {}
+        with contextlib.suppress(TelegramApiError):
+            await self._api.call("sendChatAction", chat_id=chat_id, action="typing")
+        try:
+            transcript = await self._llm.transcribe(
+                data, file_name=sound.file_name, chat_user=sender.get("id")
+            )
+        except LlmError as error:
+            self._metrics.llm_failed(error.kind)
+            log.warning("transcription failed (%s) for chat %s", error.kind, chat_id)
+            await self._reply(chat_id, TEXTS[error.kind], message)
+            return
+        if not transcript.strip():
+            await self._reply(chat_id, TEXTS["no_words"], message)
+            return
+        await self._answer(chat_id, transcript.strip(), message, private=private)
 
     def _addressed(self, message: JsonDict) -> bool:
         """In groups an agent speaks only when mentioned or replied to."""
@@ -250,12 +354,17 @@ class Conversations:
             return None
         return match.group(1).lower()
 
-    async def _answer(self, chat_id: int, text: str, message: JsonDict, *, private: bool) -> None:
+    async def _answer(
+        self, chat_id: int, content: str | list[JsonDict], message: JsonDict, *, private: bool,
+        remembered: str | None = None,
+    ) -> None:  # fmt: skip
+        """Ask the model and reply; `remembered` is what history keeps of the user's turn
+        (an image's caption rather than its bytes), `content` itself by default."""
         started = self._clock()
-        prompt = [
+        prompt: list[JsonDict] = [
             {"role": "system", "content": self._system_prompt},
             *self._history.messages(chat_id),
-            {"role": "user", "content": text},
+            {"role": "user", "content": content},
         ]
         usage = Usage()
         typing = asyncio.create_task(self._keep_typing(chat_id))
@@ -277,12 +386,13 @@ class Conversations:
         reply = reply.strip() or TEXTS["empty"]
         sent_at = self._clock()
         await self._reply(chat_id, reply, message, formatted=True)
-        self._history.add_turn(chat_id, text, reply)
+        turn = remembered if remembered is not None else content
+        self._history.add_turn(chat_id, turn if isinstance(turn, str) else "", reply)
         own_time = (sent_at - started - usage.seconds) + (self._clock() - sent_at)
         self._metrics.handling_overhead.observe(max(own_time, 0.0))
 
     async def _generate(
-        self, chat_id: int, prompt: list[dict[str, str]], usage: Usage, *, stream_drafts: bool,
+        self, chat_id: int, prompt: list[JsonDict], usage: Usage, *, stream_drafts: bool,
         chat_user: int | None = None,
     ) -> str:  # fmt: skip
         pieces: list[str] = []

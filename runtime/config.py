@@ -47,6 +47,20 @@ class RuntimeSettings(BaseSettings):
     history_limit: int = Field(
         default=20, ge=0, le=500, description="turns of history kept per chat"
     )
+    llm_vision: bool = Field(
+        default=True,
+        description="whether the model can see images (the manager sets it from its catalogue)",
+    )
+    max_image_bytes: int = Field(
+        default=5 * 1024 * 1024,
+        ge=1,
+        # base64 makes it 4/3 larger: 6 MiB is 8 MiB in the request, under the gateway's 10.
+        le=6 * 1024 * 1024,
+        description="largest photo or image file sent to the model; larger ones are refused",
+    )
+    max_voice_seconds: int = Field(
+        default=120, ge=1, le=600, description="longest voice message or audio transcribed"
+    )
     allowed_user_ids: Annotated[list[int], NoDecode] = Field(
         default_factory=list, description="comma-separated user ids; empty = everyone"
     )

@@ -27,11 +27,15 @@ GATEWAY_CODES = {
     "daily_budget_exhausted": "budget",
     "user_rate_limited": "user_rate",
     "agent_disabled": "disabled",
+    "transcription_unavailable": "no_voice",
 }
+# The gateway transcribes with the platform's model (TRANSCRIPTION_MODEL), whatever is asked.
+TRANSCRIPTION_MODEL = "whisper-1"
 
 
 class LlmError(Exception):
-    """An LLM call failed; `kind` is auth, rate_limit, budget, user_rate, disabled or other."""
+    """An LLM call failed; `kind` is auth, rate_limit, budget, user_rate, disabled, no_voice
+    or other."""
 
     def __init__(self, kind: str) -> None:
         super().__init__(kind)
@@ -93,8 +97,28 @@ class Llm:
     async def close(self) -> None:
         await self._client.close()
 
+    async def transcribe(
+        self, audio: bytes, *, file_name: str, chat_user: int | None = None
+    ) -> str:
+        """The words of a voice message or audio file.
+
+        `client.audio` imports the SDK's audio modules on first use: paid by the first
+        voice message, not at start-up. A 404 or 501 means the endpoint has no
+        transcription (the gateway's platform has none, or a provider lacks it)."""
+        try:
+            result = await self._client.audio.transcriptions.create(
+                model=TRANSCRIPTION_MODEL,
+                file=(file_name, audio),
+                extra_headers={CHAT_USER_HEADER: str(chat_user)} if chat_user else None,
+            )
+        except openai.OpenAIError as error:
+            if isinstance(error, openai.APIStatusError) and error.status_code in (404, 501):
+                raise LlmError("no_voice") from None
+            raise LlmError(classify(error)) from None
+        return str(getattr(result, "text", "") or "")
+
     async def stream(
-        self, messages: list[dict[str, str]], usage: Usage, *, chat_user: int | None = None
+        self, messages: list[dict[str, Any]], usage: Usage, *, chat_user: int | None = None
     ) -> AsyncIterator[str]:
         """Yields text pieces as they arrive; fills `usage` when the stream ends.
 

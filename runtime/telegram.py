@@ -31,11 +31,16 @@ class TelegramApiError(Exception):
         return self.code == 400 and "can't parse entities" in self.description
 
 
+class FileTooLarge(Exception):
+    """A file a user sent is larger than the caller accepts."""
+
+
 class BotApi:
-    """Calls `{api_url}/bot{token}/{method}` with JSON bodies."""
+    """Calls `{api_url}/bot{token}/{method}` with JSON bodies; downloads files users sent."""
 
     def __init__(self, *, api_url: str, token: str) -> None:
         self._base = f"{api_url}/bot{token}/"
+        self._files = f"{api_url}/file/bot{token}/"
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -68,6 +73,31 @@ class BotApi:
         raise TelegramApiError(
             int(payload.get("error_code") or 0), str(payload.get("description") or ""), retry_after
         )
+
+    async def download(self, file_id: str, *, max_bytes: int) -> bytes:
+        """A file's bytes (getFile, then its download URL), at most `max_bytes`.
+
+        The download URL holds the bot token: it is used here and never handed on."""
+        assert self._session is not None, "BotApi.start() first"
+        info = await self.call("getFile", file_id=file_id)
+        size = info.get("file_size") if isinstance(info, dict) else None
+        if isinstance(size, int) and size > max_bytes:
+            raise FileTooLarge(file_id)
+        path = info.get("file_path") if isinstance(info, dict) else None
+        if not isinstance(path, str) or not path:
+            raise TelegramApiError(0, "no file path")
+        try:
+            async with self._session.get(self._files + path) as response:
+                if response.status != 200:
+                    raise TelegramApiError(response.status, "download failed")
+                data = bytearray()
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    data += chunk
+                    if len(data) > max_bytes:  # file_size may be missing or wrong
+                        raise FileTooLarge(file_id)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise TelegramApiError(0, f"network error ({type(error).__name__})") from None
+        return bytes(data)
 
     async def call_with_retry(self, method: str, *, attempts: int = 3, **params: Any) -> Any:
         """Like `call`, honouring 429 retry_after and retrying network errors a few times."""

@@ -47,6 +47,8 @@ class AgentSpec:
     llm_base_url: str | None = None  # the LLM gateway's /v1
     telegram_api_url: str = "https://api.telegram.org"
     history_limit: int = 20
+    # The model sees images (LLM_VISION), from the provider catalogue; unknown: False.
+    llm_vision: bool = False
     allowed_user_ids: tuple[int, ...] = ()
     # False keeps the workload at zero replicas / no process: re-applying a
     # stopped agent (reconcile) must not resume it.

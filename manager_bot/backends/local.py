@@ -66,6 +66,7 @@ def runtime_settings(
         "SYSTEM_PROMPT_FILE": str(prompt_file),
         "TELEGRAM_API_URL": spec.telegram_api_url,
         "HISTORY_LIMIT": str(spec.history_limit),
+        "LLM_VISION": "true" if spec.llm_vision else "false",
         "LOG_FILE": str(log_file),
         "LOG_MAX_BYTES": str(log_max_bytes),
         "LOG_BACKUPS": str(log_backups),

@@ -149,6 +149,7 @@ def runtime_env(spec: AgentSpec) -> list[JsonDict]:
         "SYSTEM_PROMPT_FILE": f"{CONFIG_MOUNT}/{PROMPT_KEY}",
         "TELEGRAM_API_URL": spec.telegram_api_url,
         "HISTORY_LIMIT": str(spec.history_limit),
+        "LLM_VISION": "true" if spec.llm_vision else "false",
     }
     if spec.llm_base_url:
         values["LLM_BASE_URL"] = spec.llm_base_url

@@ -17,17 +17,19 @@ from manager_bot.gateway.endpoints import EndpointGuard, EndpointPolicy
 from manager_bot.gateway.ledger import UsageLedger
 from manager_bot.gateway.limits import UserRateLimiter
 from manager_bot.gateway.server import Gateway, GatewayLimits
+from manager_bot.gateway.transcription import transcriber_for
 from manager_bot.services.providers import available_providers
 
 log = logging.getLogger(__name__)
 
 
 def build_gateway(*, settings: PlatformSettings, database: Database, vault: Vault) -> Gateway:
+    providers = available_providers(settings)
     return Gateway(
         accounts=AccountBook(
             database=database,
             vault=vault,
-            providers=available_providers(settings),
+            providers=providers,
             default_budget=settings.agent_daily_token_budget,
             cache_seconds=settings.gateway_cache_seconds,
         ),
@@ -43,7 +45,9 @@ def build_gateway(*, settings: PlatformSettings, database: Database, vault: Vaul
         limits=GatewayLimits(
             max_tokens=settings.gateway_max_tokens,
             agent_concurrency=settings.gateway_agent_concurrency,
+            audio_tokens_per_second=settings.transcription_tokens_per_second,
         ),
+        transcriber=transcriber_for(providers, settings.transcription_model),
         ready=database.ping,
     )
 

@@ -5,6 +5,11 @@ Deployment); with the local backend the manager serves it in-process on
 127.0.0.1. Errors are OpenAI-shaped (`{"error": {"message", "type", "code"}}`),
 with stable codes the runtime turns into plain words; a provider's own error
 body never passes through, because it can quote part of the key.
+
+`/v1/audio/transcriptions` turns an agent's voice messages into text at the
+platform's transcription endpoint (see `transcription.py` for where, and how a
+second of audio is charged); without one it answers 501
+`transcription_unavailable`, which the agent words as "I can't listen yet".
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,11 +33,15 @@ from manager_bot.gateway.endpoints import EndpointGuard, EndpointRefused, refusa
 from manager_bot.gateway.ledger import Admission, UsageLedger
 from manager_bot.gateway.limits import UserRateLimiter
 from manager_bot.gateway.streams import Reported, UsageScanner, prompt_bound, reported_in_body
+from manager_bot.gateway.transcription import Transcriber, answer_of, estimated_seconds
 
 log = logging.getLogger(__name__)
 
 CHAT_USER_HEADER = "X-Hatchbot-Chat-User"  # set by the runtime; never forwarded
-MAX_REQUEST_BYTES = 2 * 1024 * 1024
+# An image inline (the runtime's MAX_IMAGE_BYTES, at most 6 MiB: 8 MiB as base64) and
+# the history beside it.
+MAX_REQUEST_BYTES = 10 * 1024 * 1024
+MAX_AUDIO_BYTES = 25 * 1024 * 1024  # OpenAI's limit for one transcription
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 120.0  # between two chunks of a stream, or for a whole answer
@@ -42,6 +52,7 @@ NO_RETRY = {"x-should-retry": "false"}  # the openai SDK would otherwise retry a
 class GatewayLimits:
     max_tokens: int = 1024
     agent_concurrency: int = 8
+    audio_tokens_per_second: int = 100
 
 
 class Refused(Exception):
@@ -87,6 +98,7 @@ class Gateway:
         limiter: UserRateLimiter,
         guard: EndpointGuard,
         limits: GatewayLimits,
+        transcriber: Transcriber | None = None,
         ready: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._accounts = accounts
@@ -94,6 +106,7 @@ class Gateway:
         self._limiter = limiter
         self._guard = guard
         self._limits = limits
+        self._transcriber = transcriber  # None: voice cannot be transcribed here
         self._ready = ready  # an async callable: True when the database answers
         self._in_flight: dict[str, int] = {}
         self._providers: aiohttp.ClientSession | None = None
@@ -108,6 +121,7 @@ class Gateway:
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/audio/transcriptions", self._transcribe)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
@@ -185,19 +199,10 @@ class Gateway:
                                       "include_usage": True}  # fmt: skip
         bound = prompt_bound(body["messages"])
         admission = self._ledger.admit(account, prompt_bound=bound, max_tokens=max_tokens)
-        if admission is Admission.EXHAUSTED:
-            self.metrics.requests.labels("daily_budget_exhausted").inc()
-            reset = next_reset().strftime("%H:%M UTC")
-            return Refused(
-                429, "daily_budget_exhausted",
-                f"This bot has reached its daily limit; it resets at {reset}.", headers=NO_RETRY,
-            ).response()  # fmt: skip
-        if admission is Admission.RESERVED:  # the SDK retries this one, with backoff
-            self.metrics.requests.labels("budget_reserved").inc()
-            return Refused(
-                429, "budget_reserved", "The rest of today's budget is in use; retry shortly.",
-                headers={"retry-after": "1"},
-            ).response()  # fmt: skip
+        refusal = self._admission_refusal(admission)
+        if refusal is not None:
+            self.metrics.requests.labels(refusal.code).inc()
+            return refusal.response()
         self._in_flight[account.agent_id] = self._in_flight.get(account.agent_id, 0) + 1
         prompt_tokens = completion_tokens = 0
         try:
@@ -230,6 +235,47 @@ class Gateway:
             )  # fmt: skip
             self.metrics.tokens.labels("prompt").inc(prompt_tokens)
             self.metrics.tokens.labels("completion").inc(completion_tokens)
+
+    async def _transcribe(self, request: web.Request) -> web.StreamResponse:
+        """A voice message to text; charged per second of audio, only when transcribed."""
+        try:
+            account = await self._account(request)
+            if self._transcriber is None:
+                raise Refused(
+                    501, "transcription_unavailable",
+                    "Voice messages cannot be transcribed on this platform.", headers=NO_RETRY,
+                )  # fmt: skip
+            self._check_user_rate(account, request)
+            audio, file_name, content_type = await self._audio(request)
+        except Refused as refused:
+            self.metrics.requests.labels(refused.code).inc()
+            return refused.response()
+        rate = self._limits.audio_tokens_per_second
+        reserved = estimated_seconds(len(audio)) * rate
+        refusal = self._admission_refusal(
+            self._ledger.admit(account, prompt_bound=reserved, max_tokens=0)
+        )
+        if refusal is not None:
+            self.metrics.requests.labels(refusal.code).inc()
+            return refusal.response()
+        charged = 0
+        try:
+            response, seconds = await self._forward_audio(
+                self._transcriber, audio, file_name=file_name, content_type=content_type
+            )
+            if response.status == 200:
+                heard = seconds if seconds is not None else estimated_seconds(len(audio))
+                charged = math.ceil(heard * rate)
+            self.metrics.requests.labels("ok" if response.status == 200 else "upstream").inc()
+            return response
+        except Refused as refused:
+            self.metrics.requests.labels(refused.code).inc()
+            return refused.response()
+        finally:
+            self._ledger.settle(
+                account, reserved=reserved, prompt_tokens=charged, completion_tokens=0
+            )
+            self.metrics.tokens.labels("audio").inc(charged)
 
     async def _forward(
         self, request: web.Request, upstream: Upstream, payload: bytes, *, streaming: bool,
@@ -273,6 +319,41 @@ class Gateway:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             raise Refused(400, "invalid_request", "A chat completion needs `messages`.")
         return body
+
+    @staticmethod
+    async def _audio(request: web.Request) -> tuple[bytes, str, str]:
+        """The `file` part of a transcription request: bytes, file name, content type.
+
+        Read in chunks and bounded: a multipart body is not held to client_max_size."""
+        if not request.content_type.startswith("multipart/"):
+            raise Refused(400, "invalid_request", "A transcription is a multipart upload.")
+        reader = await request.multipart()
+        async for part in reader:
+            if not isinstance(part, aiohttp.BodyPartReader) or part.name != "file":
+                continue
+            data = bytearray()
+            while chunk := await part.read_chunk():
+                data += chunk
+                if len(data) > MAX_AUDIO_BYTES:
+                    raise Refused(413, "audio_too_large", "The recording is too large.")
+            content_type = part.headers.get("Content-Type", "application/octet-stream")
+            return bytes(data), part.filename or "voice.ogg", content_type
+        raise Refused(400, "invalid_request", "A transcription needs a `file`.")
+
+    @staticmethod
+    def _admission_refusal(admission: Admission) -> Refused | None:
+        if admission is Admission.EXHAUSTED:
+            reset = next_reset().strftime("%H:%M UTC")
+            return Refused(
+                429, "daily_budget_exhausted",
+                f"This bot has reached its daily limit; it resets at {reset}.", headers=NO_RETRY,
+            )  # fmt: skip
+        if admission is Admission.RESERVED:  # the SDK retries this one, with backoff
+            return Refused(
+                429, "budget_reserved", "The rest of today's budget is in use; retry shortly.",
+                headers={"retry-after": "1"},
+            )  # fmt: skip
+        return None
 
     def _check_user_rate(self, account: AgentAccount, request: web.Request) -> None:
         user = request.headers.get(CHAT_USER_HEADER, "").strip()[:64]
@@ -332,6 +413,42 @@ class Gateway:
                                     headers={"Content-Type": content_type}), raw  # fmt: skip
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             raise self._unreachable(error) from None
+
+    async def _forward_audio(
+        self, transcriber: Transcriber, audio: bytes, *, file_name: str, content_type: str
+    ) -> tuple[web.Response, float | None]:
+        """The transcript as `{"text": …}` (nothing else of the provider's answer), and the
+        seconds of audio the provider reported. A provider without the endpoint (404, 405,
+        501) is the platform lacking transcription, not an error of the agent's."""
+        form = aiohttp.FormData()
+        form.add_field("model", transcriber.model)
+        form.add_field("response_format", "json")
+        form.add_field("file", audio, filename=file_name, content_type=content_type)
+        session = self._providers
+        assert session is not None, "the gateway is not started"
+        headers = {**transcriber.headers, "Accept-Encoding": "identity"}
+        try:
+            async with session.post(
+                transcriber.url, data=form, headers=headers, allow_redirects=False
+            ) as answer:
+                self._check_status(answer)
+                if answer.status in (404, 405, 501):
+                    log.warning("the transcription endpoint answered %d", answer.status)
+                    raise Refused(
+                        501, "transcription_unavailable",
+                        "Voice messages cannot be transcribed on this platform.",
+                        headers=NO_RETRY,
+                    )  # fmt: skip
+                if answer.status >= 400:
+                    return self._upstream_error(answer), None
+                raw = await answer.content.read(MAX_RESPONSE_BYTES + 1)
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            raise self._unreachable(error) from None
+        parsed = answer_of(raw) if len(raw) <= MAX_RESPONSE_BYTES else None
+        if parsed is None:
+            raise Refused(502, "upstream_unreadable", "The transcription could not be read.")
+        text, seconds = parsed
+        return web.json_response({"text": text}), seconds
 
     async def _forward_stream(
         self, request: web.Request, upstream: Upstream, payload: bytes, scanner: UsageScanner

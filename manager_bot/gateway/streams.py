@@ -66,12 +66,30 @@ def reported_in_body(body: bytes) -> Reported:
     return reported
 
 
+# What one image part is reserved at admission, whatever its bytes: providers charge
+# by tiles, not by size (gpt-4o: at most ~1,100 tokens for a detailed image).
+# The usage the provider reports is what is counted afterwards.
+IMAGE_TOKENS_BOUND = 1_500
+
+
 def prompt_bound(messages: list[Any]) -> int:
     """An upper bound of a prompt's tokens: a token is at least one byte of UTF-8,
-    plus a few tokens of framing per message."""
+    plus a few tokens of framing per message; an image part counts IMAGE_TOKENS_BOUND
+    (its base64 bytes would reserve a whole day's budget for one photo)."""
     total = 8
     for message in messages:
         content = message.get("content") if isinstance(message, dict) else message
+        if isinstance(content, list):
+            total += sum(_part_bound(part) for part in content) + 6
+            continue
         text = content if isinstance(content, str) else json.dumps(content)
         total += len(text.encode()) + 6
     return total
+
+
+def _part_bound(part: Any) -> int:
+    if isinstance(part, dict) and part.get("type") == "image_url":
+        return IMAGE_TOKENS_BOUND
+    if isinstance(part, dict) and isinstance(part.get("text"), str):
+        return len(part["text"].encode()) + 2
+    return len(json.dumps(part).encode())

@@ -61,7 +61,7 @@ from manager_bot.services.errors import (
     TokenOfAnotherBot,
     cluster_code,
 )
-from manager_bot.services.providers import Provider, find_provider, is_model_id
+from manager_bot.services.providers import Provider, find_provider, is_model_id, sees_images
 from manager_bot.services.telegram import (
     AgentTelegram,
     AgentTokenError,
@@ -771,6 +771,7 @@ class Deployer:
                 gateway_key=gateway_key,
             ),
             llm_model=agent.model,
+            llm_vision=sees_images(self._providers, agent.provider, agent.model),
             system_prompt=agent.system_prompt,
             llm_base_url=self._config.gateway_url,
             telegram_api_url=self._config.telegram_api_url,

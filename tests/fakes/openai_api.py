@@ -2,7 +2,10 @@
 
 Chat completions (plain and SSE streaming, with usage), `/v1/models`, the Azure
 deployment path, and injectable failures (401/429/500 with OpenAI-shaped
-bodies) and latency.
+bodies) and latency. A user message with an image part is answered "I see an
+image" (echo mode). `/v1/audio/transcriptions` takes multipart like OpenAI's and
+"transcribes" the file as its bytes decoded as UTF-8, so a test's voice note
+whose bytes are `hello from voice` says exactly that.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from tests.fakes.loopback import serve_on_loopback
 
@@ -62,6 +65,8 @@ class FakeOpenAI:
     _failures: list[_Failure] = field(default_factory=list)
     _runner: web.AppRunner | None = None
     in_flight: int = 0
+    # False: like a provider without the endpoint (404), e.g. an Anthropic-compatible one.
+    transcription: bool = True
 
     def reply_with(self, reply: Reply) -> None:
         """A fixed text, or a function of the request's messages."""
@@ -73,10 +78,26 @@ class FakeOpenAI:
     def chat_requests(self) -> list[JsonDict]:
         return [r.body for r in self.requests if r.path.endswith("/chat/completions")]
 
+    def image_parts(self) -> list[JsonDict]:
+        """Every image part of every message the model was sent."""
+        return [
+            part
+            for body in self.chat_requests()
+            for message in body.get("messages", [])
+            if isinstance(message.get("content"), list)
+            for part in message["content"]
+            if part.get("type") == "image_url"
+        ]
+
+    def transcription_requests(self) -> list[JsonDict]:
+        """Fields of each transcription request; the file as `file_name` and `file_bytes`."""
+        return [r.body for r in self.requests if r.path.endswith("/audio/transcriptions")]
+
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=32 * 1024 * 1024)  # images inline, like OpenAI's
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/audio/transcriptions", self._transcribe)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
         self._runner, self.root_url = await serve_on_loopback(app)
         self.url = f"{self.root_url}/v1"
@@ -138,6 +159,39 @@ class FakeOpenAI:
             self.in_flight -= 1
             recorded.finished_at = time.monotonic()
 
+    async def _transcribe(self, request: web.Request) -> web.Response:
+        fields: JsonDict = {}
+        reader = await request.multipart()
+        async for part in reader:
+            if not isinstance(part, BodyPartReader) or part.name is None:
+                continue
+            payload = bytes(await part.read())
+            if part.filename:
+                fields.update(file_name=part.filename, file_bytes=payload)
+            else:
+                fields[part.name] = payload.decode()
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in ("authorization", "api-key")
+        }
+        self.requests.append(RecordedRequest(request.path, headers, fields, time.monotonic()))
+        denied = self._authorised(request)
+        if denied is not None:
+            return denied
+        if not self.transcription:
+            return web.json_response(
+                {"error": {"message": "Not found", "type": "invalid_request_error"}}, status=404
+            )
+        failure = self._next_failure()
+        if failure is not None:
+            return _error(failure.status, failure.body)
+        raw = fields.get("file_bytes", b"")
+        text = raw.decode("utf-8", errors="replace")
+        # whisper-1 reports the audio's duration; here one second per 4 bytes.
+        usage = {"type": "duration", "seconds": max(1, len(raw) // 4)}
+        return web.json_response({"text": text, "usage": usage})
+
     def _next_failure(self) -> _Failure | None:
         for failure in self._failures:
             if failure.times > 0:
@@ -151,7 +205,13 @@ class FakeOpenAI:
         if self._reply != "echo":
             return self._reply
         last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
-        return f"echo: {last_user.get('content', '')}"
+        content = last_user.get("content", "")
+        if isinstance(content, list):
+            words = " ".join(p.get("text", "") for p in content if p.get("type") == "text")
+            if any(part.get("type") == "image_url" for part in content):
+                return f"I see an image: {words}" if words else "I see an image"
+            return f"echo: {words}"
+        return f"echo: {content}"
 
     async def _stream(self, request: web.Request, body: JsonDict, text: str) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

@@ -7,6 +7,7 @@ front of the fake OpenAI server; clients are plain HTTP and the real openai SDK.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -32,9 +33,12 @@ from manager_bot.gateway.credentials import credential_hash, new_credential
 from manager_bot.gateway.process import build_gateway
 from manager_bot.gateway.server import Gateway
 from manager_bot.services.budgets import Budgets
+from runtime.app import Runtime
+from runtime.config import RuntimeSettings
 from runtime.settings_loading import load_settings
 from tests.fakes.loopback import free_port, serve_on_loopback
 from tests.fakes.openai_api import FakeOpenAI
+from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -398,3 +402,101 @@ async def test_an_operator_may_allow_a_named_internal_endpoint(
     finally:
         await gateway.stop()
         await database.close()
+
+
+# -- photos and voice -------------------------------------------------------------------
+
+
+async def transcribe(platform: Platform, credential: str, audio: bytes) -> tuple[int, Any]:
+    """One transcription through the gateway, as the runtime's SDK uploads it."""
+    form = aiohttp.FormData()
+    form.add_field("model", "whisper-1")
+    form.add_field("file", audio, filename="voice.ogg", content_type="audio/ogg")
+    headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{platform.gateway.url}/audio/transcriptions", data=form, headers=headers)
+        as response,
+    ):  # fmt: skip
+        return response.status, await response.json()
+
+
+async def test_voice_is_transcribed_at_the_platform_provider_and_charged_by_the_second(
+    platform: Platform,
+) -> None:
+    agent, credential = await platform.agent(
+        provider="anthropic", model="claude-haiku-4-5",  # transcription is the platform's
+        llm_api_key_encrypted=platform.vault.encrypt(USER_KEY),
+    )  # fmt: skip
+    status, body = await transcribe(platform, "", b"hello from voice")
+    assert (status, body["error"]["code"]) == (401, "invalid_gateway_credential")
+    client = openai.AsyncOpenAI(base_url=platform.gateway.url, api_key=credential, max_retries=0)
+    result = await client.audio.transcriptions.create(
+        model="anything", file=("voice.ogg", b"hello from voice")
+    )
+    await client.close()
+    assert result.text == "hello from voice"
+    [sent] = platform.llm.transcription_requests()  # the 401 never went upstream
+    assert sent["model"] == "whisper-1" and sent["file_bytes"] == b"hello from voice"
+    await platform.gateway.flush()
+    # The fake reports 16 bytes as 4 seconds; 100 tokens a second.
+    assert await platform.stored_tokens(agent.id) == 400
+
+
+@pytest.mark.parametrize("gateway_env", [{"TRANSCRIPTION_MODEL": ""}])
+async def test_a_platform_without_transcription_answers_501(platform: Platform) -> None:
+    _, credential = await platform.agent()
+    status, body = await transcribe(platform, credential, b"hello")
+    assert (status, body["error"]["code"]) == (501, "transcription_unavailable")
+    assert platform.llm.transcription_requests() == []
+
+
+async def test_a_provider_without_the_endpoint_is_no_transcription_either(
+    platform: Platform,
+) -> None:
+    agent, credential = await platform.agent()
+    platform.llm.transcription = False
+    status, body = await transcribe(platform, credential, b"hello")
+    assert (status, body["error"]["code"]) == (501, "transcription_unavailable")
+    await platform.gateway.flush()
+    assert await platform.stored_tokens(agent.id) == 0  # nothing heard, nothing charged
+
+
+async def test_an_image_inline_passes_and_is_not_charged_by_its_bytes(platform: Platform) -> None:
+    _, credential = await platform.agent(daily_token_budget=5_000)
+    image = "data:image/jpeg;base64," + base64.b64encode(b"\xff" * 3 * 1024 * 1024).decode()
+    messages = [
+        {"role": "user", "content": [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": image}},
+        ]},
+    ]  # fmt: skip
+    status, body = await complete(platform, credential, body={"model": "x", "messages": messages})
+    assert status == 200 and body["choices"][0]["message"]["content"].startswith("I see an image")
+    assert platform.llm.image_parts() == [{"type": "image_url", "image_url": {"url": image}}]
+
+
+async def test_an_agent_behind_the_gateway_answers_voice_or_says_it_cannot_listen(
+    platform: Platform, telegram: FakeTelegram
+) -> None:
+    _, credential = await platform.agent()
+    bot = telegram.add_bot(username="voice_bot", first_name="Voice")
+    settings = load_settings(
+        RuntimeSettings,
+        {
+            "BOT_TOKEN": bot.token, "AGENT_ID": "voice1", "LLM_MODEL": "gpt-4o-mini",
+            "LLM_BASE_URL": platform.gateway.url, "LLM_API_KEY": credential,
+            "MODE": "polling", "TELEGRAM_API_URL": telegram.url, "PORT": str(free_port()),
+        },
+    )  # fmt: skip
+    runtime = Runtime(settings)
+    await runtime.start()
+    try:
+        user = telegram.user(bot)
+        await user.send_voice(data=b"hello from voice")
+        await user.wait_for(text_contains="echo: hello from voice", timeout=15)
+        platform.llm.transcription = False
+        await user.send_voice(data=b"hello again")
+        await user.wait_for(text_contains="I can't listen to voice messages yet", timeout=15)
+    finally:
+        await runtime.stop()

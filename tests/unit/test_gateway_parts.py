@@ -1,18 +1,30 @@
-"""The gateway's parts on their own: usage read from a stream, the rate bucket, the ledger."""
+"""The gateway's parts on their own: usage read from a stream, the rate bucket, the ledger,
+the catalogue's capabilities and what agents are told of them."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 
+from pydantic import SecretStr
+
+from manager_bot.backends.base import AgentSecrets, AgentSpec
+from manager_bot.backends.local import runtime_settings
+from manager_bot.backends.manifests import runtime_env
+from manager_bot.config import PlatformSettings
 from manager_bot.db.migrate import upgrade
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 from manager_bot.gateway.accounts import AgentAccount
 from manager_bot.gateway.ledger import Admission, UsageLedger
 from manager_bot.gateway.limits import UserRateLimiter
-from manager_bot.gateway.streams import UsageScanner, prompt_bound
+from manager_bot.gateway.streams import IMAGE_TOKENS_BOUND, UsageScanner, prompt_bound
+from manager_bot.gateway.transcription import transcriber_for
+from manager_bot.services.providers import available_providers, sees_images
+from runtime.settings_loading import load_settings
 
 
 def sse(*events: dict[str, object]) -> bytes:
@@ -96,3 +108,38 @@ async def test_a_stop_in_the_middle_of_a_write_loses_nothing(sqlite_url: str) ->
         assert totals["a1"].tokens == 8 * 20 * 2 and totals["a1"].requests == 8 * 20
     finally:
         await database.close()
+
+
+def test_an_image_part_counts_a_fixed_bound_not_its_bytes() -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + "A" * 100_000}}
+    text = {"type": "text", "text": "What is this?"}
+    bound = prompt_bound([{"role": "user", "content": [text, image]}])
+    assert IMAGE_TOKENS_BOUND < bound < IMAGE_TOKENS_BOUND + 100
+
+
+def test_the_catalogue_says_which_models_see_and_who_transcribes() -> None:
+    settings = load_settings(PlatformSettings, {"OPENAI_API_KEY": "sk-platform"})
+    providers = available_providers(settings)
+    assert sees_images(providers, "openai", "gpt-4o-mini")
+    assert sees_images(providers, "anthropic", "claude-sonnet-4-5")
+    assert not sees_images(providers, "openai", "some-model-typed-by-hand")
+    assert not sees_images(providers, "custom", "llava")  # a user's endpoint: blind
+    transcriber = transcriber_for(providers, "whisper-1")
+    assert transcriber is not None and transcriber.url.endswith("/v1/audio/transcriptions")
+    assert transcriber_for(providers, "") is None
+    without_key = tuple(replace(provider, platform_key=None) for provider in providers)
+    assert transcriber_for(without_key, "whisper-1") is None
+
+
+def test_pods_and_processes_are_told_whether_the_model_sees() -> None:
+    secrets = AgentSecrets(bot_token=SecretStr("1:x"), webhook_secret=SecretStr("w" * 32))
+    for vision, word in ((True, "true"), (False, "false")):
+        spec = AgentSpec(
+            agent_id="a1", secrets=secrets, llm_model="m", system_prompt="p", llm_vision=vision
+        )
+        env = {item["name"]: item.get("value") for item in runtime_env(spec)}
+        assert env["LLM_VISION"] == word
+        local = runtime_settings(
+            spec, prompt_file=Path("p"), log_file=Path("l"), log_max_bytes=1024, log_backups=1
+        )
+        assert local["LLM_VISION"] == word
