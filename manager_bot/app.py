@@ -19,6 +19,7 @@ from aiogram.exceptions import TelegramBadRequest
 from aiogram.fsm.storage.base import BaseStorage
 from aiogram.types import BotCommand, BotCommandScopeChat
 
+from manager_bot import texts
 from manager_bot.backends.base import Backend
 from manager_bot.backends.kubernetes import KubernetesBackend
 from manager_bot.backends.local import LocalBackend
@@ -31,7 +32,14 @@ from manager_bot.db.session import Database
 from manager_bot.gateway.endpoints import EndpointGuard, EndpointPolicy
 from manager_bot.gateway.process import build_gateway
 from manager_bot.gateway.server import Gateway
-from manager_bot.handlers import admin, agents, common, deploy, start
+from manager_bot.handlers import admin, agents, common, deploy, language, start
+from manager_bot.i18n import (
+    DEFAULT_LANGUAGE,
+    LANGUAGES,
+    Catalogues,
+    LanguageMiddleware,
+    Languages,
+)
 from manager_bot.logs import configure_logging
 from manager_bot.metrics import TelegramErrorMetrics, UpdateMetricsMiddleware
 from manager_bot.middlewares import (
@@ -74,39 +82,24 @@ def build_bot(settings: ManagerSettings) -> Bot:
     )
 
 
-COMMANDS = [
-    BotCommand(command="deploy", description="Create a new AI bot"),
-    BotCommand(command="agents", description="Your bots"),
-    BotCommand(command="usage", description="Tokens used and left today"),
-    BotCommand(command="status", description="State of a bot"),
-    BotCommand(command="restart", description="Restart a bot"),
-    BotCommand(command="stop", description="Stop a bot"),
-    BotCommand(command="resume", description="Start a stopped bot"),
-    BotCommand(command="logs", description="A bot's recent log"),
-    BotCommand(command="delete", description="Delete a bot"),
-    BotCommand(command="cancel", description="Leave what you are doing"),
-    BotCommand(command="help", description="What I can do"),
-]
-ADMIN_COMMANDS = [
-    BotCommand(command="broadcast", description="Message many users"),
-    BotCommand(command="broadcast_cancel", description="Stop a running broadcast"),
-    BotCommand(command="stats", description="Platform figures"),
-    BotCommand(command="users", description="Users and their agents"),
-    BotCommand(command="ban", description="Ban a user: /ban <user_id>"),
-    BotCommand(command="unban", description="Lift a ban: /unban <user_id>"),
-    BotCommand(command="audit", description="Recent audit log"),
-    BotCommand(command="budget", description="Daily token budget: /budget <agent|user> <tokens>"),
-]
+def bot_commands(*, admin: bool = False) -> list[BotCommand]:
+    """The command menu in the current language (texts.COMMANDS, and the admins' too)."""
+    menu = texts.COMMANDS | (texts.ADMIN_COMMANDS if admin else {})
+    return [BotCommand(command=name, description=words) for name, words in menu.items()]
 
 
-async def register_commands(bot: Bot, admin_ids: list[int]) -> None:
-    """Everyone's commands by default; admins get theirs too, in their own chat's scope."""
-    await bot.set_my_commands(COMMANDS)
+async def register_commands(bot: Bot, admin_ids: list[int], *, languages: Languages) -> None:
+    """Everyone's commands by default, and in Russian for Russian apps; admins get theirs
+    too, in their own chat's scope, in the language they read."""
+    for spoken in LANGUAGES:
+        with languages.speaking(spoken):
+            code = None if spoken == DEFAULT_LANGUAGE else spoken
+            await bot.set_my_commands(bot_commands(), language_code=code)
     for admin_id in admin_ids:
+        with languages.speaking(await languages.of(admin_id)):
+            commands = bot_commands(admin=True)
         try:
-            await bot.set_my_commands(
-                COMMANDS + ADMIN_COMMANDS, scope=BotCommandScopeChat(chat_id=admin_id)
-            )
+            await bot.set_my_commands(commands, scope=BotCommandScopeChat(chat_id=admin_id))
         except TelegramBadRequest as error:  # the admin has not opened the bot yet
             log.warning("admin commands not registered for %s: %s", admin_id, error.message)
 
@@ -150,6 +143,7 @@ def build_scheduler(
     backend: Backend,
     deployer: Deployer,
     bot: Bot,
+    languages: Languages | None = None,
     health: HealthConfig | None = None,
 ) -> Scheduler:
     """Health sweep, notifications and reconcile, as the manager runs them."""
@@ -160,7 +154,7 @@ def build_scheduler(
     admins = list(settings.admin_ids)
     # One sender for the sweep's alerts and the notices job: one of them honouring a 429
     # holds the other too, and no notice is sent by both at once.
-    notices = NoticeSender(bot=bot, database=database, admin_ids=admins)
+    notices = NoticeSender(bot=bot, database=database, admin_ids=admins, languages=languages)
     notifier = Notifier(bot=bot, database=database, admin_ids=admins, notices=notices)
     return Scheduler(
         monitor=HealthMonitor(database=database, backend=backend, deployer=deployer, config=config),
@@ -182,6 +176,7 @@ def build_dispatcher(
     storage: BaseStorage,
     broadcaster: Broadcaster,
     bans: BanList,
+    languages: Languages,
 ) -> Dispatcher:
     """The Dispatcher with every feature Router and the services handlers ask for."""
     budgets = Budgets(database=database, default_budget=settings.agent_daily_token_budget)
@@ -199,11 +194,13 @@ def build_dispatcher(
             )
         ),
         admin=AdminConsole(database=database, deployer=deployer, bans=bans, budgets=budgets),
+        languages=languages,
     )
     dispatcher.update.outer_middleware(UpdateMetricsMiddleware())
     # One instance of each for messages and button presses alike: a user's order, rate
     # and record are one thing whichever kind of update they send.
     per_user = [
+        LanguageMiddleware(languages),  # first: even "slow down" is in the user's language
         ThrottleMiddleware(),
         BanMiddleware(bans),
         PerUserOrderMiddleware(),
@@ -222,6 +219,7 @@ def build_dispatcher(
         agents.build_edit_router(),
         admin.build_router(list(settings.admin_ids)),
         start.build_router(),
+        language.build_router(),
         deploy.build_router(),
         agents.build_card_router(),
         common.build_fallback_router(),
@@ -274,6 +272,7 @@ class ManagerParts:
     dispatcher: Dispatcher
     scheduler: Scheduler  # not started
     recovery: Recovery
+    languages: Languages
 
 
 async def assemble_manager(
@@ -337,7 +336,11 @@ async def assemble_manager(
     )  # fmt: skip
     reconciler = Reconciler(database=database, backend=backend, deployer=deployer)
     bot = build_bot(settings)
-    broadcaster = Broadcaster(bot=bot, database=database, rate=settings.broadcast_rate)
+    # The catalogues are read and compiled once, off the event loop.
+    languages = Languages(database=database, i18n=await asyncio.to_thread(Catalogues))
+    broadcaster = Broadcaster(
+        bot=bot, database=database, rate=settings.broadcast_rate, languages=languages
+    )
     bans = BanList()
     await step("database", lambda: bans.load(database))
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
@@ -349,13 +352,16 @@ async def assemble_manager(
         storage=build_fsm_storage(database=database, redis_url=redis_url),
         broadcaster=broadcaster,
         bans=bans,
+        languages=languages,
     )
     cleanup.push_async_callback(dispatcher.storage.close)
     scheduler = build_scheduler(
         settings=settings, database=database, backend=backend, deployer=deployer, bot=bot,
-        health=health,
+        languages=languages, health=health,
     )  # fmt: skip
-    recovery = Recovery(database=database, deployer=deployer, reconciler=reconciler, bot=bot)
+    recovery = Recovery(
+        database=database, deployer=deployer, reconciler=reconciler, bot=bot, languages=languages
+    )
     await cleanup.enter_async_context(bot)
     # Stopped before the bot's session closes: sends in flight may finish.
     cleanup.push_async_callback(scheduler.stop)
@@ -364,7 +370,7 @@ async def assemble_manager(
         settings=settings, database=database, vault=vault, backend=backend, gateway=gateway,
         gateway_url=gateway_url, agent_telegram=agent_telegram, deployer=deployer,
         reconciler=reconciler, bot=bot, broadcaster=broadcaster, bans=bans,
-        dispatcher=dispatcher, scheduler=scheduler, recovery=recovery,
+        dispatcher=dispatcher, scheduler=scheduler, recovery=recovery, languages=languages,
     )  # fmt: skip
 
 
@@ -441,7 +447,9 @@ async def run_manager(settings: ManagerSettings) -> None:
             await startup.run("Telegram getMe", parts.bot.me)
             await startup.run(
                 "Telegram setMyCommands",
-                lambda: register_commands(parts.bot, list(settings.admin_ids)),
+                lambda: register_commands(
+                    parts.bot, list(settings.admin_ids), languages=parts.languages
+                ),
             )
             resumed = await startup.run("database", parts.broadcaster.resume_unfinished)
             if resumed:

@@ -375,6 +375,19 @@ def health_alert(agent: Agent, *, gave_up: bool) -> InlineKeyboardMarkup:
     return builder.as_markup()
 
 
+class LanguageChoice(CallbackData, prefix="lg"):
+    language: str
+
+
+def languages(codes: tuple[str, ...]) -> InlineKeyboardMarkup:
+    """/language: one button per language, each named in itself."""
+    builder = InlineKeyboardBuilder()
+    for code in codes:
+        builder.button(text=texts.LANGUAGE_NAMES[code], callback_data=LanguageChoice(language=code))
+    builder.adjust(2)
+    return builder.as_markup()
+
+
 class AdminAction(CallbackData, prefix="ad"):
     action: str  # audience | send | users
     value: str = ""

@@ -37,7 +37,7 @@ class UserMiddleware(BaseMiddleware):
 
     def __init__(self, database: Database) -> None:
         self._db = database
-        self._written: dict[int, tuple[str | None, str, float]] = {}
+        self._written: dict[int, tuple[str | None, str, str | None, float]] = {}
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         try:
@@ -50,14 +50,18 @@ class UserMiddleware(BaseMiddleware):
     async def _record(self, sender: User) -> None:
         now = time.monotonic()
         known = self._written.get(sender.id)
-        fresh = known is not None and known[:2] == (sender.username, sender.first_name)
-        if fresh and now - known[2] <= self.REFRESH_SECONDS:  # type: ignore[index]
+        seen = (sender.username, sender.first_name, sender.language_code)
+        fresh = known is not None and known[:3] == seen
+        if fresh and now - known[3] <= self.REFRESH_SECONDS:  # type: ignore[index]
             return
         async with self._db.session() as session:
             await Repositories(session).users.upsert(
-                user_id=sender.id, username=sender.username, first_name=sender.first_name
+                user_id=sender.id,
+                username=sender.username,
+                first_name=sender.first_name,
+                telegram_language=sender.language_code,
             )
-        self._written[sender.id] = (sender.username, sender.first_name, now)
+        self._written[sender.id] = (*seen, now)
 
 
 class PerUserOrderMiddleware(BaseMiddleware):

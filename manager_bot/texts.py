@@ -1,150 +1,185 @@
-"""Every word the manager bot says, in one place (HTML parse mode)."""
+"""Every word the manager bot says, in one place (HTML parse mode).
+
+Each constant is an English msgid of the gettext catalogue (manager_bot/locales). Read
+from outside this module (`texts.WELCOME`) it comes back in the language of the current
+update (aiogram's i18n context, see manager_bot/i18n.py), as a plain str: aiogram's
+pydantic models take no lazy proxies. Outside any context it is the English text.
+Functions here translate with `translate(...)`, since module code reads the raw msgids.
+"""
 
 from __future__ import annotations
 
+import sys
 from html import escape
+from types import ModuleType
+from typing import Any
+
+from aiogram.utils.i18n import I18n
+from babel.support import LazyProxy
 
 from manager_bot.db.models import Agent, as_utc, utcnow
 from manager_bot.services.budgets import Spend
 
-WELCOME = (
+
+def _(message: str) -> str:
+    """Marks an English text for the catalogue (pybabel extract finds `_("...")`)."""
+    return message
+
+
+def translate(message: str) -> str:
+    """`message` in the current update's language (English outside an i18n context)."""
+    i18n = I18n.get_current(no_error=True)
+    return message if i18n is None else i18n.gettext(message)
+
+
+def lazy(message: str) -> LazyProxy:
+    """`message` translated when compared: for filters made at import time, such as
+    `F.text == texts.lazy(texts.CANCEL_BUTTON)` for a reply keyboard's button."""
+    return LazyProxy(translate, message)
+
+
+WELCOME = _(
     "👋 Hi! I'm Hatchbot. I turn a prompt into a live AI bot on Telegram.\n"
     "1. /deploy — get a new bot and pick a model.\n"
     "2. Write what it should do; I launch it and watch its health.\n"
     "3. /agents — run, restart or edit your bots from this chat."
 )
-HELP = (
+HELP = _(
     "/deploy — create a new AI bot\n"
     "/agents — your bots\n"
     "/status, /restart, /stop, /resume, /logs, /delete — manage one bot "
     "(add its name, or pick from a list)\n"
+    "/language — English or Russian\n"
     "/cancel — leave what you are doing"
 )
-UNKNOWN = "I don't know that one. /help lists what I can do."
-CANCELLED = "Cancelled. Nothing was changed."
-NOTHING_TO_CANCEL = "There is nothing to cancel."
-NOT_FOUND = "Agent not found."
-DEPLOY_THROTTLED = (
+UNKNOWN = _("I don't know that one. /help lists what I can do.")
+CANCELLED = _("Cancelled. Nothing was changed.")
+NOTHING_TO_CANCEL = _("There is nothing to cancel.")
+NOT_FOUND = _("Agent not found.")
+DEPLOY_THROTTLED = _(
     "That's a lot of deploys in a short time. Please try again in {minutes} min "
     "(your summary is kept: tap Deploy then)."
 )
-SLOW_DOWN = "Easy there! Please wait a few seconds and try again."
-ERROR = "Sorry, something went wrong on my side. Reference: <code>{reference}</code>"
+SLOW_DOWN = _("Easy there! Please wait a few seconds and try again.")
+ERROR = _("Sorry, something went wrong on my side. Reference: <code>{reference}</code>")
 
 # -- deploy wizard ----------------------------------------------------------------
-CREATE_BOT_BUTTON = "🤖 Create a new bot"
-HAVE_BOT_BUTTON = "🔑 I already have a bot"
-CANCEL_BUTTON = "✖️ Cancel"
-CHOOSE_BOT = (
+CREATE_BOT_BUTTON = _("🤖 Create a new bot")
+HAVE_BOT_BUTTON = _("🔑 I already have a bot")
+CANCEL_BUTTON = _("✖️ Cancel")
+CHOOSE_BOT = _(
     "Let's make your AI bot.\n\n"
     "Tap <b>Create a new bot</b>: Telegram creates it for you in two taps.\n"
     "Already made one with @BotFather? Tap <b>I already have a bot</b>."
 )
-CHOOSE_BOT_PASTE_ONLY = (
+CHOOSE_BOT_PASTE_ONLY = _(
     "Let's make your AI bot.\n\n"
     "Create one with /newbot in @BotFather, then tap <b>I already have a bot</b> and "
     "paste its token."
 )
-CHOOSE_BOT_HINT = "Please tap one of the buttons below, or /cancel."
-WIZARD_BACK_BUTTON = "« Back"
-BACK_STALE = "That step is already behind you: use the newest message."
-LEFT_WIZARD = "Left the deploy wizard."
-SECRET_DELETED = "🔒 I deleted your message for safety: it looked like a token or API key."
-PROMPT_HAS_SECRET = (
+CHOOSE_BOT_HINT = _("Please tap one of the buttons below, or /cancel.")
+WIZARD_BACK_BUTTON = _("« Back")
+BACK_STALE = _("That step is already behind you: use the newest message.")
+LEFT_WIZARD = _("Left the deploy wizard.")
+SECRET_DELETED = _("🔒 I deleted your message for safety: it looked like a token or API key.")
+PROMPT_HAS_SECRET = _(
     "🔒 I deleted your message for safety: it holds what looks like a token or API key, "
     "and your bot's users could coax it out. Send the instructions without it."
 )
-PASTE_TOKEN = (
+PASTE_TOKEN = _(
     "Paste the bot's token from @BotFather (it looks like <code>123456:ABC-DEF…</code>).\n"
     "I delete your message right away."
 )
-TOKEN_SHAPE = "That doesn't look like a bot token. Copy it from @BotFather and paste it here."
-TOKEN_INVALID = (
+TOKEN_SHAPE = _("That doesn't look like a bot token. Copy it from @BotFather and paste it here.")
+TOKEN_INVALID = _(
     "Telegram says this token is invalid or revoked. Get a fresh one with /token in "
     "@BotFather and paste it here."
 )
-TOKEN_UNREACHABLE = (
+TOKEN_UNREACHABLE = _(
     "I couldn't reach Telegram to check the token. Please paste it again in a moment."
 )
-BOT_IN_USE = "@{username} already runs as an agent. Pick another bot, or /cancel."
-QUOTA = "You already have {limit} agents, the most allowed. Delete one in /agents first."
-BOT_READY = "Got it: @{username}."
-PICK_MODEL = "Now pick the AI model (🔑 = bring your own key):"
-CHOOSE_MODEL_HINT = "Please pick a model with the buttons above, or /cancel."
-PASTE_KEY = (
+BOT_IN_USE = _("@{username} already runs as an agent. Pick another bot, or /cancel.")
+QUOTA = _("You already have {limit} agents, the most allowed. Delete one in /agents first.")
+BOT_READY = _("Got it: @{username}.")
+PICK_MODEL = _("Now pick the AI model (🔑 = bring your own key):")
+CHOOSE_MODEL_HINT = _("Please pick a model with the buttons above, or /cancel.")
+PASTE_KEY = _(
     "{provider} needs your own API key. Paste it here; I delete your message right away "
     "and store the key encrypted."
 )
-CHECKING_KEY = "Checking your key…"
-KEY_ACCEPTED = "✅ {provider} accepted the key."
-KEY_REJECTED = "{provider} rejected that key. Check it and paste it again, or /cancel."
-KEY_UNREACHABLE = "I couldn't reach {provider} to check the key. Paste it again in a moment."
-KEY_HINT = "Please paste the API key as text, or /cancel."
-OTHER_MODEL_BUTTON = "✍️ Other {provider} model…"
-OWN_ENDPOINT_BUTTON = "🔌 My own endpoint (OpenAI-compatible)…"
-ASK_MODEL_NAME = (
+CHECKING_KEY = _("Checking your key…")
+KEY_ACCEPTED = _("✅ {provider} accepted the key.")
+KEY_REJECTED = _("{provider} rejected that key. Check it and paste it again, or /cancel.")
+KEY_UNREACHABLE = _("I couldn't reach {provider} to check the key. Paste it again in a moment.")
+KEY_HINT = _("Please paste the API key as text, or /cancel.")
+OTHER_MODEL_BUTTON = _("✍️ Other {provider} model…")
+OWN_ENDPOINT_BUTTON = _("🔌 My own endpoint (OpenAI-compatible)…")
+ASK_MODEL_NAME = _(
     "Type the model's id exactly as {provider} names it (for example <code>{example}</code>)."
 )
-MODEL_NAME_HINT = (
+MODEL_NAME_HINT = _(
     "That isn't a model id: letters, digits and . _ : / @ + - only, up to 128 characters. "
     "Try again, or /cancel."
 )
-ASK_ENDPOINT = (
+ASK_ENDPOINT = _(
     "Send the base URL of your OpenAI-compatible endpoint, for example "
     "<code>https://openrouter.ai/api/v1</code> (Ollama, vLLM and OpenRouter all work)."
 )
-ENDPOINT_REFUSED = "I can't use that URL: {reason}. Send another, or /cancel."
-ASK_ENDPOINT_KEY = (
+ENDPOINT_REFUSED = _("I can't use that URL: {reason}. Send another, or /cancel.")
+ASK_ENDPOINT_KEY = _(
     "Paste the endpoint's API key (I delete your message right away and store it "
     "encrypted), or tap the button if it needs none."
 )
-NO_KEY_BUTTON = "It needs no key"
-ASK_PROMPT = (
+NO_KEY_BUTTON = _("It needs no key")
+ASK_PROMPT = _(
     "Last step: tell me what your bot should do, in your own words "
     "(up to {limit} characters), or pick a preset:"
 )
-PROMPT_TOO_LONG = "That's {length} characters; the limit is {limit}. Please shorten it."
-PROMPT_HINT = "Please send the instructions as a text message, or pick a preset."
-SUMMARY = (
+PROMPT_TOO_LONG = _("That's {length} characters; the limit is {limit}. Please shorten it.")
+PROMPT_HINT = _("Please send the instructions as a text message, or pick a preset.")
+SUMMARY = _(
     "<b>Ready to deploy</b>\n"
     "Bot: @{username}\n"
     "Model: {model}\n"
     "Instructions:\n<blockquote>{prompt}</blockquote>"
 )
-DEPLOY_BUTTON = "🚀 Deploy"
-EDIT_PROMPT_BUTTON = "✏️ Edit instructions"
-DEPLOY_HINT = "Tap Deploy, Edit or Cancel above."
+DEPLOY_BUTTON = _("🚀 Deploy")
+EDIT_PROMPT_BUTTON = _("✏️ Edit instructions")
+DEPLOY_HINT = _("Tap Deploy, Edit or Cancel above.")
 STEP_LABELS = {
-    "secret": "Secrets stored",
-    "workload": "Agent started",
-    "route": "Route created",
-    "webhook": "Webhook set",
-    "ready": "Agent ready",
+    "secret": _("Secrets stored"),
+    "workload": _("Agent started"),
+    "route": _("Route created"),
+    "webhook": _("Webhook set"),
+    "ready": _("Agent ready"),
 }
-DEPLOY_FAILED = "❌ Deploy failed at <b>{step}</b>: {reason}\nNothing was left behind."
-DEPLOYED = "🎉 @{username} is live! Open it: https://t.me/{username}"
-DEPLOY_INTERRUPTED = (
+DEPLOY_FAILED = _("❌ Deploy failed at <b>{step}</b>: {reason}\nNothing was left behind.")
+DEPLOYED = _("🎉 @{username} is live! Open it: https://t.me/{username}")
+DEPLOY_INTERRUPTED = _(
     "⚠️ The deploy was interrupted by a restart on our side before your bot was made. "
     "Nothing was changed: /deploy to try again."
 )
-RECOVERED = (
+RECOVERED = _(
     "✅ Your “{action}” of @{username} was interrupted by a restart on our side; it is done now."
 )
-RECOVERED_LATER = (
+RECOVERED_LATER = _(
     "⏳ Your “{action}” of @{username} was interrupted by a restart on our side; "
     "it will finish as soon as the cluster answers again."
 )
 
 PRESETS: tuple[tuple[str, str], ...] = (
-    ("Friendly assistant", "You are a friendly, concise assistant. Answer clearly and kindly."),
-    ("Translator", "Translate every message into English; if it is English, into Spanish."),
-    ("Tutor", "You are a patient tutor. Explain step by step and check understanding."),
+    (
+        _("Friendly assistant"),
+        _("You are a friendly, concise assistant. Answer clearly and kindly."),
+    ),
+    (_("Translator"), _("Translate every message into English; if it is English, into Spanish.")),
+    (_("Tutor"), _("You are a patient tutor. Explain step by step and check understanding.")),
 )
 
 # -- agents -----------------------------------------------------------------------
-NO_AGENTS = "You have no agents yet. /deploy creates one in a minute."
-AGENTS = "Your agents:"
-PICK_AGENT = "Which agent?"
+NO_AGENTS = _("You have no agents yet. /deploy creates one in a minute.")
+AGENTS = _("Your agents:")
+PICK_AGENT = _("Which agent?")
 STATE_ICONS = {
     "running": "🟢",
     "starting": "🟡",
@@ -152,118 +187,122 @@ STATE_ICONS = {
     "missing": "🔴",
     "stopped": "⏸",
 }
-CONFIRM_DELETE = "Delete @{username}? The bot stops answering and its settings are removed."
-DELETE_BUTTON = "🗑 Delete"
-YES_DELETE_BUTTON = "Yes, delete"
-NO_BUTTON = "No"
-DELETED = "@{username} was deleted."
-RESTARTED = "🔄 @{username} is restarting."
-STOPPED = "⏸ @{username} is stopped."
-RESUMED = "▶️ @{username} is running again."
-REVERTED = "↩️ @{username} is back to its previous settings."
-NO_PREVIOUS = "There is no earlier version to go back to."
-NO_LOGS = "No log lines yet."
-ASK_NEW_PROMPT = "Send the new instructions for @{username} (up to {limit} characters), or /cancel."
-PROMPT_CHANGED = "✏️ @{username} has new instructions."
-MODEL_CHANGED = "🧠 @{username} now uses {model}."
-TOKEN_ROTATED = "🔑 @{username} has a fresh token; the old one no longer works."
-ACTION_FAILED = "That didn't work: {hint}. Please try again in a moment."
+CONFIRM_DELETE = _("Delete @{username}? The bot stops answering and its settings are removed.")
+DELETE_BUTTON = _("🗑 Delete")
+YES_DELETE_BUTTON = _("Yes, delete")
+NO_BUTTON = _("No")
+DELETED = _("@{username} was deleted.")
+RESTARTED = _("🔄 @{username} is restarting.")
+STOPPED = _("⏸ @{username} is stopped.")
+RESUMED = _("▶️ @{username} is running again.")
+REVERTED = _("↩️ @{username} is back to its previous settings.")
+NO_PREVIOUS = _("There is no earlier version to go back to.")
+NO_LOGS = _("No log lines yet.")
+ASK_NEW_PROMPT = _(
+    "Send the new instructions for @{username} (up to {limit} characters), or /cancel."
+)
+PROMPT_CHANGED = _("✏️ @{username} has new instructions.")
+MODEL_CHANGED = _("🧠 @{username} now uses {model}.")
+TOKEN_ROTATED = _("🔑 @{username} has a fresh token; the old one no longer works.")
+ACTION_FAILED = _("That didn't work: {hint}. Please try again in a moment.")
 CARD_BUTTONS = {  # keyed by keyboards.CardAction's values
-    "resume": "▶️ Resume",
-    "restart": "🔄 Restart",
-    "stop": "⏸ Stop",
-    "logs": "📜 Logs",
-    "prompt": "✏️ Edit prompt",
-    "model": "🧠 Change model",
-    "revert": "↩️ Revert",
-    "rotate": "🔑 Rotate token",
-    "access": "👥 Who can talk to it",
-    "token": "🔑 Replace token",
-    "descr": "📝 Description",
+    "resume": _("▶️ Resume"),
+    "restart": _("🔄 Restart"),
+    "stop": _("⏸ Stop"),
+    "logs": _("📜 Logs"),
+    "prompt": _("✏️ Edit prompt"),
+    "model": _("🧠 Change model"),
+    "revert": _("↩️ Revert"),
+    "rotate": _("🔑 Rotate token"),
+    "access": _("👥 Who can talk to it"),
+    "token": _("🔑 Replace token"),
+    "descr": _("📝 Description"),
     "delete": DELETE_BUTTON,
-    "list": "⬅️ All agents",
+    "list": _("⬅️ All agents"),
 }
-BACK_BUTTON = "⬅️ Back"
-YES_ROTATE_BUTTON = "Yes, rotate"
-CONFIRM_ROTATE = (
+BACK_BUTTON = _("⬅️ Back")
+YES_ROTATE_BUTTON = _("Yes, rotate")
+CONFIRM_ROTATE = _(
     "Give @{username} a fresh token? The old one stops working at once; the bot keeps "
     "running with the new one."
 )
-CHOOSE_NEW_MODEL = "Pick the new model for @{username} (🔑 = bring your own key):"
-LOGS_HEADER = "📜 The last log lines of @{username}:"
-LOGS_SENT_AS_FILE = "📜 The log is long: it is in the file below."
-OUT_OF_DATE = "This menu is out of date."
-CARD_WAS_OUT_OF_DATE = "That card was out of date; this is the agent now."
-EDIT_EXPIRED = "That edit expired; open the card again (/agents). Nothing was changed."
+CHOOSE_NEW_MODEL = _("Pick the new model for @{username} (🔑 = bring your own key):")
+LOGS_HEADER = _("📜 The last log lines of @{username}:")
+LOGS_SENT_AS_FILE = _("📜 The log is long: it is in the file below.")
+OUT_OF_DATE = _("This menu is out of date.")
+CARD_WAS_OUT_OF_DATE = _("That card was out of date; this is the agent now.")
+EDIT_EXPIRED = _("That edit expired; open the card again (/agents). Nothing was changed.")
 
 # -- who can talk to it -----------------------------------------------------------------
-ACCESS_SCREEN = "👥 Who can talk to @{username}: {who}\n\nYou can always talk to it yourself."
+ACCESS_SCREEN = _("👥 Who can talk to @{username}: {who}\n\nYou can always talk to it yourself.")
 ACCESS_WHO = {
-    "everyone": "everyone",
-    "owner": "only you",
-    "listed": "you and the users listed ({ids})",
+    "everyone": _("everyone"),
+    "owner": _("only you"),
+    "listed": _("you and the users listed ({ids})"),
 }
 ACCESS_MODE_BUTTONS = {
-    "everyone": "Everyone",
-    "owner": "Only me",
-    "listed": "Listed users…",
+    "everyone": _("Everyone"),
+    "owner": _("Only me"),
+    "listed": _("Listed users…"),
 }
 ACCESS_CHANGED = {
-    "everyone": "👥 Everyone can talk to @{username} now.",
-    "owner": "👥 Only you can talk to @{username} now.",
-    "listed": "👥 You and {count} listed user(s) can talk to @{username} now.",
+    "everyone": _("👥 Everyone can talk to @{username} now."),
+    "owner": _("👥 Only you can talk to @{username} now."),
+    "listed": _("👥 You and {count} listed user(s) can talk to @{username} now."),
 }
-ASK_ACCESS_LIST = (
+ASK_ACCESS_LIST = _(
     "Who may talk to @{username}? Send their Telegram user ids (separated by commas, "
     "spaces or new lines), or forward me a message from each person. Then tap Done.\n"
     "You are always let in. /cancel to stop."
 )
-ACCESS_LIST_SO_FAR = "Listed so far: {ids}. Add more, or tap Done."
-ACCESS_REFUSED = "That list can't be used: {reason}."
-ACCESS_HIDDEN_USER = (
+ACCESS_LIST_SO_FAR = _("Listed so far: {ids}. Add more, or tap Done.")
+ACCESS_REFUSED = _("That list can't be used: {reason}.")
+ACCESS_HIDDEN_USER = _(
     "{name} hides their account in forwarded messages, so Telegram doesn't tell me who "
     "they are. Ask them for their user id and send it here."
 )
-ACCESS_NOT_A_PERSON = (
+ACCESS_NOT_A_PERSON = _(
     "That was forwarded from a chat, a channel or a bot, not a person. Forward a message "
     "they wrote."
 )
-ACCESS_LIST_HINT = (
+ACCESS_LIST_HINT = _(
     "Send user ids or forward a message from the person, then tap Done. /cancel to stop."
 )
-ACCESS_LIST_GONE = "That list was not applied (it expired or was cancelled). Nothing was changed."
-DONE_BUTTON = "✅ Done"
+ACCESS_LIST_GONE = _(
+    "That list was not applied (it expired or was cancelled). Nothing was changed."
+)
+DONE_BUTTON = _("✅ Done")
 
 # -- a pasted bot's new token -------------------------------------------------------------
-ASK_NEW_TOKEN = (
+ASK_NEW_TOKEN = _(
     "Paste the new token from @BotFather for @{username} (/token there, or /revoke for a "
     "fresh one). I delete your message right away. /cancel to stop."
 )
-TOKEN_OF_ANOTHER_BOT = (
+TOKEN_OF_ANOTHER_BOT = _(
     "That token belongs to @{given}, not @{expected}. Paste the token of @{expected}."
 )
-TOKEN_REPLACED = "🔑 @{username} now runs with its new token."
+TOKEN_REPLACED = _("🔑 @{username} now runs with its new token.")
 
 # -- description ----------------------------------------------------------------------------
-DESCRIPTION_SCREEN = (
+DESCRIPTION_SCREEN = _(
     "📝 What Telegram shows about @{username} before a chat starts ({source}):\n\n{text}"
 )
-DESCRIPTION_DERIVED_SOURCE = "the first sentence of its instructions"
-DESCRIPTION_OWN_SOURCE = "your own words"
-EDIT_DESCRIPTION_BUTTON = "✏️ Edit"
-DERIVED_DESCRIPTION_BUTTON = "📄 From the prompt"
-ASK_DESCRIPTION = (
+DESCRIPTION_DERIVED_SOURCE = _("the first sentence of its instructions")
+DESCRIPTION_OWN_SOURCE = _("your own words")
+EDIT_DESCRIPTION_BUTTON = _("✏️ Edit")
+DERIVED_DESCRIPTION_BUTTON = _("📄 From the prompt")
+ASK_DESCRIPTION = _(
     "Send the new description of @{username} (one line, up to {limit} characters), or /cancel."
 )
-DESCRIPTION_TOO_LONG = (
+DESCRIPTION_TOO_LONG = _(
     "That is {length} characters; Telegram allows {limit}. Shorten it, or /cancel."
 )
-DESCRIPTION_HINT = "Please send the description as a text message, or /cancel."
-DESCRIPTION_CHANGED = "📝 @{username} has a new description."
-DESCRIPTION_FROM_PROMPT = (
+DESCRIPTION_HINT = _("Please send the description as a text message, or /cancel.")
+DESCRIPTION_CHANGED = _("📝 @{username} has a new description.")
+DESCRIPTION_FROM_PROMPT = _(
     "📝 @{username}'s description is the first sentence of its instructions again."
 )
-PROFILE_PENDING = " Telegram shows it shortly."
+PROFILE_PENDING = _(" Telegram shows it shortly.")
 
 
 def state_icon(agent: Agent) -> str:
@@ -287,123 +326,155 @@ def tokens(count: int) -> str:
     return str(count)
 
 
+SPEND_NO_LIMIT = _("no daily limit")
+SPEND_LEFT = _("{tokens} left today")
+SPEND_LINE = _("Tokens: {today} today · {month} this month · {left}")
+
+
 def spend_line(spend: Spend) -> str:
     """Today, this month, and what is left of today's budget."""
-    left = "no daily limit" if spend.left is None else f"{tokens(spend.left)} left today"
-    return (
-        f"Tokens: {tokens(spend.today.tokens)} today · {tokens(spend.month.tokens)} this month"
-        f" · {left}"
+    if spend.left is None:
+        left = translate(SPEND_NO_LIMIT)
+    else:
+        left = translate(SPEND_LEFT).format(tokens=tokens(spend.left))
+    return translate(SPEND_LINE).format(
+        today=tokens(spend.today.tokens), month=tokens(spend.month.tokens), left=left
     )
 
 
-USAGE_HEADER = "<b>Usage</b> (tokens; days end at 00:00 UTC)"
-USAGE_NONE = "You have no agents yet. /deploy creates one."
-USAGE_LINE = "• @{username}: {line}"
-BUDGET_80 = (
+USAGE_HEADER = _("<b>Usage</b> (tokens; days end at 00:00 UTC)")
+USAGE_NONE = _("You have no agents yet. /deploy creates one.")
+USAGE_LINE = _("• @{username}: {line}")
+BUDGET_80 = _(
     "📈 @{username} has used {used} of its {budget} tokens today (80%). At the limit it "
     "answers that it is resting until 00:00 UTC."
 )
-BUDGET_100 = (
+BUDGET_100 = _(
     "⛔ @{username} reached its daily limit of {budget} tokens. It tells its users it is "
     "resting until 00:00 UTC, when the limit resets."
 )
-OPEN_CARD_BUTTON = "🃏 Open card"
-RAISE_LIMIT_BUTTON = "➕ Double today's limit"
-LIMIT_RAISED = "➕ @{username} may now use {budget} tokens a day."
-BUDGET_USAGE = (
+OPEN_CARD_BUTTON = _("🃏 Open card")
+RAISE_LIMIT_BUTTON = _("➕ Double today's limit")
+LIMIT_RAISED = _("➕ @{username} may now use {budget} tokens a day.")
+BUDGET_USAGE = _(
     "Usage: /budget <agent_id or user_id> <tokens a day>, e.g. /budget 42 500000 (0 = no limit)."
 )
-BUDGET_SET_AGENT = "Daily budget of @{username} set to {budget} tokens."
-BUDGET_SET_USER = "Daily budget of every agent of user {user_id} set to {budget} tokens."
-BUDGET_NOT_FOUND = "No agent or user {target}."
+BUDGET_SET_AGENT = _("Daily budget of @{username} set to {budget} tokens.")
+BUDGET_SET_USER = _("Daily budget of every agent of user {user_id} set to {budget} tokens.")
+BUDGET_NOT_FOUND = _("No agent or user {target}.")
 
 
 def budget_notice(*, username: str, percent: int, used: int, budget: int) -> str:
-    template = BUDGET_100 if percent >= 100 else BUDGET_80
+    template = translate(BUDGET_100 if percent >= 100 else BUDGET_80)
     return template.format(username=username, used=tokens(used), budget=tokens(budget))
+
+
+STATE_NAMES = {
+    "running": _("running"),
+    "starting": _("starting"),
+    "crash-looping": _("crash-looping"),
+    "missing": _("missing"),
+    "stopped": _("stopped"),
+}
+CARD_MODEL = _("Model: {provider} · {model}")
+CARD_STATE = _("State: {state} (since {since})")
+CARD_LAST_ERROR = _("Last error: {reason}")
+CARD_HEALTH = _("Health: {health}")
+CARD_MUTED = _(" · 🔕 muted")
+CARD_VERSION = _("Version: {revision}")
 
 
 def agent_card(agent: Agent, *, spend: Spend | None = None) -> str:
     state = "stopped" if agent.desired_state == "stopped" else agent.observed_state or "starting"
     since = agent.observed_at.strftime("%Y-%m-%d %H:%M UTC") if agent.observed_at else "—"
+    state_name = translate(STATE_NAMES[state]) if state in STATE_NAMES else state
     lines = [
         f"{state_icon(agent)} <b>{escape(agent.name)}</b> @{agent.bot_username}",
-        f"Model: {escape(agent.provider)} · {escape(agent.model)}",
-        f"State: {state} (since {since})",
+        translate(CARD_MODEL).format(provider=escape(agent.provider), model=escape(agent.model)),
+        translate(CARD_STATE).format(state=state_name, since=since),
     ]
     if agent.observed_reason and state != "running":
-        lines.append(f"Last error: {escape(agent.observed_reason)}")
+        lines.append(translate(CARD_LAST_ERROR).format(reason=escape(agent.observed_reason)))
     if agent.health and agent.desired_state == "running":
-        health = HEALTH_LABELS.get(agent.health, agent.health)
+        label = HEALTH_LABELS.get(agent.health)
+        health = translate(label) if label else agent.health
         if agent.health_reason and agent.health != "healthy":
             health += f": {escape(agent.health_reason)}"
         muted_until = agent.muted_until
-        muted = " · 🔕 muted" if muted_until and as_utc(muted_until) > utcnow() else ""
-        lines.append(f"Health: {health}{muted}")
+        if muted_until and as_utc(muted_until) > utcnow():
+            health += translate(CARD_MUTED)
+        lines.append(translate(CARD_HEALTH).format(health=health))
     if spend is not None:
         lines.append(spend_line(spend))
-    lines.append(f"Version: {agent.revision}")
+    lines.append(translate(CARD_VERSION).format(revision=agent.revision))
     return "\n".join(lines)
 
 
 def summary(*, username: str, model: str, prompt: str) -> str:
     shown = prompt if len(prompt) <= 600 else prompt[:600] + "…"
-    return SUMMARY.format(username=username, model=escape(model), prompt=escape(shown))
+    return translate(SUMMARY).format(username=username, model=escape(model), prompt=escape(shown))
+
+
+DEPLOYING = _("Deploying…")
 
 
 def progress(done: list[str], steps: list[str]) -> str:
-    rows = [("✅ " if step in done else "⏳ ") + STEP_LABELS[step] for step in steps]
-    return "Deploying…\n" + "\n".join(rows)
+    rows = [("✅ " if step in done else "⏳ ") + translate(STEP_LABELS[step]) for step in steps]
+    return translate(DEPLOYING) + "\n" + "\n".join(rows)
 
 
 # -- health notifications --------------------------------------------------------------
-HEALTH_DOWN = "⚠️ @{username} is down: {reason}"
-HEALTH_DEGRADED = "⚠️ @{username} has a problem: {reason}"
-HEALTH_BACK = "✅ @{username} is back"
-HEALTH_GAVE_UP = (
+HEALTH_DOWN = _("⚠️ @{username} is down: {reason}")
+HEALTH_DEGRADED = _("⚠️ @{username} has a problem: {reason}")
+HEALTH_BACK = _("✅ @{username} is back")
+HEALTH_GAVE_UP = _(
     "⛔ @{username} kept crashing: {reason}. I stopped it so it does not crash forever. "
     "Check its logs, fix the cause (prompt, model or key), then tap Resume."
 )
-HEALTH_DIGEST = "Several of your bots changed at once:\n{lines}\n\n/agents shows them all."
-HEALTH_DIGEST_LINE = "• {line}"
-MUTED = "🔕 No health alerts about @{username} for 24 hours."
-SWEEP_FAILED = (
+HEALTH_DIGEST = _("Several of your bots changed at once:\n{lines}\n\n/agents shows them all.")
+HEALTH_DIGEST_LINE = _("• {line}")
+MUTED = _("🔕 No health alerts about @{username} for 24 hours.")
+SWEEP_FAILED = _(
     "⚠️ Health checks cannot read the agents: {error}. "
     "I keep trying and will tell you when it works again."
 )
-ADMIN_ALERT = "🛡 {text}"
-SWEEP_RECOVERED = "✅ Health checks work again."
-HEALTH_LABELS = {"healthy": "✅ healthy", "degraded": "⚠️ degraded", "down": "🔴 down"}
-LOGS_BUTTON = "📜 Logs"
-RESTART_BUTTON = "🔄 Restart"
-RESUME_BUTTON = "▶️ Resume"
-MUTE_BUTTON = "🔕 Mute 24h"
+ADMIN_ALERT = _("🛡 {text}")
+SWEEP_RECOVERED = _("✅ Health checks work again.")
+HEALTH_LABELS = {"healthy": _("✅ healthy"), "degraded": _("⚠️ degraded"), "down": _("🔴 down")}
+LOGS_BUTTON = _("📜 Logs")
+RESTART_BUTTON = _("🔄 Restart")
+RESUME_BUTTON = _("▶️ Resume")
+MUTE_BUTTON = _("🔕 Mute 24h")
 
 
 # -- admin console ---------------------------------------------------------------------
-ADMIN_HELP = (
+ADMIN_HELP = _(
     "Admin: /broadcast — message many users · /broadcast_cancel — stop a broadcast · "
     "/stats · /users · /ban &lt;user_id&gt; · /unban &lt;user_id&gt; · /audit"
 )
-BROADCAST_COMPOSE = (
+BROADCAST_COMPOSE = _(
     "Send the message to broadcast: text (formatting is kept) or a photo with a caption. "
     "/cancel to stop."
 )
-BROADCAST_COMPOSE_HINT = "A broadcast is text or one photo with a caption. Send one, or /cancel."
-BROADCAST_TOO_LONG = "That is {length} characters; Telegram allows {limit}. Shorten it, or /cancel."
-BROADCAST_AUDIENCE = "Who should get it?"
+BROADCAST_COMPOSE_HINT = _("A broadcast is text or one photo with a caption. Send one, or /cancel.")
+BROADCAST_TOO_LONG = _(
+    "That is {length} characters; Telegram allows {limit}. Shorten it, or /cancel."
+)
+BROADCAST_AUDIENCE = _("Who should get it?")
 AUDIENCE_LABELS = {
-    "all": "All users",
-    "with_agents": "Users with agents",
-    "agent_down": "Users with an agent down",
+    "all": _("All users"),
+    "with_agents": _("Users with agents"),
+    "agent_down": _("Users with an agent down"),
 }
-BROADCAST_PREVIEW = "⬆️ This is exactly how it will arrive. Send it to {count} users ({audience})?"
-BROADCAST_NOBODY = "Nobody is in that audience right now. Pick another, or /cancel."
-BROADCAST_SEND_BUTTON = "📣 Send"
-BROADCAST_STARTED = "📣 Broadcast #{id}: sending to {count} users…"
-BROADCAST_NONE_RUNNING = "No broadcast is running."
-BROADCAST_CANCELLED = "⏹ Stopped broadcast #{ids}."
-STATS = (
+BROADCAST_PREVIEW = _(
+    "⬆️ This is exactly how it will arrive. Send it to {count} users ({audience})?"
+)
+BROADCAST_NOBODY = _("Nobody is in that audience right now. Pick another, or /cancel.")
+BROADCAST_SEND_BUTTON = _("📣 Send")
+BROADCAST_STARTED = _("📣 Broadcast #{id}: sending to {count} users…")
+BROADCAST_NONE_RUNNING = _("No broadcast is running.")
+BROADCAST_CANCELLED = _("⏹ Stopped broadcast #{ids}.")
+STATS = _(
     "<b>Users</b>: {users} ({banned} banned, {blocked} blocked the bot)\n"
     "<b>Agents</b>: {agents}\n"
     "<b>Deploys</b> last 24 h: {deploys_day_ok} ok, {deploys_day_failed} failed · "
@@ -411,74 +482,164 @@ STATS = (
     "<b>LLM usage</b> (counted by the gateway): today {tokens_day} tokens in "
     "{requests_day} requests · this month {tokens_month} tokens in {requests_month} requests"
 )
-USERS_PAGE = "<b>Users</b> {first}–{last} of {total}:\n{lines}"
-USERS_EMPTY = "No users yet."
-USER_LINE = "<code>{id}</code> {name}{flags}: {agents}"
-BAN_USAGE = "Usage: /{command} &lt;user_id&gt; (a number; /users lists them)"
-BAN_UNKNOWN = "No user {user_id}."
-BAN_SELF = "You cannot ban yourself."
-BANNED = "🚫 User {user_id} is banned; {stopped} of their agents stopped."
-UNBANNED = "✅ User {user_id} may use Hatchbot again (their agents stay stopped until resumed)."
-YOU_ARE_BANNED = (
+USERS_PAGE = _("<b>Users</b> {first}–{last} of {total}:\n{lines}")
+USERS_EMPTY = _("No users yet.")
+USER_NO_AGENTS = _("no agents")
+USER_LINE = _("<code>{id}</code> {name}{flags}: {agents}")
+BAN_USAGE = _("Usage: /{command} &lt;user_id&gt; (a number; /users lists them)")
+BAN_UNKNOWN = _("No user {user_id}.")
+BAN_SELF = _("You cannot ban yourself.")
+BANNED = _("🚫 User {user_id} is banned; {stopped} of their agents stopped.")
+UNBANNED = _("✅ User {user_id} may use Hatchbot again (their agents stay stopped until resumed).")
+YOU_ARE_BANNED = _(
     "Your access to Hatchbot is suspended. Contact the operator if you think this is a mistake."
 )
-AUDIT_EMPTY = "The audit log is empty."
-AUDIT_LINE = "{at} {actor} {action} {agent}{outcome}{detail}"
+AUDIT_EMPTY = _("The audit log is empty.")
+AUDIT_LINE = _("{at} {actor} {action} {agent}{outcome}{detail}")
+
+
+BROADCAST_PROGRESS = _(
+    "📣 Broadcast #{id}: sent {sent}, failed {failed}, blocked {blocked}, "
+    "remaining {remaining} · {rate}/s"
+)
+BROADCAST_DONE = _(
+    "📣 Broadcast #{id} done in {seconds} s: sent {sent}, failed {failed}, blocked {blocked}"
+)
+BROADCAST_STOPPED = _(
+    "📣 Broadcast #{id} stopped in {seconds} s: sent {sent}, failed {failed}, blocked {blocked}"
+)
+BROADCAST_NOT_SENT = _("Not sent (stopped): {count}")
+BROADCAST_UNCERTAIN = _(
+    "Uncertain (a send cut off mid-way: a stop, or no answer in time; not sent again): {count}"
+)
 
 
 def broadcast_progress(broadcast_id: int, counts: dict[str, int], seconds: float) -> str:
     done = sum(v for k, v in counts.items() if k not in ("pending", "sending"))
     rate = done / seconds if seconds > 0 else 0.0
-    return (
-        f"📣 Broadcast #{broadcast_id}: sent {counts.get('sent', 0)}, "
-        f"failed {counts.get('failed', 0)}, blocked {counts.get('blocked', 0)}, "
-        f"remaining {counts.get('pending', 0) + counts.get('sending', 0)} · {rate:.1f}/s"
+    return translate(BROADCAST_PROGRESS).format(
+        id=broadcast_id,
+        sent=counts.get("sent", 0),
+        failed=counts.get("failed", 0),
+        blocked=counts.get("blocked", 0),
+        remaining=counts.get("pending", 0) + counts.get("sending", 0),
+        rate=f"{rate:.1f}",
     )
 
 
 def broadcast_report(
     broadcast_id: int, counts: dict[str, int], seconds: float, *, cancelled: bool
 ) -> str:
-    verb = "stopped" if cancelled else "done"
+    template = translate(BROADCAST_STOPPED if cancelled else BROADCAST_DONE)
     lines = [
-        f"📣 Broadcast #{broadcast_id} {verb} in {seconds:.0f} s: sent {counts.get('sent', 0)}, "
-        f"failed {counts.get('failed', 0)}, blocked {counts.get('blocked', 0)}"
+        template.format(
+            id=broadcast_id,
+            seconds=f"{seconds:.0f}",
+            sent=counts.get("sent", 0),
+            failed=counts.get("failed", 0),
+            blocked=counts.get("blocked", 0),
+        )
     ]
     if counts.get("pending"):
-        lines.append(f"Not sent (stopped): {counts['pending']}")
+        lines.append(translate(BROADCAST_NOT_SENT).format(count=counts["pending"]))
     if counts.get("uncertain"):
-        lines.append(
-            f"Uncertain (a send cut off mid-way: a stop, or no answer in time; not sent again): {counts['uncertain']}"
-        )
+        lines.append(translate(BROADCAST_UNCERTAIN).format(count=counts["uncertain"]))
     return "\n".join(lines)
 
 
 # -- failures in plain words (one per services.errors.ErrorCode) -------------------------
 FAILURE_WORDS = {
     "cluster-denied": (
-        "our servers would not let me set up your bot. That is a problem on our side, "
-        "not yours: please tell an admin and quote the reference."
+        _(
+            "our servers would not let me set up your bot. That is a problem on our side, "
+            "not yours: please tell an admin and quote the reference."
+        )
     ),
-    "cluster-unavailable": "our servers are busy or unreachable right now. Please try again "
-    "in a few minutes.",
+    "cluster-unavailable": _(
+        "our servers are busy or unreachable right now. Please try again in a few minutes."
+    ),
     "cluster-rejected": (
-        "our servers refused your bot's settings. Please tell an admin and quote the reference."
+        _("our servers refused your bot's settings. Please tell an admin and quote the reference.")
     ),
     "agent-crashed": (
-        "your bot started but keeps stopping. Check its instructions and model and try "
-        "again; if it happens again, tell an admin and quote the reference."
+        _(
+            "your bot started but keeps stopping. Check its instructions and model and try "
+            "again; if it happens again, tell an admin and quote the reference."
+        )
     ),
-    "agent-changed": "the bot was stopped or deleted while this ran. Open /agents to see it.",
+    "agent-changed": _("the bot was stopped or deleted while this ran. Open /agents to see it."),
     "token-revoked": (
-        "Telegram no longer accepts this bot's token (was it revoked in @BotFather?). "
-        "Get a new token from @BotFather and try again."
+        _(
+            "Telegram no longer accepts this bot's token (was it revoked in @BotFather?). "
+            "Get a new token from @BotFather and try again."
+        )
     ),
-    "telegram-unavailable": "Telegram did not answer. Please try again in a minute.",
+    "telegram-unavailable": _("Telegram did not answer. Please try again in a minute."),
     "telegram-rejected": (
-        "Telegram would not connect your bot to us. Please try again later; if it keeps "
-        "happening, tell an admin and quote the reference."
+        _(
+            "Telegram would not connect your bot to us. Please try again later; if it keeps "
+            "happening, tell an admin and quote the reference."
+        )
     ),
-    "internal": "something went wrong on our side. Please try again in a moment.",
+    "internal": _("something went wrong on our side. Please try again in a moment."),
 }
-ACTION_FAILED_PLAIN = "That didn't work: {reason}"
-FAILURE_REFERENCE = "(error <code>{code}</code>, reference <code>{reference}</code>)"
+ACTION_FAILED_PLAIN = _("That didn't work: {reason}")
+FAILURE_REFERENCE = _("(error <code>{code}</code>, reference <code>{reference}</code>)")
+
+# -- the command menus, and words the handlers used to spell out ---------------------------
+AUDIT_HEADER = _("<b>Audit log</b> (newest first)")
+OWN_ENDPOINT_NAME = _("your endpoint")
+YOUR_BOT = _("your bot")
+COMMANDS = {
+    "deploy": _("Create a new AI bot"),
+    "agents": _("Your bots"),
+    "usage": _("Tokens used and left today"),
+    "status": _("State of a bot"),
+    "restart": _("Restart a bot"),
+    "stop": _("Stop a bot"),
+    "resume": _("Start a stopped bot"),
+    "logs": _("A bot's recent log"),
+    "delete": _("Delete a bot"),
+    "language": _("Language: English or Russian"),
+    "cancel": _("Leave what you are doing"),
+    "help": _("What I can do"),
+}
+ADMIN_COMMANDS = {
+    "broadcast": _("Message many users"),
+    "broadcast_cancel": _("Stop a running broadcast"),
+    "stats": _("Platform figures"),
+    "users": _("Users and their agents"),
+    "ban": _("Ban a user: /ban <user_id>"),
+    "unban": _("Lift a ban: /unban <user_id>"),
+    "audit": _("Recent audit log"),
+    "budget": _("Daily token budget: /budget <agent|user> <tokens>"),
+}
+
+# -- language ----------------------------------------------------------------------------------
+CHOOSE_LANGUAGE = _("Pick the language I speak to you in:")
+LANGUAGE_SET = _("Done: I speak English to you now.")
+# The buttons name each language in itself, whatever the current one.
+LANGUAGE_NAMES = {"en": "English", "ru": "Русский"}
+
+
+def _in_language(value: Any) -> Any:
+    if isinstance(value, str):
+        return translate(value)
+    if isinstance(value, dict):
+        return {key: _in_language(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_in_language(item) for item in value)
+    return value
+
+
+class _Translated(ModuleType):
+    """This module, with its UPPER_CASE constants read in the current language."""
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if name.isupper():
+            return _in_language(value)
+        return value
+
+
+sys.modules[__name__].__class__ = _Translated

@@ -66,7 +66,8 @@ class User(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     username: Mapped[str | None] = mapped_column(String(64))
     first_name: Mapped[str] = mapped_column(String(128), default="")
-    language: Mapped[str | None] = mapped_column(String(16))
+    language: Mapped[str | None] = mapped_column(String(16))  # picked with /language
+    telegram_language: Mapped[str | None] = mapped_column(String(16))  # their app's
     is_banned: Mapped[bool] = mapped_column(Boolean, default=False)
     blocked_bot: Mapped[bool] = mapped_column(Boolean, default=False)
     # An admin's raise of the daily token budget for all of this user's agents.

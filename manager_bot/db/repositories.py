@@ -37,16 +37,39 @@ class Users:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def upsert(self, *, user_id: int, username: str | None, first_name: str) -> User:
+    async def upsert(
+        self,
+        *,
+        user_id: int,
+        username: str | None,
+        first_name: str,
+        telegram_language: str | None = None,
+    ) -> User:
         user = await self._session.get(User, user_id)
         if user is None:
-            user = User(id=user_id, username=username, first_name=first_name)
+            user = User(
+                id=user_id,
+                username=username,
+                first_name=first_name,
+                telegram_language=telegram_language,
+            )
             self._session.add(user)
         else:
             user.username, user.first_name, user.last_seen_at = username, first_name, utcnow()
+            if telegram_language is not None:  # Telegram leaves it out at times
+                user.telegram_language = telegram_language
             user.blocked_bot = False  # they write to us: they no longer block the bot
         await self._session.flush()
         return user
+
+    async def set_language(self, user_id: int, language: str) -> None:
+        """What /language picked (a missing row is made: the pick must outlive a restart)."""
+        user = await self._session.get(User, user_id)
+        if user is None:
+            self._session.add(User(id=user_id, first_name="", language=language))
+        else:
+            user.language = language
+        await self._session.flush()
 
     async def get(self, user_id: int) -> User | None:
         return await self._session.get(User, user_id)

@@ -146,7 +146,9 @@ async def _show_users(
     for user in found.users:
         flags = (" 🚫" if user.is_banned else "") + (" 🔇" if user.blocked_bot else "")
         owned = found.agents.get(user.id, [])
-        agents = ", ".join(f"{texts.state_icon(a)} @{a.bot_username}" for a in owned) or "no agents"
+        agents = ", ".join(f"{texts.state_icon(a)} @{a.bot_username}" for a in owned) or (
+            texts.USER_NO_AGENTS
+        )
         name = escape(user.first_name) + (f" @{user.username}" if user.username else "")
         lines.append(texts.USER_LINE.format(id=user.id, name=name, flags=flags, agents=agents))
     first = found.page * USERS_PER_PAGE + 1
@@ -196,7 +198,7 @@ async def audit(message: Message, admin: AdminConsole) -> None:
         )
         for entry in entries
     ]
-    await message.answer("<b>Audit log</b> (newest first)\n" + "\n".join(lines))
+    await message.answer(texts.AUDIT_HEADER + "\n" + "\n".join(lines))
 
 
 async def set_budget(message: Message, command: CommandObject, budgets: Budgets) -> None:

@@ -43,7 +43,7 @@ def build_cancel_router() -> Router:
     """A fresh Router (a Router belongs to one Dispatcher; tests and restarts build several)."""
     cancel_router = Router(name="cancel")
     cancel_router.message.register(cancel, Command("cancel"))
-    cancel_router.message.register(cancel, F.text == texts.CANCEL_BUTTON)
+    cancel_router.message.register(cancel, F.text == texts.lazy(texts.CANCEL_BUTTON))
     cancel_router.callback_query.register(cancel_button, WizardAction.filter(F.action == "cancel"))
     return cancel_router
 

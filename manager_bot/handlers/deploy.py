@@ -507,7 +507,7 @@ def build_router() -> Router:
     steps.message.filter(~TypedCommand())
     getting_bot = StateFilter(Deploy.bot, Deploy.token)
     steps.message.register(managed_bot_created, getting_bot, F.managed_bot_created)
-    steps.message.register(wants_to_paste, getting_bot, F.text == texts.HAVE_BOT_BUTTON)
+    steps.message.register(wants_to_paste, getting_bot, F.text == texts.lazy(texts.HAVE_BOT_BUTTON))
     steps.message.register(pasted_token, Deploy.bot, F.text, F.text.func(looks_like_token))
     steps.message.register(pasted_token, Deploy.token, F.text)
     steps.message.register(pasted_key, Deploy.key, F.text)

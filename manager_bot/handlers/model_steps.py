@@ -19,7 +19,9 @@ OWN_ENDPOINT_EXAMPLE = "llama3.1:8b"
 def model_name_question(provider: Provider | None) -> str:
     """Asks for a model id; `None` is the user's own endpoint."""
     if provider is None:
-        return texts.ASK_MODEL_NAME.format(provider="your endpoint", example=OWN_ENDPOINT_EXAMPLE)
+        return texts.ASK_MODEL_NAME.format(
+            provider=texts.OWN_ENDPOINT_NAME, example=OWN_ENDPOINT_EXAMPLE
+        )
     example = provider.models[-1] if provider.models else OWN_ENDPOINT_EXAMPLE
     return texts.ASK_MODEL_NAME.format(provider=escape(provider.label), example=escape(example))
 

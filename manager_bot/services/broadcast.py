@@ -37,6 +37,7 @@ from manager_bot import texts
 from manager_bot.db.models import Broadcast, utcnow
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
+from manager_bot.i18n import Languages, language_of, speaking_to
 from manager_bot.metrics import BROADCAST_MESSAGES, BROADCAST_REMAINING
 
 log = logging.getLogger(__name__)
@@ -88,12 +89,14 @@ class SlidingWindow:
 class Broadcaster:
     def __init__(
         self, *, bot: Bot, database: Database, rate: float = 30.0, workers: int = 4,
-        send_timeout: int | None = None,
+        send_timeout: int | None = None, languages: Languages | None = None,
     ) -> None:  # fmt: skip
         """`send_timeout`: seconds for one send (default: the bot session's); past it
-        the outcome is unknown, so that recipient is uncertain."""
+        the outcome is unknown, so that recipient is uncertain. `languages`: the
+        progress and report are in their author's (the broadcast itself is as written)."""
         self._bot = bot
         self._db = database
+        self._languages = languages
         self._window = SlidingWindow(rate)
         self._workers = workers
         self._send_timeout = send_timeout
@@ -297,10 +300,9 @@ class Broadcaster:
             await asyncio.sleep(PROGRESS_EVERY)
             counts = await self._counts(broadcast.id)
             BROADCAST_REMAINING.labels(str(broadcast.id)).set(counts.get("pending", 0))
-            await self._edit_progress(
-                broadcast,
-                texts.broadcast_progress(broadcast.id, counts, time.monotonic() - started),
-            )
+            with speaking_to(self._languages, await self._author_language(broadcast)):
+                text = texts.broadcast_progress(broadcast.id, counts, time.monotonic() - started)
+            await self._edit_progress(broadcast, text)
 
     async def _finish(self, broadcast: Broadcast, started: float) -> None:
         cancelled = broadcast.id in self._cancelled
@@ -318,10 +320,14 @@ class Broadcaster:
             )  # fmt: skip
         with contextlib.suppress(KeyError):
             BROADCAST_REMAINING.remove(str(broadcast.id))
-        report = texts.broadcast_report(
-            broadcast.id, counts, time.monotonic() - started, cancelled=cancelled
-        )
+        with speaking_to(self._languages, await self._author_language(broadcast)):
+            report = texts.broadcast_report(
+                broadcast.id, counts, time.monotonic() - started, cancelled=cancelled
+            )
         await self._edit_progress(broadcast, report)
+
+    async def _author_language(self, broadcast: Broadcast) -> str:
+        return await language_of(self._languages, broadcast.author_id)
 
     async def _edit_progress(self, broadcast: Broadcast, text: str) -> None:
         if broadcast.progress_chat_id is None or broadcast.progress_message_id is None:

@@ -33,6 +33,7 @@ from manager_bot import keyboards, texts
 from manager_bot.db.models import Agent
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
+from manager_bot.i18n import Languages, language_of, speaking_to
 from manager_bot.metrics import HEALTH_NOTIFICATIONS
 from manager_bot.services.health import Health
 
@@ -96,9 +97,18 @@ class NoticeSender:
     the Notifier (at once, after a sweep): deliveries then run one at a time, so a
     notice is never sent by both, and a 429 holds both."""
 
-    def __init__(self, *, bot: Bot, database: Database, admin_ids: list[int]) -> None:
+    def __init__(
+        self,
+        *,
+        bot: Bot,
+        database: Database,
+        admin_ids: list[int],
+        languages: Languages | None = None,
+    ) -> None:
+        """`languages`: each notice in its recipient's language (English without)."""
         self._bot = bot
         self._db = database
+        self._languages = languages
         self._admins = set(admin_ids)
         self._lock = asyncio.Lock()
         self._hold_until = 0.0  # monotonic: a 429's retry_after, for every chat
@@ -138,6 +148,7 @@ class NoticeSender:
         self, *, user_id: int, kind: NoticeKind, detail: dict[str, Any]
     ) -> bool:
         """One try, outside the outbox: for when the database that holds it is what fails."""
+        # The database is what fails here: English, rather than asking it for a language.
         message = self._render(kind=kind, user_id=user_id, detail=detail, agent=None)
         if message is None:
             return False
@@ -149,9 +160,10 @@ class NoticeSender:
         return True
 
     async def _send(self, notice: _Owed) -> _Outcome:
-        message = self._render(
-            kind=notice.kind, user_id=notice.user_id, detail=notice.detail, agent=notice.agent
-        )
+        with speaking_to(self._languages, await language_of(self._languages, notice.user_id)):
+            message = self._render(
+                kind=notice.kind, user_id=notice.user_id, detail=notice.detail, agent=notice.agent
+            )
         outcome = _Outcome.SENT if message is not None else _Outcome.MOOT
         try:
             if message is not None:

@@ -19,6 +19,7 @@ from manager_bot.backends.base import BackendError
 from manager_bot.db.models import Operation, OperationStatus
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
+from manager_bot.i18n import Languages, language_of, speaking_to
 from manager_bot.services.deployer import Deployer
 from manager_bot.services.errors import DeployFailed
 from manager_bot.services.reconciler import Reconciler
@@ -29,8 +30,16 @@ log = logging.getLogger(__name__)
 
 class Recovery:
     def __init__(
-        self, *, database: Database, deployer: Deployer, reconciler: Reconciler, bot: Bot
+        self,
+        *,
+        database: Database,
+        deployer: Deployer,
+        reconciler: Reconciler,
+        bot: Bot,
+        languages: Languages | None = None,
     ) -> None:
+        """`languages`: each user is told in their language (English without)."""
+        self._languages = languages
         self._db = database
         self._deployer = deployer
         self._reconciler = reconciler
@@ -48,8 +57,13 @@ class Recovery:
         return len(unfinished)
 
     async def _finish(self, operation: Operation) -> None:
+        language = await language_of(self._languages, operation.chat_id or operation.actor_id)
+        with speaking_to(self._languages, language):
+            await self._finish_in_language(operation)
+
+    async def _finish_in_language(self, operation: Operation) -> None:
         agent = await self._deployer.stored(operation.agent_id) if operation.agent_id else None
-        username = agent.bot_username if agent is not None else "your bot"
+        username = agent.bot_username if agent is not None else texts.YOUR_BOT
         if operation.kind == "deploy" and not operation.agent_id:  # died before it began
             status, text = OperationStatus.FAILED, texts.DEPLOY_INTERRUPTED
         elif operation.kind == "deploy" and operation.agent_id:

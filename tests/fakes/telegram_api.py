@@ -5,7 +5,8 @@ through plain HTTP at `{url}/bot{token}/{method}`. It knows several bots by
 token, lets tests act as users (see `tests/fakes/user.py`), delivers updates by
 long polling or by webhook like Telegram (secret header, retries, recorded
 delivery errors), enforces Telegram's limits with Telegram's error texts, and
-can inject faults and rate limits.
+can inject faults and rate limits. Files users send (`store_file`) are served
+like Telegram's: `getFile`, then `GET {url}/file/bot{token}/{file_path}`.
 
 Wire format: aiogram posts form data in which strings arrive raw and every
 other value JSON-encoded; the runtime posts JSON. Both are decoded here.
@@ -38,6 +39,7 @@ JsonDict = dict[str, Any]
 
 MAX_TEXT = 4096
 MAX_CAPTION = 1024
+MAX_DOWNLOAD = 20 * 1024 * 1024  # getFile: bots download files of up to 20 MB
 MAX_DESCRIPTION = 512  # setMyDescription: 0-512 characters
 MAX_SHORT_DESCRIPTION = 120  # setMyShortDescription: 0-120 characters
 MAX_ADDED_USERS = 10  # setManagedBotAccessSettings: up to 10 besides the owner
@@ -220,6 +222,9 @@ class FakeTelegram:
         self._wakeups: dict[int, asyncio.Event] = {}
         self._chats: dict[int, JsonDict] = {}
         self._incoming: dict[tuple[int, int, int], JsonDict] = {}
+        # file_id -> (the bot it was sent to, file_path, bytes)
+        self._files: dict[str, tuple[int, str, bytes]] = {}
+        self.downloads: list[str] = []  # file_paths fetched from /file/bot<token>/
         self._closing = False
         # Public host names webhooks are sent to -> the base URL of what stands for them.
         self.hosts: dict[str, str] = {}
@@ -229,6 +234,7 @@ class FakeTelegram:
     async def start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._download)
         self._runner, self.url = await serve_on_loopback(app)
         self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
 
@@ -300,10 +306,18 @@ class FakeTelegram:
         user_id: int | None = None,
         first_name: str = "Alice",
         username: str | None = None,
+        language_code: str = "en",
     ) -> SimUser:
         from tests.fakes.user import SimUser
 
-        return SimUser(self, bot, user_id=user_id, first_name=first_name, username=username)
+        return SimUser(
+            self,
+            bot,
+            user_id=user_id,
+            first_name=first_name,
+            username=username,
+            language_code=language_code,
+        )
 
     def group(self, bot: FakeBot, *, chat_id: int | None = None, title: str = "Group") -> SimGroup:
         from tests.fakes.user import SimGroup
@@ -341,6 +355,13 @@ class FakeTelegram:
 
     def block(self, bot: FakeBot, user_id: int) -> None:
         bot.blocked_by.add(user_id)
+
+    def store_file(self, bot: FakeBot, data: bytes, *, kind: str, extension: str) -> JsonDict:
+        """A file a user sends to `bot`: its file_id, file_unique_id and file_size."""
+        unique = secrets.token_hex(6)
+        file_id = f"{kind}-{unique}"
+        self._files[file_id] = (bot.id, f"{kind}s/file_{unique}{extension}", data)
+        return {"file_id": file_id, "file_unique_id": unique, "file_size": len(data)}
 
     def register_chat(self, chat: JsonDict) -> None:
         self._chats[chat["id"]] = chat
@@ -384,6 +405,17 @@ class FakeTelegram:
                 body["parameters"] = error.parameters
             return web.json_response(body, status=error.code)
         return web.json_response({"ok": True, "result": result})
+
+    async def _download(self, request: web.Request) -> web.Response:
+        bot = self._bots.get(request.match_info["token"])
+        path = request.match_info["path"]
+        for owner, file_path, data in self._files.values():
+            if bot is not None and owner == bot.id and file_path == path:
+                self.downloads.append(path)
+                return web.Response(body=data, content_type="application/octet-stream")
+        return web.json_response(
+            {"ok": False, "error_code": 404, "description": "Not Found"}, status=404
+        )
 
     async def _apply_faults(self, method: str, bot: FakeBot, params: JsonDict) -> None:
         for fault in self._faults:
@@ -437,6 +469,7 @@ class FakeTelegram:
             "getupdates": self._get_updates,
             "sendmessage": self._send_message,
             "sendphoto": self._send_photo,
+            "getfile": self._get_file,
             "senddocument": self._send_document,
             "editmessagetext": self._edit_message_text,
             "editmessagereplymarkup": self._edit_reply_markup,
@@ -501,6 +534,20 @@ class FakeTelegram:
         text = _render_text(params.get("text"), params.get("parse_mode"), limit=MAX_TEXT)
         markup = _check_reply_markup(params.get("reply_markup"))
         return await self._record_message(bot, chat_id, {"text": text}, markup, params)
+
+    async def _get_file(self, bot: FakeBot, params: JsonDict) -> JsonDict:
+        stored = self._files.get(str(params.get("file_id", "")))
+        if stored is None or stored[0] != bot.id:
+            raise bad_request("invalid file_id")
+        _, file_path, data = stored
+        if len(data) > MAX_DOWNLOAD:
+            raise bad_request("file is too big")
+        return {
+            "file_id": params["file_id"],
+            "file_unique_id": params["file_id"].split("-", 1)[-1],
+            "file_size": len(data),
+            "file_path": file_path,
+        }
 
     async def _send_photo(self, bot: FakeBot, params: JsonDict) -> JsonDict:
         chat_id = self._chat_id(bot, params)

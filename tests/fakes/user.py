@@ -143,9 +143,11 @@ class SimUser(_ChatParticipant):
         user_id: int | None = None,
         first_name: str = "Alice",
         username: str | None = None,
+        language_code: str = "en",
     ) -> None:
         self.id = user_id if user_id is not None else next(_user_ids)
         self.first_name = first_name
+        self.language_code = language_code  # what their Telegram app speaks
         self.username = username or f"{first_name.lower()}{self.id}"
         chat = {
             "id": self.id,
@@ -161,7 +163,7 @@ class SimUser(_ChatParticipant):
             "is_bot": False,
             "first_name": self.first_name,
             "username": self.username,
-            "language_code": "en",
+            "language_code": self.language_code,
         }
 
     async def send(self, text: str, *, entities: list[JsonDict] | None = None) -> JsonDict:
@@ -184,15 +186,30 @@ class SimUser(_ChatParticipant):
             origin.update(type="hidden_user", sender_user_name=hidden_name or "Someone")
         return await self._push_message(self.as_user(), {"text": text, "forward_origin": origin})
 
-    async def send_photo(self, caption: str | None = None) -> JsonDict:
-        photo = [
-            {
-                "file_id": f"photo-{uuid.uuid4().hex[:8]}",
-                "file_unique_id": "p",
-                "width": 90,
-                "height": 90,
-            }
-        ]
+    async def send_photo(
+        self, caption: str | None = None, *, data: bytes | None = None,
+        thumbnail: bytes | None = None,
+    ) -> JsonDict:  # fmt: skip
+        """A photo; with `data` its bytes can be downloaded (getFile), and a `thumbnail`
+        size comes first in the list, as Telegram lists the sizes smallest first."""
+        if data is None:
+            photo = [
+                {
+                    "file_id": f"photo-{uuid.uuid4().hex[:8]}",
+                    "file_unique_id": "p",
+                    "width": 90,
+                    "height": 90,
+                }
+            ]
+        else:
+            photo = []
+            if thumbnail is not None:
+                small = self.telegram.store_file(
+                    self.bot, thumbnail, kind="photo", extension=".jpg"
+                )
+                photo.append({**small, "width": 90, "height": 90})
+            large = self.telegram.store_file(self.bot, data, kind="photo", extension=".jpg")
+            photo.append({**large, "width": 1280, "height": 960})
         content: JsonDict = {"photo": photo}
         if caption is not None:
             content["caption"] = caption
@@ -210,17 +227,37 @@ class SimUser(_ChatParticipant):
         }
         return await self._push_message(self.as_user(), {"sticker": sticker})
 
-    async def send_voice(self) -> JsonDict:
-        voice = {"file_id": f"voice-{uuid.uuid4().hex[:8]}", "file_unique_id": "v", "duration": 3}
+    async def send_voice(self, *, data: bytes | None = None, duration: int = 3) -> JsonDict:
+        """A voice note (OGG/Opus); with `data` its bytes can be downloaded (getFile)."""
+        if data is None:
+            voice = {"file_id": f"voice-{uuid.uuid4().hex[:8]}", "file_unique_id": "v"}
+        else:
+            voice = self.telegram.store_file(self.bot, data, kind="voice", extension=".oga")
+        voice.update(duration=duration, mime_type="audio/ogg")
         return await self._push_message(self.as_user(), {"voice": voice})
 
-    async def send_document(self, file_name: str = "notes.txt") -> JsonDict:
-        document = {
-            "file_id": f"doc-{uuid.uuid4().hex[:8]}",
-            "file_unique_id": "d",
-            "file_name": file_name,
-        }
-        return await self._push_message(self.as_user(), {"document": document})
+    async def send_document(
+        self, file_name: str = "notes.txt", *, data: bytes | None = None,
+        mime_type: str | None = None, caption: str | None = None,
+    ) -> JsonDict:  # fmt: skip
+        """A file; with `data` its bytes can be downloaded (getFile)."""
+        if data is None:
+            document: JsonDict = {
+                "file_id": f"doc-{uuid.uuid4().hex[:8]}",
+                "file_unique_id": "d",
+            }
+        else:
+            extension = "." + file_name.rsplit(".", 1)[-1] if "." in file_name else ""
+            document = self.telegram.store_file(
+                self.bot, data, kind="document", extension=extension
+            )
+        document["file_name"] = file_name
+        if mime_type is not None:
+            document["mime_type"] = mime_type
+        content: JsonDict = {"document": document}
+        if caption is not None:
+            content["caption"] = caption
+        return await self._push_message(self.as_user(), content)
 
     async def press(self, text: str, *, timeout: float = 5.0) -> None:
         """Press a button by its text, waiting (bounded) for it to be shown.

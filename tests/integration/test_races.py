@@ -228,9 +228,14 @@ async def test_the_upgrade_keeps_the_newest_of_two_live_agents_of_one_bot(
     now = utcnow()
     try:
         async with database.session() as session:
-            repos = Repositories(session)
-            for user_id in (OWNER, STRANGER):
-                await repos.users.upsert(user_id=user_id, username=None, first_name="U")
+            for user_id in (OWNER, STRANGER):  # as 0004 holds users: the ORM knows more
+                await session.execute(
+                    text(
+                        "INSERT INTO users (id, first_name, is_banned, blocked_bot, created_at,"
+                        " last_seen_at) VALUES (:id, 'U', false, false, :now, :now)"
+                    ),
+                    {"id": user_id, "now": now},
+                )
             older = await add_at_0004(
                 session, agent_of(OWNER, 9, vault, created_at=now - timedelta(minutes=1))
             )
