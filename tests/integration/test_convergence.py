@@ -22,10 +22,7 @@ from tests.fakes.kubelet_env import secret_strings
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram
-from tests.integration import test_deployer
 from tests.integration.test_deployer import OWNER, World, build_world, request
-
-kube_world = test_deployer.kube_world  # the fixture, shared
 
 
 def replicas(kube: FakeKubernetes, agent_id: str) -> int:

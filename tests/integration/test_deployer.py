@@ -39,30 +39,6 @@ LABELLED = "app.kubernetes.io/managed-by=hatchbot"
 KINDS = ("secrets", "deployments", "services", "networkpolicies", "virtualservices")
 
 
-@pytest.fixture
-async def kube_world(
-    kubeconfig: Path,
-    kube: FakeKubernetes,
-    sqlite_url: str,
-    telegram: FakeTelegram,
-    openai_server: FakeOpenAI,
-) -> AsyncIterator[World]:
-    kube.auto_ready = True
-    configuration = client.Configuration()
-    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-    backend = KubernetesBackend(
-        api_client=client.ApiClient(configuration),
-        cluster=ClusterConfig(
-            namespace="agents", image="hatchbot:test", router="istio", public_url=PUBLIC_URL
-        ),
-        request_timeout=(1, 1),
-    )
-    world = await build_world(url=sqlite_url, backend=backend, telegram=telegram, llm=openai_server)
-    yield world
-    await world.close()
-    await backend.close()
-
-
 def request(telegram: FakeTelegram, username: str = "helper_bot", **changes: str) -> NewAgent:
     bot = telegram.add_bot(username=username, first_name="Helper")
     fields = {

@@ -3,17 +3,13 @@ who may talk to it, a pasted bot's new token, and the bot's profile in Telegram.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from kubernetes import client, config
 from pydantic import SecretStr
 from sqlalchemy import text
 
-from manager_bot.backends.kubernetes import KubernetesBackend
 from manager_bot.backends.local import LocalBackend
-from manager_bot.backends.manifests import ClusterConfig
 from manager_bot.db.migrate import downgrade, upgrade
 from manager_bot.db.models import Agent, utcnow
 from manager_bot.db.repositories import Repositories
@@ -38,31 +34,6 @@ from tests.integration.world import World, world_on
 PUBLIC_URL = "https://bots.example.com"
 OWNER, STRANGER, FRIEND, OTHER_FRIEND = 1001, 2002, 4444, 5555
 PROMPT = "You are Helper, a patient tutor. Answer in short sentences."
-
-
-@pytest.fixture
-async def kube_world(
-    kubeconfig: Path,
-    kube: FakeKubernetes,
-    sqlite_url: str,
-    telegram: FakeTelegram,
-    openai_server: FakeOpenAI,
-) -> AsyncIterator[World]:
-    kube.auto_ready = True
-    configuration = client.Configuration()
-    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-    backend = KubernetesBackend(
-        api_client=client.ApiClient(configuration),
-        cluster=ClusterConfig(
-            namespace="agents", image="hatchbot:test", router="istio", public_url=PUBLIC_URL
-        ),
-        request_timeout=(1, 1),
-    )
-    try:
-        async with world_on(backend, url=sqlite_url, telegram=telegram, llm=openai_server) as world:
-            yield world
-    finally:
-        await backend.close()
 
 
 def new_agent(bot: FakeBot, **changes: object) -> NewAgent:
