@@ -75,7 +75,6 @@ from manager_bot.services.telegram import AgentTokenError, looks_like_token
 from manager_bot.views import card as card_view
 from manager_bot.views.card import Screen
 from manager_bot.views.live_card import LiveCards, show, show_on_card
-from manager_bot.views.live_card import send_card as send_card  # deploy.py's import
 
 LOG_LINES = 40
 EDIT_STARTED = "edit_started"  # FSM data: when the pending edit began (time.time())
