@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
-import yaml
 
 from manager_bot.backends.manifests import ClusterConfig, agent_manifests, webhook_path
 from tests.cluster.test_kubelet import create, ready_pod, spec
 from tests.fakes.cluster_network import Caller, FakeClusterNetwork
+from tests.fakes.install import install_gateway
 from tests.fakes.kubelet import FakeKubelet
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.openai_api import FakeOpenAI
@@ -20,11 +19,6 @@ from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.waiting import until
 from tests.runtime.conftest import set_webhook
 
-REPO = Path(__file__).resolve().parents[2]
-GATEWAYS = {
-    "istio": REPO / "k8s" / "istio-gateway.yaml",
-    "gateway-api": REPO / "k8s" / "gateway-api" / "gateway.yaml",
-}
 INGRESS = Caller("istio-system", {"istio": "ingressgateway"})
 MANAGER = Caller("hatchbot-system", {"app.kubernetes.io/name": "hatchbot"})
 
@@ -34,12 +28,6 @@ def cluster_for(router: str) -> ClusterConfig:
         namespace="agents", image="hatchbot:test", router=router,
         public_url="https://bots.example.com",
     )  # fmt: skip
-
-
-def install_gateway(kube: FakeKubernetes, router: str) -> None:
-    """The cluster's one shared Gateway, from the install kit (k8s/)."""
-    kube.put_object("namespaces", {"metadata": {"name": "hatchbot-system"}})
-    kube.put_object("gateways", yaml.safe_load(GATEWAYS[router].read_text()))
 
 
 @pytest.fixture(params=["istio", "gateway-api"])

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import client, config
 
 from manager_bot.backends.kubernetes import KubernetesBackend
@@ -25,7 +24,7 @@ from manager_bot.gateway.process import build_gateway
 from manager_bot.services.health import HealthConfig
 from tests.e2e.conftest import PUBLIC_URL, Manager, paste_token, start_manager
 from tests.fakes.cluster_network import Caller, FakeClusterNetwork
-from tests.fakes.install import manager_roles
+from tests.fakes.install import install_gateway, manager_roles
 from tests.fakes.kubelet import FakeKubelet
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.loopback import free_port
@@ -34,11 +33,6 @@ from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.user import SimUser
 from tests.fakes.waiting import until
 
-REPO = Path(__file__).resolve().parents[2]
-GATEWAYS = {
-    "istio": REPO / "k8s" / "istio-gateway.yaml",
-    "gateway-api": REPO / "k8s" / "gateway-api" / "gateway.yaml",
-}
 # Where each router's ingress pods run (K8S_INGRESS_NAMESPACE), and the manager's.
 INGRESS_NAMESPACE = {"istio": "istio-system", "gateway-api": "gateway-system"}
 MANAGER = Caller("hatchbot-system", {"app.kubernetes.io/name": "hatchbot"})
@@ -72,7 +66,7 @@ async def running_cluster(
     ):
         for namespace in ("agents", "hatchbot-system", ingress.namespace):
             kube.put_object("namespaces", {"metadata": {"name": namespace}})
-        kube.put_object("gateways", yaml.safe_load(GATEWAYS[router].read_text()))
+        install_gateway(kube, router)
         for role in manager_roles(router):
             kube.grant(role)
         configuration = client.Configuration()

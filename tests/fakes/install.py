@@ -18,6 +18,20 @@ K8S_DIR = Path(__file__).resolve().parents[2] / "k8s"
 # Variant name -> kustomization directory.
 VARIANTS = {"istio": K8S_DIR, "gateway-api": K8S_DIR / "gateway-api"}
 MANAGER_ACCOUNT = ("hatchbot-system", "hatchbot-manager")
+# The one shared Gateway each router's agents attach to, as the install kit defines it.
+GATEWAYS = {
+    "istio": K8S_DIR / "istio-gateway.yaml",
+    "gateway-api": K8S_DIR / "gateway-api" / "gateway.yaml",
+}
+
+
+def install_gateway(kube: FakeKubernetes, router: str) -> None:
+    """The router's Gateway from k8s/, in its namespace (made if missing)."""
+    gateway = yaml.safe_load(GATEWAYS[router].read_text())
+    namespace = gateway["metadata"]["namespace"]
+    if kube.get_object("namespaces", None, namespace) is None:
+        kube.put_object("namespaces", {"metadata": {"name": namespace}})
+    kube.put_object("gateways", gateway)
 
 
 @functools.cache

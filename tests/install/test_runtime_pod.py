@@ -27,7 +27,13 @@ from pydantic import SecretStr
 
 from manager_bot.backends.base import AgentSecrets, AgentSpec
 from manager_bot.backends.manifests import ClusterConfig, agent_manifests
-from tests.fakes.image import final_stage, image_contract, interpreter_for, site_packages
+from tests.fakes.image import (
+    copy_app,
+    final_stage,
+    image_contract,
+    interpreter_for,
+    site_packages,
+)
 from tests.fakes.kubelet_env import container_env, mounted_files, secret_strings
 from tests.fakes.loopback import free_port
 from tests.fakes.openai_api import FakeOpenAI
@@ -78,14 +84,9 @@ def tree(root: Path) -> list[Path]:
 
 @pytest.fixture
 def read_only_app() -> Iterator[Path]:
-    """A copy of the runtime's code nobody but root could change (like the image's /app)."""
+    """What the image copies into /app, nobody but root could change (tests/fakes/image.py)."""
     with tempfile.TemporaryDirectory(prefix="hatchbot-pod-") as directory:
-        app = Path(directory) / "app"
-        shutil.copytree(
-            REPO / "runtime", app / "runtime", ignore=shutil.ignore_patterns("__pycache__")
-        )
-        for path in [app, *app.rglob("*")]:
-            path.chmod(0o555 if path.is_dir() else 0o444)
+        app = copy_app(image_contract(), Path(directory) / "app")
         Path(directory).chmod(0o755)
         yield app
 
