@@ -845,10 +845,16 @@ class FakeKubernetes:
         if live is None:
             return
         replicas = live.get("spec", {}).get("replicas", 1)
+        wanted = template_hash(live)
+        updated = [
+            pod
+            for pod in self._pods_of(namespace, name)
+            if pod["metadata"]["labels"].get("pod-template-hash") == wanted
+        ]
         status: JsonDict = {
             "observedGeneration": live["metadata"]["generation"],
             "replicas": pods,
-            "updatedReplicas": pods,
+            "updatedReplicas": len(updated),  # pods of the current template only
         }
         if ready:
             status.update(readyReplicas=ready, availableReplicas=ready)

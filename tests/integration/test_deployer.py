@@ -21,6 +21,7 @@ from manager_bot.services.errors import (
     AgentNotFound,
     BotAlreadyUsed,
     DeployFailed,
+    ErrorCode,
     InvalidAgentConfig,
     InvalidBotToken,
     QuotaReached,
@@ -439,3 +440,31 @@ async def test_agents_from_before_the_gateway_get_a_credential_and_lose_the_prov
     secret = secret_strings(kube.get_object("secrets", "agents", name))
     assert secret["LLM_API_KEY"].startswith("hbgw_")
     assert "sk-platformkeyplatformkey00" not in str(kube.get_object("secrets", "agents", name))
+
+
+async def test_an_edit_that_crashes_is_reported_at_once_and_stays_the_desired_state(
+    kube_world: World, kube: FakeKubernetes
+) -> None:
+    """An edit is done when the new configuration runs: a crash-looping one fails the
+    change with its code, and the new revision is kept for reconcile and a fix."""
+    agent = await kube_world.deployer.deploy(request(kube_world.telegram))
+    kube.auto_ready = False  # the new template's pod will not become ready by itself
+    change = asyncio.create_task(
+        kube_world.deployer.change(
+            owner_id=OWNER, agent_id=agent.id, system_prompt="You are a pirate."
+        )
+    )
+
+    async def rolled() -> bool:
+        deployment = kube.get_object("deployments", "agents", f"agent-{agent.id}")
+        return deployment is not None and deployment["metadata"]["generation"] > 1
+
+    await wait_until(rolled)
+    assert not change.done()  # still waiting for the rollout, not "done" on the old pod
+    kube.mark_oom_killed("agents", f"agent-{agent.id}")
+    with pytest.raises(DeployFailed) as failed:
+        await change
+    assert failed.value.code is ErrorCode.AGENT_CRASHED
+    stored = await kube_world.deployer.stored(agent.id)
+    assert stored is not None
+    assert (stored.system_prompt, stored.revision) == ("You are a pirate.", 2)
