@@ -226,6 +226,21 @@ class AgentUsage(Base):
     requests: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class Conversation(Base):
+    """One chat's recent turns with one agent, written by the gateway for the runtime.
+
+    Kept outside the pods so a restart, rollout or new token does not forget; an agent
+    reaches only its own rows (the gateway keys them by the agent's credential)."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (Index("ix_conversations_updated_at", "updated_at"),)
+
+    agent_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    chat_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    turns: Mapped[str] = mapped_column(Text, default="[]")  # JSON: [{"role", "content"}]
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Notice(Base):
     """A message owed to a user (the outbox): written by whoever notices, sent by the
     manager, so a process without the bot's token (the gateway) can still tell people."""
