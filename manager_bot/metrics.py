@@ -63,6 +63,18 @@ HEALTH_SWEEP_SECONDS = Histogram(
     "Duration of one health sweep over every running agent",
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120),
 )
+# For alerts (k8s/monitoring/): a failing sweep, and one that no longer completes at all.
+HEALTH_SWEEPS = Counter(
+    "hatchbot_manager_health_sweeps_total",
+    "Health sweeps by outcome: ok, or failed (the backend or the database could not be read)",
+    ["outcome"],
+)
+HEALTH_SWEEP_LAST_SUCCESS = Gauge(
+    "hatchbot_manager_health_sweep_last_success_timestamp_seconds",
+    "When a health sweep last completed on this replica (0: not yet)",
+)
+for _outcome in ("ok", "failed"):  # both series from the start: `increase` needs them
+    HEALTH_SWEEPS.labels(_outcome)
 HEALTH_NOTIFICATIONS = Counter(
     "hatchbot_manager_health_notifications_total",
     "Health messages sent to owners, by kind (down, degraded, back, digest, muted)",

@@ -1,10 +1,10 @@
 """Validate generated objects against the official schemas.
 
 Core Kubernetes kinds go through `kubernetes-validate` (strict: unknown fields
-are errors) at the newest Kubernetes version it ships. Istio and Gateway API
-objects are validated against the upstream CRDs' `openAPIV3Schema`, copied
-unchanged into `tests/fakes/crds/` (Apache-2.0; see its README) so a fresh
-clone tests on its own. As with kubernetes-validate's strict mode, a field a
+are errors) at the newest Kubernetes version it ships. Istio, Gateway API and
+prometheus-operator objects are validated against the upstream CRDs'
+`openAPIV3Schema`, copied unchanged into `tests/fakes/crds/` (Apache-2.0; see the
+READMEs there) so a fresh clone tests on its own. As with kubernetes-validate's strict mode, a field a
 schema does not declare is an error (the API server would silently prune it).
 """
 
@@ -21,7 +21,7 @@ import yaml
 
 JsonDict = dict[str, Any]
 CRD_DIR = Path(__file__).resolve().parent / "crds"
-CRD_GROUPS = ("networking.istio.io", "gateway.networking.k8s.io")
+CRD_GROUPS = ("networking.istio.io", "gateway.networking.k8s.io", "monitoring.coreos.com")
 
 
 class SchemaError(AssertionError):
@@ -68,7 +68,9 @@ def validate_crd(obj: JsonDict) -> None:
 @functools.cache
 def _crd_schemas() -> dict[tuple[str, str, str], JsonDict]:
     schemas: dict[tuple[str, str, str], JsonDict] = {}
-    for path in sorted(CRD_DIR.glob("*.crd.yaml")):
+    # prometheus-operator/: its upstream file names, unchanged (the monitoring kit's kinds).
+    paths = [*CRD_DIR.glob("*.crd.yaml"), *CRD_DIR.glob("prometheus-operator/*.yaml")]
+    for path in sorted(paths):
         for crd in yaml.safe_load_all(path.read_text()):
             if not crd:
                 continue
