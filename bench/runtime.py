@@ -3,11 +3,16 @@
 Prints one JSON object:
 {"runtime": {"idle_rss_mb", "ready_s", "overhead_p50_ms", "overhead_p99_ms",
              "first_update_ms"},
+ "runtime_two_mcp_servers": {...same keys, "tools_ready_s"},
  "baseline_aiogram": {...same keys}}
 
 - idle_rss_mb: VmRSS of the process one second after it is ready (webhook mode).
 - ready_s: from exec to the first 200 of its readiness endpoint.
 - first_update_ms: the same for the very first update after start (cold).
+- runtime_two_mcp_servers: the runtime with MCP_SERVERS=docs,tickets (the fake MCP
+  server, four tools each; the model is offered all eight and calls none).
+  tools_ready_s: from exec until /metrics shows both servers' tools listed; its
+  idle RSS is taken one second after that, with `mcp` loaded.
 - overhead: per update after a warm-up of 20, from the webhook POST to Telegram receiving the answer,
   minus the time the (instant) fake LLM spent on it; updates are posted at a
   steady rate (default 200/s) over many chats. The fake Telegram and OpenAI
@@ -35,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.fakes.loopback import free_port  # noqa: E402
+from tests.fakes.mcp_server import FakeMcpServer  # noqa: E402
 from tests.fakes.openai_api import FakeOpenAI  # noqa: E402
 from tests.fakes.telegram_api import FakeTelegram  # noqa: E402
 
@@ -44,6 +50,7 @@ SECRET = "bench_secret"
 # very first one is reported on its own as first_update_ms.
 WARM_UP = 20
 CHATS = 50
+MCP_SERVERS = ("docs", "tickets")
 
 
 def rss_mb(pid: int) -> float:
@@ -64,6 +71,18 @@ async def wait_ready(url: str, deadline: float) -> None:
                 pass
             await asyncio.sleep(0.01)
     raise RuntimeError(f"{url} never became ready")
+
+
+async def wait_tools(url: str, servers: int, deadline: float) -> None:
+    """Until the runtime's metrics say every MCP server's tools are listed."""
+    up = f"hatchbot_agent_mcp_servers_up {float(servers)}"
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            async with http.get(url) as response:
+                if up in await response.text():
+                    return
+            await asyncio.sleep(0.01)
+    raise RuntimeError("the MCP servers' tools were never listed")
 
 
 def update(index: int, base_id: int) -> dict[str, Any]:
@@ -104,10 +123,13 @@ def _serve_fakes(conn: Any) -> None:
 
 
 async def _fakes_main(conn: Any) -> None:
-    async with FakeTelegram() as telegram, FakeOpenAI() as llm:
-        bots = {name: telegram.add_bot(username=f"bench_{name}_bot") for name in ("agent", "echo")}
+    async with FakeTelegram() as telegram, FakeOpenAI() as llm, FakeMcpServer() as mcp:
+        names = ("agent", "tools", "echo")
+        bots = {name: telegram.add_bot(username=f"bench_{name}_bot") for name in names}
+        for server in MCP_SERVERS:
+            mcp.named(server)
         conn.send(
-            {"telegram": telegram.url, "llm": llm.url}
+            {"telegram": telegram.url, "llm": llm.url, "mcp": mcp.url}
             | {f"{name}_token": bot.token for name, bot in bots.items()}
         )
         while True:
@@ -131,9 +153,10 @@ async def _fakes_main(conn: Any) -> None:
 
 async def measure(
     *, command: list[str], env: dict[str, str], fakes: Fakes, bot: str, ready_path: str,
-    updates: int, rate: float, llm_time: bool,
+    updates: int, rate: float, llm_time: bool, mcp_servers: int = 0,
 ) -> dict[str, float]:  # fmt: skip
     port = env["PORT"]
+    figures: dict[str, float] = {}
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
         *command, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
@@ -141,6 +164,9 @@ async def measure(
     try:
         await wait_ready(f"http://127.0.0.1:{port}{ready_path}", started + 60)
         ready_s = time.monotonic() - started
+        if mcp_servers:
+            await wait_tools(f"http://127.0.0.1:{port}/metrics", mcp_servers, started + 60)
+            figures["tools_ready_s"] = round(time.monotonic() - started, 3)
         await asyncio.sleep(1.0)
         idle = rss_mb(process.pid)
         sent_at: dict[str, float] = {}
@@ -184,7 +210,7 @@ async def measure(
             "overhead_p50_ms": round(statistics.median(overheads), 2),
             "overhead_p99_ms": round(overheads[int(len(overheads) * 0.99) - 1], 2),
             "first_update_ms": round(first, 2),
-        }
+        } | figures
     finally:
         process.terminate()
         await process.wait()
@@ -220,6 +246,17 @@ async def main(updates: int, rate: float) -> dict[str, Any]:
             command=[sys.executable, "-m", "runtime"], env=runtime_env, fakes=fakes, bot="agent",
             ready_path="/readyz", updates=updates, rate=rate, llm_time=True,
         )  # fmt: skip
+        tools_env = runtime_env | {
+            "BOT_TOKEN": info["tools_token"],
+            "PORT": str(free_port()),
+            "MCP_SERVERS": ",".join(MCP_SERVERS),
+            "MCP_BASE_URL": info["mcp"],
+        }
+        with_tools = await measure(
+            command=[sys.executable, "-m", "runtime"], env=tools_env, fakes=fakes, bot="tools",
+            ready_path="/readyz", updates=updates, rate=rate, llm_time=True,
+            mcp_servers=len(MCP_SERVERS),
+        )  # fmt: skip
         echo_env = {
             **base_env,
             "BOT_TOKEN": info["echo_token"],
@@ -234,7 +271,11 @@ async def main(updates: int, rate: float) -> dict[str, Any]:
         )  # fmt: skip
     finally:
         fakes.stop()
-    return {"runtime": runtime, "baseline_aiogram": baseline}
+    return {
+        "runtime": runtime,
+        "runtime_two_mcp_servers": with_tools,
+        "baseline_aiogram": baseline,
+    }
 
 
 if __name__ == "__main__":

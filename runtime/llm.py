@@ -3,7 +3,8 @@
 Any OpenAI-compatible endpoint (OpenAI, Anthropic's and Gemini's compatible
 endpoints, Ollama, vLLM) or Azure OpenAI. Failures are reduced to a kind the
 user can be told about; the SDK's messages never leave this module because
-they can quote request details.
+they can quote request details. Given `tools` (OpenAI's function format), a
+streamed turn may end in tool calls, gathered from their streamed pieces.
 """
 
 from __future__ import annotations
@@ -47,6 +48,38 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+
+
+@dataclass
+class ToolCall:
+    """A function the model asked for; `arguments` is JSON text as the model wrote it."""
+
+    id: str
+    name: str
+    arguments: str = ""
+
+    def as_message_part(self) -> dict[str, Any]:
+        """The entry of the assistant message's `tool_calls` that the model is sent back."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+def _gather_tool_calls(deltas: Any, calls: dict[int, ToolCall]) -> None:
+    """Streamed tool calls come in pieces keyed by `index`: the id and name first,
+    then the arguments a few characters at a time."""
+    for delta in deltas:
+        call = calls.setdefault(delta.index, ToolCall(id="", name=""))
+        if delta.id:
+            call.id = delta.id
+        function = delta.function
+        if function is not None:
+            if function.name:
+                call.name += function.name
+            if function.arguments:
+                call.arguments += function.arguments
 
 
 def build_client(settings: RuntimeSettings) -> openai.AsyncOpenAI:
@@ -118,13 +151,28 @@ class Llm:
         return str(getattr(result, "text", "") or "")
 
     async def stream(
-        self, messages: list[dict[str, Any]], usage: Usage, *, chat_user: int | None = None
+        self,
+        messages: list[dict[str, Any]],
+        usage: Usage,
+        *,
+        chat_user: int | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | None = None,
+        tool_calls: list[ToolCall] | None = None,
     ) -> AsyncIterator[str]:
         """Yields text pieces as they arrive; fills `usage` when the stream ends.
 
         `chat_user` (who wrote) lets the gateway limit each user's rate; it is a header
-        the gateway strips, not the body's `user`, which would go on to the provider."""
+        the gateway strips, not the body's `user`, which would go on to the provider.
+        With `tools`, the calls the model makes are appended to `tool_calls`
+        (`tool_choice` "none": the model must answer in words)."""
         started = time.monotonic()
+        body: dict[str, Any] = {"messages": messages}
+        if tools:
+            body["tools"] = tools  # plain dicts, like the messages: no SDK transform
+            if tool_choice:
+                body["tool_choice"] = tool_choice
+        gathered: dict[int, ToolCall] = {}
         try:
             stream: Any = await self._completions.create(
                 model=self._model,
@@ -134,7 +182,7 @@ class Llm:
                 # updates/s (bench/runtime.py, py-spy). Plain role/content dicts need
                 # no transform.
                 messages=[],
-                extra_body={"messages": messages},
+                extra_body=body,
                 stream=True,
                 stream_options={"include_usage": True},
                 extra_headers={CHAT_USER_HEADER: str(chat_user)} if chat_user else None,
@@ -143,9 +191,16 @@ class Llm:
                 if chunk.usage is not None:
                     usage.prompt_tokens = chunk.usage.prompt_tokens
                     usage.completion_tokens = chunk.usage.completion_tokens
-                if chunk.choices and chunk.choices[0].delta.content:
-                    yield chunk.choices[0].delta.content
+                if not chunk.choices:
+                    continue
+                delta = chunk.choices[0].delta
+                if delta.tool_calls:
+                    _gather_tool_calls(delta.tool_calls, gathered)
+                if delta.content:
+                    yield delta.content
         except openai.OpenAIError as error:
             raise LlmError(classify(error)) from None
         finally:
             usage.seconds = time.monotonic() - started
+        if tool_calls is not None:
+            tool_calls.extend(call for _, call in sorted(gathered.items()) if call.name)

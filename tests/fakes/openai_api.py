@@ -6,6 +6,11 @@ bodies) and latency. A user message with an image part is answered "I see an
 image" (echo mode). `/v1/audio/transcriptions` takes multipart like OpenAI's and
 "transcribes" the file as its bytes decoded as UTF-8, so a test's voice note
 whose bytes are `hello from voice` says exactly that.
+
+Tool calls: a request carrying `tools` takes the next scripted turn
+(`script_tool_turns(ToolCalls(...), "text", ...)`), or the reply (a function may
+return `ToolCalls`); the answer has `tool_calls` in the real API's non-streaming
+and streaming forms. `tool_messages()` is every `tool` message the model was sent.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +30,21 @@ from aiohttp import BodyPartReader, web
 from tests.fakes.loopback import serve_on_loopback
 
 JsonDict = dict[str, Any]
-Reply = str | Callable[[list[JsonDict]], str]
+
+
+@dataclass(frozen=True)
+class ToolCalls:
+    """A model turn that calls tools: (name, arguments) pairs, and optional text."""
+
+    calls: tuple[tuple[str, JsonDict], ...]
+    text: str = ""
+
+    @classmethod
+    def of(cls, name: str, arguments: JsonDict | None = None, *, text: str = "") -> ToolCalls:
+        return cls(((name, arguments or {}),), text)
+
+
+Reply = str | Callable[[list[JsonDict]], "str | ToolCalls"]
 
 _ERRORS = {
     401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
@@ -67,10 +87,24 @@ class FakeOpenAI:
     in_flight: int = 0
     # False: like a provider without the endpoint (404), e.g. an Anthropic-compatible one.
     transcription: bool = True
+    # Turns for requests that carry `tools`, taken in order before the reply is used.
+    tool_turns: deque[str | ToolCalls] = field(default_factory=deque)
 
     def reply_with(self, reply: Reply) -> None:
         """A fixed text, or a function of the request's messages."""
         self._reply = reply
+
+    def script_tool_turns(self, *turns: str | ToolCalls) -> None:
+        self.tool_turns.extend(turns)
+
+    def tool_messages(self) -> list[JsonDict]:
+        """Every `tool` message the model was sent, once each (history repeats them)."""
+        seen: dict[str, JsonDict] = {}
+        for body in self.chat_requests():
+            for message in body.get("messages", []):
+                if message.get("role") == "tool":
+                    seen.setdefault(str(message.get("tool_call_id")), message)
+        return list(seen.values())
 
     def fail_next(self, status: int, *, times: int = 1, body: JsonDict | None = None) -> None:
         self._failures.append(_Failure(status, times, body))
@@ -151,10 +185,15 @@ class FakeOpenAI:
             delay = self.latency(messages) if callable(self.latency) else self.latency
             if delay:
                 await asyncio.sleep(delay)
-            text = self._answer(body.get("messages", []))
+            answer = self._answer_with_tools(body)
+            if isinstance(answer, ToolCalls):
+                calls = _tool_call_list(answer)
+                if body.get("stream"):
+                    return await self._stream_tool_calls(request, body, answer.text, calls)
+                return web.json_response(_completion(body, answer.text, calls))
             if body.get("stream"):
-                return await self._stream(request, body, text)
-            return web.json_response(_completion(body, text))
+                return await self._stream(request, body, answer)
+            return web.json_response(_completion(body, answer))
         finally:
             self.in_flight -= 1
             recorded.finished_at = time.monotonic()
@@ -199,7 +238,17 @@ class FakeOpenAI:
                 return failure
         return None
 
-    def _answer(self, messages: list[JsonDict]) -> str:
+    def _answer_with_tools(self, body: JsonDict) -> str | ToolCalls:
+        """A scripted turn when the request offers tools; tool calls only if it does."""
+        offered = bool(body.get("tools")) and body.get("tool_choice") != "none"
+        if offered and self.tool_turns:
+            return self.tool_turns.popleft()
+        answer = self._answer(body.get("messages", []))
+        if isinstance(answer, ToolCalls) and not offered:
+            return answer.text  # the real API never calls a tool it was not offered
+        return answer
+
+    def _answer(self, messages: list[JsonDict]) -> str | ToolCalls:
         if callable(self._reply):
             return self._reply(messages)
         if self._reply != "echo":
@@ -234,6 +283,49 @@ class FakeOpenAI:
         await response.write_eof()
         return response
 
+    async def _stream_tool_calls(
+        self, request: web.Request, body: JsonDict, text: str, calls: list[JsonDict]
+    ) -> web.StreamResponse:
+        """As OpenAI streams them: any text first, then each call's id and name in one
+        chunk and its arguments in pieces; finish_reason "tool_calls"."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        ident, model = f"chatcmpl-{uuid.uuid4().hex[:12]}", body.get("model", "")
+        first: JsonDict = {"role": "assistant", "content": text or None}
+        await _send_event(response, _chunk(ident, model, first, None))
+        for index, call in enumerate(calls):
+            head = {
+                "index": index,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""},
+            }
+            await _send_event(response, _chunk(ident, model, {"tool_calls": [head]}, None))
+            arguments = call["function"]["arguments"]
+            for start in range(0, len(arguments), 8):
+                piece = {"index": index, "function": {"arguments": arguments[start : start + 8]}}
+                await _send_event(response, _chunk(ident, model, {"tool_calls": [piece]}, None))
+        await _send_event(response, _chunk(ident, model, {}, "tool_calls"))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage_chunk = _chunk(ident, model, None, None)
+            usage_chunk["choices"] = []
+            usage_chunk["usage"] = _usage(body, text)
+            await _send_event(response, usage_chunk)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+def _tool_call_list(answer: ToolCalls) -> list[JsonDict]:
+    return [
+        {
+            "id": f"call_{uuid.uuid4().hex[:16]}",
+            "type": "function",
+            "function": {"name": name, "arguments": json.dumps(arguments)},
+        }
+        for name, arguments in answer.calls
+    ]
+
 
 def _error(status: int, body: JsonDict | None = None) -> web.Response:
     kind, code, message = _ERRORS.get(status, ("server_error", None, "error"))
@@ -252,7 +344,10 @@ def _usage(body: JsonDict, text: str) -> JsonDict:
     }
 
 
-def _completion(body: JsonDict, text: str) -> JsonDict:
+def _completion(body: JsonDict, text: str, calls: list[JsonDict] | None = None) -> JsonDict:
+    message: JsonDict = {"role": "assistant", "content": text}
+    if calls:
+        message = {"role": "assistant", "content": text or None, "tool_calls": calls}
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
         "object": "chat.completion",
@@ -261,8 +356,8 @@ def _completion(body: JsonDict, text: str) -> JsonDict:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop",
+                "message": message,
+                "finish_reason": "tool_calls" if calls else "stop",
             }
         ],
         "usage": _usage(body, text),
