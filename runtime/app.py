@@ -24,17 +24,28 @@ from runtime.chat import Conversations, Identity
 from runtime.config import RuntimeSettings
 from runtime.llm import Llm, build_client
 from runtime.media import MediaPolicy
+from runtime.memory import GatewayMemory, Memory
 from runtime.metrics import Metrics
 from runtime.redaction import install_redaction
 from runtime.settings_loading import EXIT_BAD_CONFIG
 from runtime.telegram import BotApi, TelegramApiError
+from runtime.tools import toolbox_for
 
 log = logging.getLogger("runtime")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 DRAIN_SECONDS = 10.0
+MEMORY_FLUSH_SECONDS = 3.0  # after the 10 s drain: within the pod's 15 s grace period
 POLL_TIMEOUT = 25
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+
+
+def memory_store(settings: RuntimeSettings) -> GatewayMemory | None:
+    if settings.memory_url is None or settings.llm_api_key is None:
+        return None
+    return GatewayMemory(
+        url=settings.memory_url, credential=settings.llm_api_key.get_secret_value()
+    )
 
 
 class Runtime:
@@ -53,6 +64,11 @@ class Runtime:
             metrics=self.metrics,
             system_prompt=settings.system_prompt,
             history_limit=settings.history_limit,
+            memory=Memory(
+                limit_turns=settings.history_limit,
+                store=memory_store(settings),
+                idle_seconds=settings.memory_idle_days * 86400,
+            ),
             allowed_user_ids=frozenset(settings.allowed_user_ids),
             media=MediaPolicy(
                 vision=settings.llm_vision,
@@ -60,6 +76,11 @@ class Runtime:
                 max_voice_seconds=settings.max_voice_seconds,
             ),
         )
+        # None without MCP_SERVERS: then `mcp` is never imported.
+        self.tools = toolbox_for(
+            settings, llm=self.llm, api=self.api, registry=self.metrics.registry
+        )
+        self.conversations.tools = self.tools
         self.draining = False
         self.token_rejected = False
         self._secret = (
@@ -76,12 +97,15 @@ class Runtime:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/memory/forget", self._forget_memory)
         if self.settings.mode == "webhook":
             app.router.add_post("/webhook/{agent_id}", self._webhook)
         return app
 
     async def start(self) -> None:
         await self.api.start()
+        if self.tools is not None:
+            self.tools.start()
         self._background.append(asyncio.create_task(self._identify()))
         if self.settings.mode == "polling":
             self._background.append(asyncio.create_task(self._poll()))
@@ -95,6 +119,9 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.conversations.drain(DRAIN_SECONDS)
+        if self.tools is not None:
+            await self.tools.close()
+        await self.conversations.memory.close(MEMORY_FLUSH_SECONDS)
         await self.llm.close()
         await self.api.close()
 
@@ -167,6 +194,16 @@ class Runtime:
             return web.Response(status=400, text="bad update")
         self.conversations.accept(update)
         return web.Response(text="ok")
+
+    async def _forget_memory(self, request: web.Request) -> web.Response:
+        """The owner's "Forget all conversations", sent by the manager with the webhook
+        secret: this process forgets at once, and the gateway before this answers."""
+        offered = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
+        if not self._secret or not hmac.compare_digest(offered, self._secret):
+            return web.Response(status=401, text="unauthorized")
+        if not await self.conversations.memory.forget_all():
+            return web.Response(status=503, text="the gateway did not forget yet")
+        return web.Response(text="forgotten")
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")

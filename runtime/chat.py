@@ -1,8 +1,8 @@
 """The conversation: what an agent does with each update.
 
 Updates of one chat are handled in order by that chat's worker; different
-chats run concurrently. Each chat keeps a bounded history (turns and
-characters, oldest dropped first). While the LLM works the chat shows
+chats run concurrently. Each chat keeps a bounded history (runtime/memory.py:
+in the process, and kept by the gateway when MEMORY_URL is set). While the LLM works the chat shows
 "typing"; private chats see the reply grow as a draft, then get a real
 message. Whatever fails, the user gets an answer.
 
@@ -19,9 +19,9 @@ import contextlib
 import logging
 import re
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from runtime.commands import HELP, RESET, START
@@ -36,15 +36,15 @@ from runtime.media import (
     image_part,
     sound_in,
 )
+from runtime.memory import Memory
 from runtime.metrics import Metrics
 from runtime.telegram import BotApi, FileTooLarge, TelegramApiError
+from runtime.tools import Toolbox
 
 log = logging.getLogger(__name__)
 JsonDict = dict[str, Any]
 
 MAX_MESSAGE = 4096
-HISTORY_CHAR_BUDGET = 24_000
-MAX_CHATS_REMEMBERED = 10_000
 SEEN_UPDATES = 10_000
 DRAFT_INTERVAL = 0.5
 TYPING_INTERVAL = 4.0
@@ -104,36 +104,6 @@ def split_message(text: str, limit: int = MAX_MESSAGE) -> list[str]:
     return parts
 
 
-@dataclass
-class History:
-    """Per-chat turns, bounded by count and characters, oldest dropped first."""
-
-    limit_turns: int
-    char_budget: int = HISTORY_CHAR_BUDGET
-    _chats: OrderedDict[int, deque[dict[str, str]]] = field(default_factory=OrderedDict)
-
-    def messages(self, chat_id: int) -> list[dict[str, str]]:
-        return list(self._chats.get(chat_id, ()))
-
-    def add_turn(self, chat_id: int, user: str, assistant: str) -> None:
-        if self.limit_turns == 0:
-            return
-        turns = self._chats.setdefault(chat_id, deque())
-        self._chats.move_to_end(chat_id)
-        turns.append({"role": "user", "content": user})
-        turns.append({"role": "assistant", "content": assistant})
-        while len(turns) > 2 * self.limit_turns or (
-            len(turns) > 2 and sum(len(m["content"]) for m in turns) > self.char_budget
-        ):
-            turns.popleft()
-            turns.popleft()
-        while len(self._chats) > MAX_CHATS_REMEMBERED:
-            self._chats.popitem(last=False)
-
-    def reset(self, chat_id: int) -> None:
-        self._chats.pop(chat_id, None)
-
-
 @dataclass(frozen=True)
 class Identity:
     id: int
@@ -144,6 +114,9 @@ class Identity:
 class Conversations:
     """Accepts updates (deduplicated), runs one ordered worker per chat."""
 
+    # The agent's MCP tools (runtime/tools.py), set by the Runtime when it has servers.
+    tools: Toolbox | None = None
+
     def __init__(
         self,
         *,
@@ -152,6 +125,7 @@ class Conversations:
         metrics: Metrics,
         system_prompt: str,
         history_limit: int,
+        memory: Memory | None = None,
         allowed_user_ids: frozenset[int] = frozenset(),
         media: MediaPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -160,7 +134,7 @@ class Conversations:
         self._llm = llm
         self._metrics = metrics
         self._system_prompt = system_prompt
-        self._history = History(limit_turns=history_limit)
+        self.memory = memory or Memory(limit_turns=history_limit)
         self._allowed = allowed_user_ids
         self._media = media or MediaPolicy(
             vision=True, max_image_bytes=5 * 1024 * 1024, max_voice_seconds=120
@@ -242,7 +216,7 @@ class Conversations:
         elif command == HELP:
             await self._reply(chat_id, TEXTS["help"], message)
         elif command == RESET:
-            self._history.reset(chat_id)
+            self.memory.reset(chat_id)
             await self._reply(chat_id, TEXTS["reset"], message)
         else:
             await self._answer(chat_id, text, message, private=private)
@@ -363,7 +337,7 @@ class Conversations:
         started = self._clock()
         prompt: list[JsonDict] = [
             {"role": "system", "content": self._system_prompt},
-            *self._history.messages(chat_id),
+            *await self.memory.messages(chat_id),
             {"role": "user", "content": content},
         ]
         usage = Usage()
@@ -387,7 +361,7 @@ class Conversations:
         sent_at = self._clock()
         await self._reply(chat_id, reply, message, formatted=True)
         turn = remembered if remembered is not None else content
-        self._history.add_turn(chat_id, turn if isinstance(turn, str) else "", reply)
+        self.memory.add_turn(chat_id, turn if isinstance(turn, str) else "", reply)
         own_time = (sent_at - started - usage.seconds) + (self._clock() - sent_at)
         self._metrics.handling_overhead.observe(max(own_time, 0.0))
 
@@ -399,7 +373,12 @@ class Conversations:
         draft_id = int(time.time() * 1000) % 2_000_000_000 + 1
         # The first draft goes out once the answer has taken FEEDBACK_DELAY.
         last_draft, shown = self._clock() - DRAFT_INTERVAL + FEEDBACK_DELAY, ""
-        async for piece in self._llm.stream(prompt, usage, chat_user=chat_user):
+        answer = (
+            self._llm.stream(prompt, usage, chat_user=chat_user)
+            if self.tools is None
+            else self.tools.stream(chat_id, prompt, usage, chat_user=chat_user)
+        )
+        async for piece in answer:
             pieces.append(piece)
             now = self._clock()
             if stream_drafts and now - last_draft >= DRAFT_INTERVAL:

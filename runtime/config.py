@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -47,6 +48,14 @@ class RuntimeSettings(BaseSettings):
     history_limit: int = Field(
         default=20, ge=0, le=500, description="turns of history kept per chat"
     )
+    memory_url: str | None = Field(
+        default=None,
+        description="where conversations are kept (the LLM gateway's /v1/memory, with "
+        "LLM_API_KEY); unset = in this process only, forgotten on restart",
+    )
+    memory_idle_days: int = Field(
+        default=30, ge=1, le=3650, description="days after which an idle chat is forgotten"
+    )
     llm_vision: bool = Field(
         default=True,
         description="whether the model can see images (the manager sets it from its catalogue)",
@@ -61,6 +70,53 @@ class RuntimeSettings(BaseSettings):
     max_voice_seconds: int = Field(
         default=120, ge=1, le=600, description="longest voice message or audio transcribed"
     )
+    # Tools over MCP (runtime/tools.py): the gateway proxies each named server.
+    mcp_servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated names of the agent's MCP servers; empty = no tools",
+    )
+    mcp_base_url: str | None = Field(
+        default=None,
+        description="server NAME is reached at MCP_BASE_URL/NAME (with LLM_API_KEY); "
+        "default LLM_BASE_URL/mcp",
+    )
+    mcp_max_steps: int = Field(
+        default=5, ge=1, le=20, description="rounds of tool calls per answer, at most"
+    )
+    mcp_call_timeout: float = Field(
+        default=20.0, gt=0, le=300, description="seconds one tool call may take"
+    )
+    mcp_max_result_bytes: int = Field(
+        default=16 * 1024,
+        ge=256,
+        le=1024 * 1024,
+        description="a tool result longer than this is cut (marked) before the model sees it",
+    )
+
+    @field_validator("mcp_servers", mode="before")
+    @classmethod
+    def _server_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            for name in value:
+                if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", name):
+                    raise ValueError("names must be lowercase letters, digits and '-' (1-32)")
+            return list(dict.fromkeys(value))
+        return value
+
+    @model_validator(mode="after")
+    def _mcp_base(self) -> RuntimeSettings:
+        if self.mcp_base_url is not None:
+            if not self.mcp_base_url.startswith(("http://", "https://")):
+                raise ValueError("MCP_BASE_URL must be an http:// or https:// URL")
+            self.mcp_base_url = self.mcp_base_url.rstrip("/")
+        elif self.mcp_servers and self.llm_base_url:
+            self.mcp_base_url = f"{self.llm_base_url}/mcp"
+        if self.mcp_servers and self.mcp_base_url is None:
+            raise ValueError("MCP_SERVERS needs MCP_BASE_URL or LLM_BASE_URL (the gateway)")
+        return self
+
     allowed_user_ids: Annotated[list[int], NoDecode] = Field(
         default_factory=list, description="comma-separated user ids; empty = everyone"
     )
@@ -81,7 +137,7 @@ class RuntimeSettings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("telegram_api_url", "llm_base_url")
+    @field_validator("telegram_api_url", "llm_base_url", "memory_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None:
@@ -111,4 +167,6 @@ class RuntimeSettings(BaseSettings):
             raise ValueError(
                 "LLM_BASE_URL (the Azure endpoint) is required when LLM_PROVIDER=azure"
             )
+        if self.memory_url and self.llm_api_key is None:
+            raise ValueError("MEMORY_URL needs LLM_API_KEY (the gateway credential)")
         return self

@@ -128,6 +128,11 @@ def system_prompt(openai_server: FakeOpenAI) -> str:
     return content
 
 
+def said_before(openai_server: FakeOpenAI) -> list[str]:
+    """The conversation the model got last, after the system prompt."""
+    return [str(m["content"]) for m in openai_server.chat_requests()[-1]["messages"][1:]]
+
+
 async def open_card(user: SimUser, username: str) -> None:
     await user.send("/agents")
     await user.wait_for(text_contains="Your agents")
@@ -168,6 +173,18 @@ async def test_paste_deploy_chat_edit_rolls_out_and_stop_leaves_no_pod(
     await friend.send("ahoy")
     await friend.wait_for(text_contains="echo: ahoy", timeout=30)
     assert system_prompt(openai_server) == "You are a pirate."
+    assert said_before(openai_server) == ["hi there", "echo: hi there", "ahoy"]  # remembered
+
+    # Forgetting reaches the running pod through its Service (the manager is let in).
+    await open_card(user, "cluster_helper_bot")
+    await user.press("Forget conversations")
+    await user.press("Yes, forget everything")
+    await user.wait_for(text_contains="has forgotten every conversation.", timeout=30)
+    (same_pod,) = cluster.kube.objects("pods", "agents")
+    assert same_pod["metadata"]["name"] == new_pod["metadata"]["name"]  # told, not restarted
+    await friend.send("who?")
+    await friend.wait_for(text_contains="echo: who?", timeout=30)
+    assert said_before(openai_server) == ["who?"]
 
     await open_card(user, "cluster_helper_bot")
     await user.press("Stop")

@@ -12,6 +12,7 @@ from tests.fakes.install import manager_kube  # noqa: F401 (the `kube` fixture, 
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram
+from tests.integration.gateway_platform import gateway_env, platform  # noqa: F401 (fixtures)
 from tests.integration.world import PUBLIC_URL, World, world_on
 
 
