@@ -35,6 +35,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
+from manager_bot.services.errors import EndpointProblem, Param
+
 log = logging.getLogger(__name__)
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -126,10 +128,17 @@ _CANONICAL_IPV4 = re.compile(
 class EndpointRefused(Exception):
     """The URL may not be used.
 
-    `str(error)` is a plain-words reason safe to show a user: it names at most
-    the host the user wrote, never credentials, a query string, or the
-    addresses a name resolved to (that would map our network for a prober).
+    `problem` (and `params`: a host, a limit) is what the manager tells a user, in
+    their language (views/errors.py). `str(error)` is the same reason in English,
+    for the log and the gateway's answers. Both name at most the host the user
+    wrote, never credentials, a query string, or the addresses a name resolved to
+    (that would map our network for a prober).
     """
+
+    def __init__(self, reason: str, problem: EndpointProblem, **params: Param) -> None:
+        super().__init__(reason)
+        self.problem = problem
+        self.params = params
 
 
 class EndpointRefusedError(EndpointRefused, OSError):
@@ -140,9 +149,11 @@ class EndpointRefusedError(EndpointRefused, OSError):
     inside the connection pool. Recognise it with `refusal_of`.
     """
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(errno.EACCES, reason)
-        self.reason = reason
+    def __init__(self, refusal: EndpointRefused) -> None:
+        OSError.__init__(self, errno.EACCES, str(refusal))
+        self.reason = str(refusal)
+        self.problem = refusal.problem
+        self.params = refusal.params
 
     def __str__(self) -> str:
         return self.reason
@@ -258,7 +269,7 @@ class GuardedResolver(AbstractResolver):
             # aiohttp does not take for an IP and hands to the resolver).
             _judge_host(_host_key(host), self._policy)
         except EndpointRefused as refusal:
-            raise EndpointRefusedError(str(refusal)) from None
+            raise EndpointRefusedError(refusal) from None
         results = await self._inner.resolve(host, port, family)
         kept = [result for result in results if not _result_refused(result, self._policy)]
         if not kept:
@@ -322,15 +333,19 @@ class EndpointGuard:
             results = await resolver.resolve(target.host, target.port, socket.AF_UNSPEC)
         except OSError:
             raise EndpointRefused(
-                f"{target.host} could not be found: check the spelling of the address"
-            ) from None
+                f"{target.host} could not be found: check the spelling of the address",
+                EndpointProblem.NOT_FOUND, host=target.host,
+            ) from None  # fmt: skip
         finally:
             if self._resolver is None:
                 await resolver.close()
         if not results:
-            raise EndpointRefused(f"{target.host} has no address to connect to")
+            raise EndpointRefused(
+                f"{target.host} has no address to connect to",
+                EndpointProblem.NO_ADDRESS, host=target.host,
+            )  # fmt: skip
         if any(_result_refused(result, self._policy) for result in results):
-            raise EndpointRefused(_resolves_inside(target.host))
+            raise _resolves_inside(target.host)
 
     def _checked(self, url: str) -> _Target | None:
         """The parsed URL if it passed `check`, None if the operator allowed its host."""
@@ -387,36 +402,48 @@ def _parse(url: str, *, allow_query: bool, max_length: int) -> _Target:
     """Parse as aiohttp will (yarl), so what is judged is what gets connected to."""
     text = url.strip()
     if not text:
-        raise EndpointRefused("The address is empty.")
+        raise EndpointRefused("The address is empty.", EndpointProblem.EMPTY)
     if len(text) > max_length:
-        raise EndpointRefused(f"The address is longer than {max_length} characters.")
+        raise EndpointRefused(
+            f"The address is longer than {max_length} characters.",
+            EndpointProblem.TOO_LONG, limit=max_length,
+        )  # fmt: skip
     if any(character.isspace() or not character.isprintable() for character in text):
-        raise EndpointRefused("The address must not contain spaces or invisible characters.")
+        raise EndpointRefused(
+            "The address must not contain spaces or invisible characters.", EndpointProblem.SPACES
+        )
     scheme, separator, _ = text.partition("://")
     if not separator or scheme.lower() not in ("http", "https"):
-        raise EndpointRefused("The address must start with http:// or https://.")
+        raise EndpointRefused(
+            "The address must start with http:// or https://.", EndpointProblem.NOT_HTTP
+        )
     if "#" in text:
-        raise EndpointRefused("The address must not contain a '#' part.")
+        raise EndpointRefused("The address must not contain a '#' part.", EndpointProblem.FRAGMENT)
     if "?" in text and not allow_query:
-        raise EndpointRefused("The address must not contain a '?' part.")
+        raise EndpointRefused("The address must not contain a '?' part.", EndpointProblem.QUERY)
     try:
         parsed = URL(text)
         port = parsed.port
     except ValueError:
-        raise EndpointRefused("This is not a valid web address.") from None
+        raise EndpointRefused(
+            "This is not a valid web address.", EndpointProblem.NOT_A_URL
+        ) from None
     if parsed.raw_user is not None or parsed.raw_password is not None:
         raise EndpointRefused(
-            "The address must not contain a user name or password; the key is asked for separately."
+            "The address must not contain a user name or password; the key is asked for separately.",
+            EndpointProblem.CREDENTIALS,
         )
     if not parsed.raw_host:
-        raise EndpointRefused("The address has no host name.")
+        raise EndpointRefused("The address has no host name.", EndpointProblem.NO_HOST)
     if not port:  # None only for schemes without a default port, excluded above
-        raise EndpointRefused("The port must be between 1 and 65535.")
+        raise EndpointRefused("The port must be between 1 and 65535.", EndpointProblem.BAD_PORT)
     host = _host_key(parsed.raw_host)
     if host.startswith("[") and "%" in host:
-        raise EndpointRefused("The address must not contain an IPv6 zone ('%').")
+        raise EndpointRefused(
+            "The address must not contain an IPv6 zone ('%').", EndpointProblem.IPV6_ZONE
+        )
     if not _valid_host(host):
-        raise EndpointRefused("The host name is not valid.")
+        raise EndpointRefused("The host name is not valid.", EndpointProblem.BAD_HOST)
     return _Target(url=parsed, host=host, port=port)
 
 
@@ -453,8 +480,9 @@ def _judge_host(host: str, policy: EndpointPolicy) -> None:
     if host.startswith("["):
         if address_refused(ipaddress.IPv6Address(host[1:-1]), policy):
             raise EndpointRefused(
-                f"{host} is a private, local or reserved address; {_ONLY_PUBLIC}."
-            )
+                f"{host} is a private, local or reserved address; {_ONLY_PUBLIC}.",
+                EndpointProblem.PRIVATE_ADDRESS, host=host,
+            )  # fmt: skip
         return
     if _is_ip_literal(host):
         # libc's inet_aton (and so getaddrinfo) reads "2130706433", "0x7f.1" and
@@ -462,19 +490,27 @@ def _judge_host(host: str, policy: EndpointPolicy) -> None:
         if not _CANONICAL_IPV4.fullmatch(host):
             raise EndpointRefused(
                 f"{host} is not a usual IP address: write it as four numbers from 0 to 255 "
-                "separated by dots."
-            )
+                "separated by dots.",
+                EndpointProblem.UNUSUAL_IP, host=host,
+            )  # fmt: skip
         if address_refused(ipaddress.IPv4Address(host), policy):
             raise EndpointRefused(
-                f"{host} is a private, local or reserved address; {_ONLY_PUBLIC}."
-            )
+                f"{host} is a private, local or reserved address; {_ONLY_PUBLIC}.",
+                EndpointProblem.PRIVATE_ADDRESS, host=host,
+            )  # fmt: skip
         return
     if host in _REFUSED_NAMES or host.endswith(_REFUSED_NAME_SUFFIXES):
-        raise EndpointRefused(f"{host} is a name inside a local network; {_ONLY_PUBLIC}.")
+        raise EndpointRefused(
+            f"{host} is a name inside a local network; {_ONLY_PUBLIC}.",
+            EndpointProblem.LOCAL_NAME, host=host,
+        )  # fmt: skip
     if "." not in host:
         # A name without a dot is completed with the search domains of the
         # gateway's own network ("ollama" -> ollama.<namespace>.svc.cluster.local).
-        raise EndpointRefused(f"{host} is not a full domain name; {_ONLY_PUBLIC}.")
+        raise EndpointRefused(
+            f"{host} is not a full domain name; {_ONLY_PUBLIC}.",
+            EndpointProblem.NOT_FULL_NAME, host=host,
+        )  # fmt: skip
 
 
 def _result_refused(result: ResolveResult, policy: EndpointPolicy) -> bool:
@@ -485,8 +521,11 @@ def _result_refused(result: ResolveResult, policy: EndpointPolicy) -> bool:
     return address_refused(address, policy)
 
 
-def _resolves_inside(host: str) -> str:
-    return f"{host} points to a private, local or reserved address; {_ONLY_PUBLIC}."
+def _resolves_inside(host: str) -> EndpointRefused:
+    return EndpointRefused(
+        f"{host} points to a private, local or reserved address; {_ONLY_PUBLIC}.",
+        EndpointProblem.RESOLVES_INSIDE, host=host,
+    )  # fmt: skip
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:

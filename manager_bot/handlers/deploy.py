@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from html import escape
 
 from aiogram import Bot, F, Router
 from aiogram.dispatcher.event.bases import SkipHandler
@@ -50,7 +49,7 @@ from manager_bot.services.errors import (
 from manager_bot.services.llm_keys import KeyCheck, check_key
 from manager_bot.services.providers import Provider, find_provider
 from manager_bot.services.telegram import AgentTokenError, BotIdentity, looks_like_token
-from manager_bot.views.errors import explain
+from manager_bot.views.errors import explain, refusal
 from manager_bot.views.live_card import send_card
 
 log = logging.getLogger(__name__)
@@ -282,7 +281,7 @@ async def typed_endpoint(
     try:
         url = await checked_endpoint(message.text or "", endpoint_guard)
     except EndpointRefused as refused:
-        await message.answer(texts.ENDPOINT_REFUSED.format(reason=escape(str(refused))))
+        await message.answer(texts.ENDPOINT_REFUSED.format(reason=refusal(refused)))
         return
     await state.update_data(endpoint=url)
     await _enter(WizardStep.MODEL_NAME, message, state, providers)
@@ -464,7 +463,7 @@ async def _deploy_and_tell(
         )
         return
     except (InvalidBotToken, InvalidAgentConfig) as error:
-        await progress_message.edit_text(texts.ACTION_FAILED.format(hint=str(error)))
+        await progress_message.edit_text(texts.ACTION_REFUSED.format(reason=refusal(error)))
         return
     except BotAlreadyUsed as error:
         await progress_message.edit_text(texts.BOT_IN_USE.format(username=str(error)))

@@ -12,6 +12,7 @@ from aiogram.types import Message
 from manager_bot import keyboards, texts
 from manager_bot.gateway.endpoints import EndpointGuard, EndpointRefused, normalize_base_url
 from manager_bot.services.providers import Provider, find_provider, is_model_id
+from manager_bot.views.errors import refusal
 
 OWN_ENDPOINT_EXAMPLE = "llama3.1:8b"
 
@@ -59,7 +60,7 @@ async def take_endpoint(
     try:
         url = await checked_endpoint(message.text or "", guard)
     except EndpointRefused as refused:
-        await message.answer(texts.ENDPOINT_REFUSED.format(reason=escape(str(refused))))
+        await message.answer(texts.ENDPOINT_REFUSED.format(reason=refusal(refused)))
         return
     await state.update_data(endpoint=url)
     await state.set_state(next_state)

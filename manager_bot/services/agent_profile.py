@@ -17,7 +17,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from manager_bot.db.models import Agent
-from manager_bot.services.errors import InvalidAccess, InvalidAgentConfig
+from manager_bot.services.errors import (
+    AccessProblem,
+    ConfigProblem,
+    InvalidAccess,
+    InvalidAgentConfig,
+)
 from runtime.commands import COMMANDS
 
 MAX_LISTED_USERS = 50
@@ -47,15 +52,15 @@ class Access:
     def __post_init__(self) -> None:
         if self.mode is not AccessMode.LISTED:
             if self.user_ids:
-                raise InvalidAccess("only a list of users takes user ids")
+                raise InvalidAccess(AccessProblem.IDS_WITHOUT_LIST)
             return
         ids = tuple(sorted(set(self.user_ids)))
         if not ids:
-            raise InvalidAccess("the list of users is empty")
+            raise InvalidAccess(AccessProblem.EMPTY)
         if len(ids) > MAX_LISTED_USERS:
-            raise InvalidAccess(f"at most {MAX_LISTED_USERS} users may be listed")
+            raise InvalidAccess(AccessProblem.TOO_MANY, limit=MAX_LISTED_USERS)
         if not all(isinstance(i, int) and 0 < i < MAX_USER_ID for i in ids):
-            raise InvalidAccess("a Telegram user id is a positive number")
+            raise InvalidAccess(AccessProblem.NOT_AN_ID)
         object.__setattr__(self, "user_ids", ids)
 
     @classmethod
@@ -75,7 +80,7 @@ class Access:
         """A list as an owner types it: ids separated by commas, spaces or new lines."""
         parts = [part for part in re.split(r"[\s,;]+", text.strip()) if part]
         if not all(part.isdigit() for part in parts):
-            raise InvalidAccess("Telegram user ids are numbers, like 123456789")
+            raise InvalidAccess(AccessProblem.NOT_NUMBERS)
         return cls.listed(int(part) for part in parts)
 
     @classmethod
@@ -151,7 +156,7 @@ def check_description(text: str | None) -> str | None:
         return None
     line = one_line(text)
     if utf16_length(line) > MAX_DESCRIPTION:
-        raise InvalidAgentConfig(f"the description is longer than {MAX_DESCRIPTION} characters")
+        raise InvalidAgentConfig(ConfigProblem.DESCRIPTION_TOO_LONG, limit=MAX_DESCRIPTION)
     return line
 
 

@@ -19,6 +19,66 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"  # a fault on our side
 
 
+# What a refusal's words need besides its code: a limit, a provider's label, a host.
+Param = int | str
+
+
+class ConfigProblem(StrEnum):
+    """Why an agent's settings were refused (InvalidAgentConfig); texts key on it."""
+
+    UNKNOWN_PROVIDER = "unknown-provider"  # {provider}
+    NOT_A_MODEL = "not-a-model"  # {model}
+    KEY_NEEDED = "key-needed"  # {provider}
+    ENDPOINT_NEEDED = "endpoint-needed"
+    PROMPT_EMPTY = "prompt-empty"
+    PROMPT_TOO_LONG = "prompt-too-long"  # {limit}
+    DESCRIPTION_TOO_LONG = "description-too-long"  # {limit}
+    MANAGED_TOKEN = "managed-token"  # a Managed Bot's token is Telegram's to replace
+
+
+class AccessProblem(StrEnum):
+    """Why an access list was refused (InvalidAccess)."""
+
+    IDS_WITHOUT_LIST = "ids-without-list"
+    EMPTY = "empty"
+    TOO_MANY = "too-many"  # {limit}
+    TOO_MANY_FOR_MANAGED = "too-many-for-managed"  # {limit}: Telegram's own cap
+    NOT_AN_ID = "not-an-id"  # a number, but no Telegram user id
+    NOT_NUMBERS = "not-numbers"
+
+
+class TokenProblem(StrEnum):
+    """Why a bot token was refused (InvalidBotToken); the values of AgentTokenError's."""
+
+    INVALID = "invalid"  # malformed, revoked or never valid
+    UNREACHABLE = "unreachable"  # Telegram could not be asked: try again later
+    REJECTED = "rejected"  # Telegram refused the request itself
+
+
+class EndpointProblem(StrEnum):
+    """Why a user's endpoint URL was refused (gateway.endpoints.EndpointRefused)."""
+
+    EMPTY = "empty"
+    TOO_LONG = "too-long"  # {limit}
+    SPACES = "spaces"
+    NOT_HTTP = "not-http"
+    FRAGMENT = "fragment"
+    QUERY = "query"
+    NOT_A_URL = "not-a-url"
+    CREDENTIALS = "credentials"
+    NO_HOST = "no-host"
+    BAD_PORT = "bad-port"
+    IPV6_ZONE = "ipv6-zone"
+    BAD_HOST = "bad-host"
+    PRIVATE_ADDRESS = "private-address"  # {host}
+    UNUSUAL_IP = "unusual-ip"  # {host}
+    LOCAL_NAME = "local-name"  # {host}
+    NOT_FULL_NAME = "not-full-name"  # {host}
+    NOT_FOUND = "not-found"  # {host}
+    NO_ADDRESS = "no-address"  # {host}
+    RESOLVES_INSIDE = "resolves-inside"  # {host}
+
+
 def cluster_code(status: int | None) -> ErrorCode:
     """The code of a backend failure, from the cluster API's status (None: not an API)."""
     if status is None:
@@ -55,9 +115,14 @@ class DeployThrottled(HatchbotError):
 class InvalidBotToken(HatchbotError):
     """The token is malformed, revoked, or Telegram cannot be reached to check it."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, problem: TokenProblem) -> None:
+        super().__init__(problem.value)
+        self.problem = problem
+
+    @property
+    def reason(self) -> TokenProblem:
+        """As `AgentTokenError.reason` spells it (the values are the same)."""
+        return self.problem
 
 
 class BotAlreadyUsed(HatchbotError):
@@ -65,7 +130,18 @@ class BotAlreadyUsed(HatchbotError):
 
 
 class InvalidAgentConfig(HatchbotError):
-    """A provider, model, key or prompt the platform cannot accept."""
+    """A provider, model, key or prompt the platform cannot accept.
+
+    `problem` is what the user is told (views/errors.py renders it in their language);
+    `params` are what its words need (a limit, a provider's label). `str(error)` is the
+    code and the parameters, for the log."""
+
+    problem: ConfigProblem | AccessProblem
+
+    def __init__(self, problem: ConfigProblem | AccessProblem, **params: Param) -> None:
+        super().__init__(f"{problem.value} {params}" if params else problem.value)
+        self.problem = problem
+        self.params = params
 
 
 class NoPreviousRevision(HatchbotError):
@@ -91,6 +167,11 @@ class DeployFailed(HatchbotError):
 
 class InvalidAccess(InvalidAgentConfig):
     """An access list the platform cannot accept (too many ids, not ids at all)."""
+
+    problem: AccessProblem
+
+    def __init__(self, problem: AccessProblem, **params: Param) -> None:
+        super().__init__(problem, **params)
 
 
 class TokenOfAnotherBot(HatchbotError):

@@ -26,8 +26,9 @@ from manager_bot.backends.base import Backend, BackendError, Observed, ObservedS
 from manager_bot.db.models import Agent, as_utc
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
-from manager_bot.metrics import HEALTH_SWEEP_SECONDS
+from manager_bot.metrics import HEALTH_SWEEP_LAST_SUCCESS, HEALTH_SWEEP_SECONDS, HEALTH_SWEEPS
 from manager_bot.services.deployer import Deployer
+from manager_bot.services.health_reasons import HealthKind
 from manager_bot.services.reconciler import Reconciler
 from manager_bot.services.telegram import AgentTokenError, WebhookStatus
 from manager_bot.services.usage import metrics_text
@@ -67,7 +68,7 @@ class Probe:
 @dataclass(frozen=True)
 class Verdict:
     health: Health
-    kind: str  # a stable code: a change of kind is news, a change of wording is not
+    kind: str  # a HealthKind: a change of kind is news, a change of wording is not
     reason: str = ""
 
 
@@ -82,7 +83,7 @@ METRIC_NAMES = {
     "hatchbot_agent_last_llm_success_timestamp_seconds": "llm_ok_at",
     "hatchbot_agent_last_llm_error_timestamp_seconds": "llm_error_at",
 }
-HEALTHY = Verdict(Health.HEALTHY, "ok")
+HEALTHY = Verdict(Health.HEALTHY, HealthKind.OK)
 
 
 def parse_probe_metrics(text: str) -> dict[str, float]:
@@ -109,20 +110,22 @@ def assess(
 ) -> Verdict | None:
     """The verdict for one agent that should be running; None while it is still starting."""
     if observed is None or observed.state is ObservedState.MISSING:
-        return Verdict(Health.DOWN, "missing", "its workload is missing")
+        return Verdict(Health.DOWN, HealthKind.MISSING, "its workload is missing")
     if observed.state is ObservedState.CRASH_LOOPING:
-        return Verdict(Health.DOWN, "crash_loop", observed.reason or "it keeps crashing")
+        return Verdict(Health.DOWN, HealthKind.CRASH_LOOP, observed.reason or "it keeps crashing")
     if observed.state is ObservedState.STOPPED:
-        return Verdict(Health.DOWN, "stopped", "its workload is scaled to zero")
+        return Verdict(Health.DOWN, HealthKind.STOPPED, "its workload is scaled to zero")
     if observed.state is ObservedState.STARTING:
         if observed.since is not None and now - observed.since > config.start_grace:
             minutes = int(config.start_grace.total_seconds() // 60)
-            return Verdict(Health.DOWN, "not_ready", f"not ready after {minutes} minutes")
+            return Verdict(Health.DOWN, HealthKind.NOT_READY, f"not ready after {minutes} minutes")
         return None
     if probe.ready is False:
-        return Verdict(Health.DOWN, "not_answering", "it does not answer its health check")
+        return Verdict(Health.DOWN, HealthKind.NOT_ANSWERING, "it does not answer its health check")
     if probe.token_rejected:
-        return Verdict(Health.DOWN, "token", "Telegram rejects its token (revoked in @BotFather?)")
+        return Verdict(
+            Health.DOWN, HealthKind.TOKEN, "Telegram rejects its token (revoked in @BotFather?)"
+        )
     webhook = probe.webhook
     epoch = now.timestamp()
     if webhook is not None:
@@ -132,21 +135,25 @@ def assess(
         )
         if recent_error and webhook.pending_update_count > 0:
             message = webhook.last_error_message or "delivery failed"
-            return Verdict(Health.DEGRADED, "webhook", f"Telegram cannot deliver: {message}")
+            return Verdict(
+                Health.DEGRADED, HealthKind.WEBHOOK, f"Telegram cannot deliver: {message}"
+            )
         growing = previous_pending is None or webhook.pending_update_count >= previous_pending
         if webhook.pending_update_count >= config.backlog and growing:
             return Verdict(
                 Health.DEGRADED,
-                "backlog",
+                HealthKind.BACKLOG,
                 f"{webhook.pending_update_count} messages are waiting to be answered",
             )
     metrics = probe.metrics
     ok_at = metrics.get("llm_ok_at", 0.0)
     if metrics.get("llm_error_at:auth", 0.0) > ok_at:
-        return Verdict(Health.DEGRADED, "llm_key", "the LLM provider rejects its API key")
+        return Verdict(Health.DEGRADED, HealthKind.LLM_KEY, "the LLM provider rejects its API key")
     rate_limited_at = metrics.get("llm_error_at:rate_limit", 0.0)
     if rate_limited_at > ok_at and epoch - rate_limited_at < config.rate_limit_window:
-        return Verdict(Health.DEGRADED, "llm_rate_limit", "the LLM provider is rate-limiting it")
+        return Verdict(
+            Health.DEGRADED, HealthKind.LLM_RATE_LIMIT, "the LLM provider is rate-limiting it"
+        )
     return HEALTHY
 
 
@@ -182,9 +189,14 @@ class HealthMonitor:
             report = SweepReport()
             try:
                 await self._sweep(report)
+            except Exception:
+                HEALTH_SWEEPS.labels("failed").inc()
+                raise
             finally:
                 report.seconds = time.perf_counter() - started
                 HEALTH_SWEEP_SECONDS.observe(report.seconds)
+            HEALTH_SWEEPS.labels("ok").inc()
+            HEALTH_SWEEP_LAST_SUCCESS.set_to_current_time()
             return report
 
     async def _sweep(self, report: SweepReport) -> None:
@@ -259,7 +271,7 @@ class HealthMonitor:
         report: SweepReport,
     ) -> Verdict | None:
         """Repair what the manager can; give up on an agent that has crashed for too long."""
-        if verdict is not None and verdict.kind in ("missing", "stopped"):
+        if verdict is not None and verdict.kind in (HealthKind.MISSING, HealthKind.STOPPED):
             try:
                 if await self._reconciler.converge(agent.id, seen):
                     await self._deployer.audit_system("repair", agent.id, "workload re-applied")
@@ -269,13 +281,13 @@ class HealthMonitor:
             # Repaired quietly: the next sweep judges the new workload.
             report.repaired.append(agent.id)
             return None
-        if verdict is not None and verdict.kind == "crash_loop":
-            since = agent.health_at if agent.health_kind == "crash_loop" else now
+        if verdict is not None and verdict.kind == HealthKind.CRASH_LOOP:
+            since = agent.health_at if agent.health_kind == HealthKind.CRASH_LOOP else now
             if since is not None and now - as_utc(since) > self._config.give_up_after:
                 if not await self._reconciler.give_up(agent.id, verdict.reason):
                     return None  # no longer wanted running: nothing to give up on
                 report.gave_up.append(agent.id)
-                return Verdict(Health.DOWN, "gave_up", verdict.reason)
+                return Verdict(Health.DOWN, HealthKind.GAVE_UP, verdict.reason)
             return verdict
         webhook = probe.webhook
         if webhook is not None and self._webhook_wrong(agent.id, webhook):
@@ -284,7 +296,7 @@ class HealthMonitor:
                 report.repaired.append(agent.id)
             except Exception as error:
                 log.warning("could not repair the webhook of agent %s: %s", agent.id, error)
-                return Verdict(Health.DEGRADED, "webhook", "its webhook cannot be set")
+                return Verdict(Health.DEGRADED, HealthKind.WEBHOOK, "its webhook cannot be set")
         return verdict
 
     def _webhook_wrong(self, agent_id: str, webhook: WebhookStatus) -> bool:
@@ -301,6 +313,10 @@ class HealthMonitor:
         if (state, reason) != (agent.observed_state, agent.observed_reason):
             row.update(observed_state=state, observed_reason=reason, observed_at=now)
         if verdict is not None and _differs(agent, verdict):
+            # The raw reason is for the log (and the row); owners read it in plain words.
+            log.info(
+                "agent %s is %s (%s): %s", agent.id, verdict.health, verdict.kind, verdict.reason
+            )
             row.update(
                 health=verdict.health.value,
                 health_kind=verdict.kind,

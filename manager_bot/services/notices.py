@@ -74,8 +74,9 @@ class Alert:
         return self.verdict == "gave_up"
 
     def message(self) -> tuple[str, str]:
-        """(kind, text): the kind labels the metric and decides the buttons."""
-        username, reason = self.username, escape(self.reason)
+        """(kind, text): the kind labels the metric and decides the buttons. The reason is
+        told from the verdict's stable kind; the raw one is for logs and admins."""
+        username, reason = self.username, escape(texts.health_words(self.verdict, self.reason))
         if self.gave_up:
             return "down", texts.HEALTH_GAVE_UP.format(username=username, reason=reason)
         if self.health == Health.DOWN:

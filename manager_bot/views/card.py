@@ -15,9 +15,9 @@ from manager_bot import keyboards, texts
 from manager_bot.db.models import Agent
 from manager_bot.services.agent_profile import MAX_DESCRIPTION, Access, access_of, profile_of
 from manager_bot.services.budgets import Spend
-from manager_bot.services.errors import DeployFailed, HatchbotError, NoPreviousRevision
+from manager_bot.services.errors import HatchbotError
 from manager_bot.services.providers import Provider
-from manager_bot.views.errors import explain
+from manager_bot.views.errors import said
 
 MAX_TEXT = 4096  # Telegram's limit on a message's text, counted after entities are parsed
 
@@ -63,6 +63,11 @@ def confirm_delete(agent: Agent) -> Screen:
 def confirm_rotate(agent: Agent) -> Screen:
     text = texts.CONFIRM_ROTATE.format(username=agent.bot_username)
     return Screen(text, keyboards.confirm_rotate(agent))
+
+
+def confirm_forget(agent: Agent) -> Screen:
+    text = texts.CONFIRM_FORGET.format(username=agent.bot_username)
+    return Screen(text, keyboards.confirm_forget(agent))
 
 
 def access(agent: Agent, *, notice: str | None = None) -> Screen:
@@ -140,12 +145,8 @@ def agent_list(agents: list[Agent], *, notice: str | None = None) -> Screen:
 
 
 def failure(error: HatchbotError) -> str:
-    """What a failed card action tells the user."""
-    if isinstance(error, NoPreviousRevision):
-        return texts.NO_PREVIOUS
-    if isinstance(error, DeployFailed):
-        return texts.ACTION_FAILED_PLAIN.format(reason=explain(error))
-    return texts.ACTION_FAILED.format(hint=escape(str(error)))
+    """What a failed card action tells the user (in plain words: views/errors.py)."""
+    return said(error)
 
 
 def _visible_length(text: str) -> int:

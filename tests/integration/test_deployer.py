@@ -20,6 +20,7 @@ from manager_bot.services.deployer import DeployStep, NewAgent
 from manager_bot.services.errors import (
     AgentNotFound,
     BotAlreadyUsed,
+    ConfigProblem,
     DeployFailed,
     ErrorCode,
     InvalidAgentConfig,
@@ -162,10 +163,11 @@ async def test_bad_requests_are_refused_before_anything_is_made(
         await kube_world.deployer.deploy(
             request(telegram, username="a_bot", model="gpt 9 <script>")
         )
-    with pytest.raises(InvalidAgentConfig, match="own API key"):
+    with pytest.raises(InvalidAgentConfig) as refused:
         await kube_world.deployer.deploy(
             request(telegram, username="b_bot", provider="anthropic", model="claude-haiku-4-5")
         )
+    assert refused.value.problem == ConfigProblem.KEY_NEEDED
     with pytest.raises(InvalidAgentConfig):
         await kube_world.deployer.deploy(
             request(telegram, username="c_bot", system_prompt="x" * 4001)
