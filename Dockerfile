@@ -7,10 +7,15 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY migrations ./migrations
 COPY manager_bot ./manager_bot
 COPY runtime ./runtime
 # Dependencies only: the code itself is copied to /app below, beside migrations/.
-RUN pip install --no-compile . && pip uninstall -y hatchbot
+# Bytecode is compiled here: at run time the filesystem is read-only, and without .pyc
+# files every start would compile the dependencies again (seconds of the manager's start).
+# The `tools` extra (the MCP client) is imported only by runtimes whose agent has tools.
+RUN pip install --no-compile ".[tools]" && pip uninstall -y hatchbot \
+    && python -m compileall -q -j 0 /opt/venv/lib
 
 FROM python:3.11.11-slim-bookworm
 ENV PATH=/opt/venv/bin:$PATH \
@@ -24,6 +29,7 @@ WORKDIR /app
 COPY migrations ./migrations
 COPY manager_bot ./manager_bot
 COPY runtime ./runtime
+RUN python -m compileall -q -j 0 /app/migrations /app/manager_bot /app/runtime
 USER 10001:10001
 EXPOSE 8080
 # The manager writes only under /app/data (mount a volume); the runtime writes nothing.

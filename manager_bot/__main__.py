@@ -1,9 +1,13 @@
-"""Command line of the manager: `python -m manager_bot [run|gateway|migrate|keygen|rotate-keys|doctor]`."""
+"""Command line of the manager: `python -m manager_bot [run|gateway|migrate|keygen|rotate-keys|doctor]`.
+
+The `hatchbot` console script (pyproject.toml) is the same command line.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,11 +21,38 @@ from runtime.settings_loading import (
 )
 
 PROGRAM = "python -m manager_bot"
+SCRIPT = "hatchbot"  # [project.scripts]
+DISTRIBUTION = "hatchbot"  # [project] name
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # scans sys.path: when asked
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
+        return "unknown (not installed)"
+
+
+class _PrintVersion(argparse.Action):
+    """--version, read from the installed metadata only when asked (start-up stays quick)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(f"{parser.prog} {package_version()}")
+        parser.exit()
 
 
 def _run(settings: ManagerSettings) -> int:
-    from manager_bot.app import run_manager  # aiogram is heavy: import only when running
-
+    # aiogram is heavy: imported only when running. Its imports build hundreds of pydantic
+    # models that all live on; the collector walking them meanwhile only slows start-up.
+    gc.disable()
+    try:
+        from manager_bot.app import run_manager
+    finally:
+        gc.enable()
     asyncio.run(run_manager(settings))
     return 0
 
@@ -71,7 +102,10 @@ def _rotate_keys(settings: PlatformSettings) -> int:
 
 def _doctor(settings: ManagerSettings) -> int:
     from manager_bot.doctor import Doctor
+    from manager_bot.logs import configure_logging
 
+    # The checks print to stdout; what the libraries log goes to stderr, as LOG_LEVEL says.
+    configure_logging(settings.log_format, settings.secret_values(), level=settings.log_level)
     checks = asyncio.run(Doctor(settings).run())
     for check in checks:
         print(check.line)
@@ -109,21 +143,22 @@ COMMANDS: dict[str, tuple[str, Callable[[Any], int], type[PlatformSettings] | No
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(program: str = PROGRAM) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROGRAM,
+        prog=program,
         description="Hatchbot manager: the Telegram bot that deploys Telegram bots.",
         epilog=settings_help(ManagerSettings),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=_PrintVersion)
     sub = parser.add_subparsers(dest="command", metavar="command")
     for name, (summary, _, _) in COMMANDS.items():
         sub.add_parser(name, help=summary, description=summary)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, program: str = PROGRAM) -> int:
+    args = build_parser(program).parse_args(argv)
     _, command, settings_class = COMMANDS[args.command or "run"]
     if settings_class is None:
         return command(None)
@@ -133,8 +168,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "doctor":  # a failed check like the others, not a usage error
             print(f"FAIL  {'configuration':<15} {error}")
             return 1
-        exit_with_config_error(PROGRAM, error)
+        exit_with_config_error(program, error)
     return command(settings)
+
+
+def entry_point() -> None:
+    """The `hatchbot` console script."""
+    sys.exit(main(program=SCRIPT))
 
 
 if __name__ == "__main__":

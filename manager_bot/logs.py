@@ -18,6 +18,9 @@ from runtime.redaction import install_redaction
 
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+# Libraries whose INFO lines say nothing the manager's own lines do not: APScheduler's
+# "Running job ..." and "... executed successfully" come on every run of every job.
+QUIET_LOGGERS = {"apscheduler": logging.WARNING}
 
 
 def new_request_id() -> str:
@@ -51,9 +54,11 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(
-    log_format: str, secrets_to_hide: Iterable[str] = (), *, level: int = logging.INFO
+    log_format: str, secrets_to_hide: Iterable[str] = (), *, level: int | str = logging.INFO
 ) -> None:
-    """Root logging for the whole process: format, request ids, then redaction last."""
+    """Root logging for the whole process: format, request ids, then redaction last.
+
+    `level` is LOG_LEVEL (a name such as "DEBUG", or a number)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -64,5 +69,7 @@ def configure_logging(
     handler.addFilter(RequestIdFilter())
     root.addHandler(handler)
     root.setLevel(level)
+    for name, quiet in QUIET_LOGGERS.items():  # never louder than LOG_LEVEL either
+        logging.getLogger(name).setLevel(max(quiet, root.level))
     # The redacting filter rewrites the message and exception text before formatting.
-    install_redaction(secrets_to_hide, level=level)
+    install_redaction(secrets_to_hide)

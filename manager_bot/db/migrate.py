@@ -17,8 +17,17 @@ from sqlalchemy.pool import NullPool
 from manager_bot.db.models import Base
 from manager_bot.db.session import Database, ensure_sqlite_directory
 
-# migrations/ sits beside the packages, in the repository and in the image (/app).
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+def migrations_dir() -> Path:
+    """Alembic's scripts: inside the package when installed from a wheel (pyproject.toml
+    maps migrations/ to manager_bot/migrations), else beside the packages, as in the
+    repository, an editable install and the image (/app)."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "migrations"
+    return installed if (installed / "env.py").is_file() else package.parent / "migrations"
+
+
+MIGRATIONS_DIR = migrations_dir()
 
 
 def alembic_config(url: str) -> Config:

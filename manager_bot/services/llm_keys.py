@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
-
-import openai
+import importlib
+from typing import TYPE_CHECKING
 
 from manager_bot.services.providers import Provider
+
+if TYPE_CHECKING:
+    import openai
 
 
 class KeyCheck(enum.StrEnum):
@@ -17,6 +21,11 @@ class KeyCheck(enum.StrEnum):
 
 async def check_key(provider: Provider, key: str) -> KeyCheck:
     """401/403 means the provider refused the key; anything else is not the user's fault."""
+    # The SDK takes 0.4 s to import: not at start-up, and the first check imports it off
+    # the event loop (the other chats go on meanwhile); later it is already loaded.
+    await asyncio.to_thread(importlib.import_module, "openai")
+    import openai
+
     if provider.runtime_provider == "azure":
         client: openai.AsyncOpenAI = openai.AsyncAzureOpenAI(
             azure_endpoint=provider.base_url or "",
