@@ -2,7 +2,8 @@
 
 Prints one JSON object:
 {"users": n, "think_s": [a, b], "spawn_per_s": r, "updates_per_s": x, "p50_ms": x,
- "p99_ms": x, "errors": n, "manager_cpu_ms_per_update": x, "generator_cpu_ms_per_update": x}
+ "p99_ms": x, "errors": n, "manager_cpu_ms_per_update": x,
+ "manager_loop_cpu_ms_per_update": x, "generator_cpu_ms_per_update": x}
 
 Load model (Locust's): users start `--spawn-rate` per second and, like people, read
 each answer before the next tap, waiting a random `--think` seconds (default 1 to 5,
@@ -14,10 +15,12 @@ Latency is from a user's update to the bot's answer, for every wizard step but t
 deploy itself (the backend's own wait). The CPU figures (user + system time of each
 process over the run, per timed update, deploys included in the work) hold better
 than latencies on a noisy machine, and show whether the load generator, which shares
-the machine, is the one out of breath. The manager is the real program
+the machine, is the one out of breath; the manager's "loop" figure is its main thread (the
+event loop), the rest its worker threads. The manager is the real program
 (`python -m manager_bot`, BACKEND=kubernetes, SQLite) in its own process; this
 process runs the fake Telegram, OpenAI and Kubernetes API servers and the users.
 Usage: python bench/manager.py [--users 200] [--think 1 5] [--spawn-rate 10] [--seed 1]
+                               [--profile FILE]  (cProfile of the manager's event loop)
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -56,6 +60,37 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process's main thread (its event loop) so far; the
+    rest of `cpu_seconds` is its worker threads (aiosqlite's, the Kubernetes client's)."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# With --profile: put first on the manager's PYTHONPATH, it profiles the manager's event
+# loop (its main thread) between SIGUSR1 and SIGUSR2, so start-up and shutdown stay out.
+PROFILE_HOOK = """
+import cProfile, os, signal
+_profile = cProfile.Profile()
+signal.signal(signal.SIGUSR1, lambda *_: _profile.enable())
+def _dump(*_):
+    _profile.disable()
+    _profile.dump_stats(os.environ["BENCH_PROFILE"] + ".part")
+    os.replace(os.environ["BENCH_PROFILE"] + ".part", os.environ["BENCH_PROFILE"])
+signal.signal(signal.SIGUSR2, _dump)
+"""
+
+
+def profiling_env(scratch: Path, profile: Path | None) -> dict[str, str]:
+    """The manager's environment for --profile: PROFILE_HOOK first on its path."""
+    if profile is None:
+        return {}
+    hook = scratch / "profile_hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(PROFILE_HOOK)
+    return {"PYTHONPATH": f"{hook}{os.pathsep}{ROOT}", "BENCH_PROFILE": str(profile.resolve())}
 
 
 def own_cpu_seconds() -> float:
@@ -94,11 +129,12 @@ async def one_user(
 
 
 async def main(
-    users: int, think: tuple[float, float], spawn_rate: float, seed: int
-) -> dict[str, Any]:
+    users: int, think: tuple[float, float], spawn_rate: float, seed: int,
+    profile: Path | None = None,
+) -> dict[str, Any]:  # fmt: skip
     latencies: list[float] = []
     errors = 0
-    manager_cpu = generator_cpu = elapsed = 0.0
+    manager_cpu = manager_loop_cpu = generator_cpu = elapsed = 0.0
     with tempfile.TemporaryDirectory() as scratch:
         async with (
             FakeTelegram() as telegram,
@@ -108,16 +144,20 @@ async def main(
             kube.put_object("namespaces", {"metadata": {"name": "agents"}})
             kubeconfig = kube.write_kubeconfig(Path(scratch) / "kubeconfig")
             manager_bot = telegram.add_bot(username="hatchbot_bot", can_manage_bots=True)
+            profiling = profiling_env(Path(scratch), profile)
             process = await start_manager_process(
                 telegram, manager_bot, Path(scratch),
                 BACKEND="kubernetes", PUBLIC_URL=PUBLIC_URL, KUBECONFIG=str(kubeconfig),
                 OPENAI_API_KEY="sk-benchbenchbenchbench00", OPENAI_BASE_URL=llm.url,
                 MAX_AGENTS_PER_USER="3", METRICS_PORT="0", HEALTH_INTERVAL="3600",
-                ENCRYPTION_KEYS=generate_key(),
+                ENCRYPTION_KEYS=generate_key(), **profiling,
             )  # fmt: skip
             try:
                 await wait_until(lambda: polling(telegram, manager_bot), timeout=60)
                 manager_cpu, generator_cpu = cpu_seconds(process.pid), own_cpu_seconds()
+                manager_loop_cpu = main_thread_cpu_seconds(process.pid)
+                if profile is not None:
+                    process.send_signal(signal.SIGUSR1)
                 started = time.perf_counter()
                 rng = random.Random(seed)
                 results = await asyncio.gather(
@@ -136,8 +176,17 @@ async def main(
                 )
                 elapsed = time.perf_counter() - started
                 manager_cpu = cpu_seconds(process.pid) - manager_cpu
+                manager_loop_cpu = main_thread_cpu_seconds(process.pid) - manager_loop_cpu
                 generator_cpu = own_cpu_seconds() - generator_cpu
                 errors = sum(isinstance(result, BaseException) for result in results)
+                if profile is not None:
+                    await asyncio.to_thread(profile.unlink, missing_ok=True)
+                    process.send_signal(signal.SIGUSR2)
+
+                    async def dumped() -> bool:
+                        return await asyncio.to_thread(profile.exists)
+
+                    await wait_until(dumped, timeout=30)
             finally:
                 await stop_process(process)
     latencies.sort()
@@ -152,6 +201,9 @@ async def main(
         else None,
         "errors": errors,
         "manager_cpu_ms_per_update": round(manager_cpu * 1000 / max(1, len(latencies)), 1),
+        "manager_loop_cpu_ms_per_update": round(
+            manager_loop_cpu * 1000 / max(1, len(latencies)), 1
+        ),
         "generator_cpu_ms_per_update": round(generator_cpu * 1000 / max(1, len(latencies)), 1),
     }
 
@@ -162,11 +214,22 @@ if __name__ == "__main__":
     parser.add_argument("--think", type=float, nargs=2, default=(1.0, 5.0), metavar=("MIN", "MAX"))
     parser.add_argument("--spawn-rate", type=float, default=10.0, help="users started per second")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--profile", type=Path, metavar="FILE",
+        help="cProfile the manager's event loop over the run into FILE (pstats); the "
+        "profiler's own cost inflates the CPU figures of that run",
+    )  # fmt: skip
     arguments = parser.parse_args()
     print(
         json.dumps(
             asyncio.run(
-                main(arguments.users, tuple(arguments.think), arguments.spawn_rate, arguments.seed)
+                main(
+                    arguments.users,
+                    tuple(arguments.think),
+                    arguments.spawn_rate,
+                    arguments.seed,
+                    arguments.profile,
+                )
             )
         )
     )
