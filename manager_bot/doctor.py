@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from sqlalchemy import make_url
@@ -19,6 +20,10 @@ from manager_bot.crypto import KEY_FILE, Vault, VaultError
 from manager_bot.db.migrate import current_revision, head_revision
 from manager_bot.db.secrets import unreadable_secrets
 from manager_bot.db.session import Database
+from manager_bot.leader import LEASE_ACCESS, LEASE_NAME, leader_elected
+
+if TYPE_CHECKING:
+    from manager_bot.backends.kubernetes import KubernetesBackend
 
 CONNECT_TIMEOUT = 5.0
 
@@ -63,6 +68,9 @@ class Doctor:
             checks.append(Check("managed bots", None, "needs the manager token"))
         checks.extend(await self._cluster())
         checks.append(await self._public_url())
+        from manager_bot.intake.checks import webhook_checks  # imports doctor's Check
+
+        checks.extend(await webhook_checks(self._settings))
         return checks
 
     def _missing_sqlite_file(self) -> str | None:
@@ -244,9 +252,26 @@ class Doctor:
                 checks.append(
                     Check("permissions", True, f"all {len(needed)} granted in {namespace}")
                 )
+            if leader_elected(self._settings):
+                checks.append(await self._lease_access(backend))
             return checks
         finally:
             await backend.close()
+
+    async def _lease_access(self, backend: KubernetesBackend) -> Check:
+        """Several replicas elect a leader with a Lease in the manager's namespace."""
+        namespace = self._settings.k8s_manager_namespace
+        missing = []
+        for verb, group, resource in sorted(LEASE_ACCESS):
+            # `create` names no object (RBAC cannot narrow it); get and update name ours.
+            name = "" if verb == "create" else LEASE_NAME
+            if not await backend.can_i(verb, group, resource, namespace=namespace, name=name):
+                missing.append(verb)
+        where = f"Lease {LEASE_NAME} in {namespace}"
+        if missing:
+            detail = f"cannot {', '.join(missing)} the {where} (see k8s/base/rbac.yaml)"
+            return Check("leader lease", False, detail)
+        return Check("leader lease", True, f"may get, create and update the {where}")
 
     async def _public_url(self) -> Check:
         url = self._settings.public_url

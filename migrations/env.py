@@ -12,6 +12,7 @@ from sqlalchemy.pool import NullPool
 from manager_bot.db.models import Base
 
 config = context.config
+MIGRATION_LOCK = 0x4861746368  # "Hatch": the advisory lock key migrations hold
 target_metadata = Base.metadata
 
 
@@ -24,6 +25,10 @@ def run_with(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Replicas starting together on a new database: one migrates, the others wait
+            # here and then find it at head (the lock ends with the transaction).
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         context.run_migrations()
 
 

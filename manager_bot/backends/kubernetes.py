@@ -269,25 +269,52 @@ class KubernetesBackend:
         query = [("fieldManager", self._manager), ("dryRun", "All")]
         await self._run(self._request, "PATCH", path, body=probe, query=query, content_type=APPLY)
 
-    async def can_i(self, verb: str, group: str, resource: str) -> bool:
-        """SelfSubjectAccessReview: may this identity do `verb` on `resource` in the namespace?"""
+    async def can_i(
+        self, verb: str, group: str, resource: str, *, namespace: str | None = None,
+        name: str = "",
+    ) -> bool:  # fmt: skip
+        """SelfSubjectAccessReview: may this identity do `verb` on `resource` (named `name`)
+        in the agents namespace, or in `namespace`?"""
         plural, _, subresource = resource.partition("/")
         review = {
             "apiVersion": "authorization.k8s.io/v1",
             "kind": "SelfSubjectAccessReview",
             "spec": {
                 "resourceAttributes": {
-                    "namespace": self._cluster.namespace,
+                    "namespace": namespace or self._cluster.namespace,
                     "verb": verb,
                     "group": group,
                     "resource": plural,
                     "subresource": subresource,
+                    "name": name,
                 }
             },
         }
         path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
         answer = await self._run(self._request, "POST", path, body=review)
         return bool(answer.get("status", {}).get("allowed"))
+
+    # -- the manager's own objects (leader.py's Lease) -------------------------------
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: JsonDict | None = None,
+        executor: ThreadPoolExecutor | None = None,
+        timeout: tuple[float, float] | None = None,
+    ) -> JsonDict:
+        """One API call through this client (its credentials, TLS and error mapping).
+
+        `executor`: the caller's own thread, so its calls never queue behind a sweep's
+        lists; `timeout`: (connect, read) seconds instead of the agents' calls' own.
+        """
+        call = functools.partial(self._request, method, path, body=body, timeout=timeout)
+        answer: JsonDict = await asyncio.get_running_loop().run_in_executor(
+            executor or self._threads, call
+        )
+        return answer
 
     # -- mapping ---------------------------------------------------------------------
 
@@ -374,6 +401,7 @@ class KubernetesBackend:
         query: list[tuple[str, str]] | None = None,
         content_type: str | None = None,
         raw: bool = False,
+        timeout: tuple[float, float] | None = None,
     ) -> Any:
         headers = {"Accept": "application/json"}
         if content_type:
@@ -391,7 +419,7 @@ class KubernetesBackend:
                 *serialized[:2],
                 header_params=serialized[2],
                 body=serialized[3],
-                _request_timeout=self._timeout,
+                _request_timeout=timeout or self._timeout,
             )
             response.read()  # type: ignore[no-untyped-call]
         except k8s.ApiException as error:

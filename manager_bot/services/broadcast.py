@@ -90,10 +90,14 @@ class Broadcaster:
     def __init__(
         self, *, bot: Bot, database: Database, rate: float = 30.0, workers: int = 4,
         send_timeout: int | None = None, languages: Languages | None = None,
+        sends: bool = True,
     ) -> None:  # fmt: skip
         """`send_timeout`: seconds for one send (default: the bot session's); past it
         the outcome is unknown, so that recipient is uncertain. `languages`: the
-        progress and report are in their author's (the broadcast itself is as written)."""
+        progress and report are in their author's (the broadcast itself is as written).
+        `sends`: False with several replicas: `start` only records, and the leader's
+        `resume_unfinished` picks the broadcast up (one sender, wherever /broadcast came)."""
+        self._sends = sends
         self._bot = bot
         self._db = database
         self._languages = languages
@@ -103,6 +107,7 @@ class Broadcaster:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._cancelled: set[int] = set()
         self._stopping = False
+        self._pausing = False  # a stopping leader's wind-down: until `halt`
 
     # -- use cases -----------------------------------------------------------------
 
@@ -127,16 +132,36 @@ class Broadcaster:
                 detail=f"#{broadcast.id} to {audience}: {recipients} recipients",
             )  # fmt: skip
             broadcast_id = broadcast.id
-        self._spawn(broadcast_id)
+        if self._sends:
+            self._spawn(broadcast_id)
         return broadcast_id, recipients
 
     async def resume_unfinished(self) -> list[int]:
-        """At start-up: carry on with broadcasts a stop or crash interrupted."""
+        """At start-up (or on the leader, every few seconds): carry on with broadcasts a
+        stop or crash interrupted, or another replica recorded. Returns those started now."""
         async with self._db.session() as session:
             unfinished = [b.id for b in await Repositories(session).broadcasts.unfinished()]
-        for broadcast_id in unfinished:
-            self._spawn(broadcast_id)
-        return unfinished
+        return [broadcast_id for broadcast_id in unfinished if self._spawn(broadcast_id)]
+
+    async def wind_down(self) -> None:
+        """A leader stopping (SIGTERM), still holding the Lease: no new sends; the ones in
+        flight finish and are recorded, so the next leader resumes with nothing uncertain.
+        `halt` follows (it cancels whatever the caller's time limit cut short)."""
+        self._pausing = True
+        running = [task for task in self._tasks.values() if not task.done()]
+        if running:
+            await asyncio.wait(running)
+
+    async def halt(self) -> None:
+        """Leadership lost: sending stops at once, before the next leader resumes. A row
+        cut off in "sending" turns uncertain there, so nobody gets a copy twice."""
+        running = [task for task in self._tasks.values() if not task.done()]
+        for task in running:
+            task.cancel()
+        # gather: the sends' ends are absorbed, a cancellation of the caller is not.
+        await asyncio.gather(*running, return_exceptions=True)
+        self._tasks.clear()
+        self._pausing = False
 
     async def cancel(self, *, actor_id: int) -> list[int]:
         """Stop every running broadcast; what was sent stays sent, the rest is not sent."""
@@ -180,10 +205,13 @@ class Broadcaster:
 
     # -- sending --------------------------------------------------------------------
 
-    def _spawn(self, broadcast_id: int) -> None:
+    def _spawn(self, broadcast_id: int) -> bool:
+        """Sends `broadcast_id` unless this process already does: True if started now."""
         task = self._tasks.get(broadcast_id)
         if task is None or task.done():
             self._tasks[broadcast_id] = asyncio.create_task(self._run(broadcast_id))
+            return True
+        return False
 
     async def _run(self, broadcast_id: int) -> None:
         async with self._db.session() as session:
@@ -202,7 +230,12 @@ class Broadcaster:
         try:
             while not self._halted(broadcast_id):
                 async with self._db.session() as session:
-                    batch = await Repositories(session).broadcasts.pending(broadcast_id, BATCH)
+                    repos = Repositories(session)
+                    stored = await repos.broadcasts.get(broadcast_id)
+                    if stored is None or stored.status != "sending":  # cancelled on a replica
+                        self._cancelled.add(broadcast_id)
+                        break
+                    batch = await repos.broadcasts.pending(broadcast_id, BATCH)
                 if not batch:
                     break
                 queue: asyncio.Queue[int] = asyncio.Queue()
@@ -215,11 +248,11 @@ class Broadcaster:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
-        if not self._stopping:  # stopping: stays "sending", resumed at the next start
+        if not (self._stopping or self._pausing):  # stays "sending": resumed next time
             await self._finish(broadcast, started)
 
     def _halted(self, broadcast_id: int) -> bool:
-        return self._stopping or broadcast_id in self._cancelled
+        return self._stopping or self._pausing or broadcast_id in self._cancelled
 
     async def _worker(self, broadcast_id: int, content: Content, queue: asyncio.Queue[int]) -> None:
         while not queue.empty() and not self._halted(broadcast_id):
@@ -230,7 +263,14 @@ class Broadcaster:
         failures = 0
         while True:
             await self._record(broadcast_id, user_id, "sending", attempt=True)
-            await self._window.acquire()  # right before the send: Telegram counts arrivals
+            try:
+                await self._window.acquire()  # right before the send: Telegram counts arrivals
+            except asyncio.CancelledError:  # stopped while waiting its turn: never sent
+                await asyncio.shield(self._record(broadcast_id, user_id, "pending"))
+                raise
+            if self._pausing:  # not sent: the next leader sends it, not as uncertain
+                await self._record(broadcast_id, user_id, "pending")
+                return
             try:
                 await self._send(user_id, content)
             except TelegramRetryAfter as error:  # flood control: wait, then the same recipient

@@ -10,13 +10,14 @@ reconciler and its user told.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError
 
 from manager_bot import texts
 from manager_bot.backends.base import BackendError
-from manager_bot.db.models import Operation, OperationStatus
+from manager_bot.db.models import Operation, OperationStatus, utcnow
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 from manager_bot.i18n import Languages, language_of, speaking_to
@@ -26,6 +27,13 @@ from manager_bot.services.reconciler import Reconciler
 from manager_bot.views.errors import explain
 
 log = logging.getLogger(__name__)
+# A deploy's steps before its agent row exists (checks, getMe, the insert) take seconds.
+FIRST_PHASE = timedelta(minutes=5)
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite gives naive datetimes back; they are UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class Recovery:
@@ -55,6 +63,35 @@ class Recovery:
             except Exception:  # one stuck operation must not keep the manager down
                 log.exception("operation %s could not be finished; it stays open", operation.id)
         return len(unfinished)
+
+    async def finish_abandoned(self) -> int:
+        """On a new leader, while other replicas still serve users: only the operations
+        nobody is carrying out. One that holds its agent's lock (shared across replicas:
+        agent_locks.py) is in flight on a live replica; once we get the lock, it is still
+        running only if its replica died. A deploy that died before its agent existed
+        holds no lock: it counts as abandoned once older than any such first phase."""
+        async with self._db.session() as session:
+            unfinished = list(await Repositories(session).operations.unfinished())
+        finished = 0
+        for operation in unfinished:
+            if operation.agent_id:
+                async with self._deployer.locks.hold(operation.agent_id):
+                    still = await self._still_running(operation.id)
+            else:
+                still = utcnow() - _aware(operation.started_at) > FIRST_PHASE
+            if not still:
+                continue
+            try:
+                await self._finish(operation)
+                finished += 1
+            except Exception:
+                log.exception("operation %s could not be finished; it stays open", operation.id)
+        return finished
+
+    async def _still_running(self, operation_id: int) -> bool:
+        async with self._db.session() as session:
+            running = await Repositories(session).operations.unfinished()
+        return any(operation.id == operation_id for operation in running)
 
     async def _finish(self, operation: Operation) -> None:
         language = await language_of(self._languages, operation.chat_id or operation.actor_id)

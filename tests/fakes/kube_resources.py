@@ -60,6 +60,7 @@ RESOURCES: tuple[Resource, ...] = (
              status_subresource=True),
     Resource("gateway.networking.k8s.io", ("v1",), "gateways", "Gateway",
              short_names=("gtw",), status_subresource=True),
+    Resource("coordination.k8s.io", ("v1",), "leases", "Lease"),
     Resource("authorization.k8s.io", ("v1",), "selfsubjectaccessreviews",
              "SelfSubjectAccessReview", namespaced=False, verbs=("create",)),
 )  # fmt: skip

@@ -62,6 +62,7 @@ class KubeRequest:
     name: str | None
     content_type: str | None
     status: int = 200
+    user_agent: str = ""  # which client asked (tests give each replica its own)
 
     @property
     def is_apply(self) -> bool:
@@ -276,7 +277,9 @@ class FakeKubernetes:
         """
         self._roles.append(copy.deepcopy(role))
 
-    def allows(self, verb: str, group: str, resource: str, namespace: str | None) -> bool:
+    def allows(
+        self, verb: str, group: str, resource: str, namespace: str | None, name: str | None = None
+    ) -> bool:
         if (verb, group, resource) in self._denied or (
             verb,
             group,
@@ -287,7 +290,7 @@ class FakeKubernetes:
             return True
         return any(
             role["metadata"].get("namespace") == namespace
-            and _rule_allows(rule, verb, group, resource)
+            and _rule_allows(rule, verb, group, resource, name)
             for role in self._roles
             for rule in role.get("rules", [])
         )
@@ -367,6 +370,7 @@ class FakeKubernetes:
             namespace=route.namespace,
             name=route.name,
             content_type=request.content_type if request.can_read_body else None,
+            user_agent=request.headers.get("User-Agent", ""),
         )
         self.requests.append(record)
         try:
@@ -427,7 +431,7 @@ class FakeKubernetes:
     def _authorise(self, record: KubeRequest, verb: str | None = None) -> None:
         verb = verb or record.verb
         resource = record.resource + (f"/{record.subresource}" if record.subresource else "")
-        allowed = self.allows(verb, record.group, resource, record.namespace)
+        allowed = self.allows(verb, record.group, resource, record.namespace, record.name)
         self.access_checks.append(
             AccessCheck(verb, record.group, resource, record.namespace, allowed)
         )
@@ -559,6 +563,7 @@ class FakeKubernetes:
             attributes.get("group", ""),
             resource,
             attributes.get("namespace") or None,
+            attributes.get("name") or None,
         )
         review = copy.deepcopy(body)
         review["status"] = {"allowed": allowed}
@@ -1037,9 +1042,15 @@ _EVERYONE_MAY_CREATE = {
 }
 
 
-def _rule_allows(rule: JsonDict, verb: str, group: str, resource: str) -> bool:
+def _rule_allows(
+    rule: JsonDict, verb: str, group: str, resource: str, name: str | None = None
+) -> bool:
     def has(field: str, value: str) -> bool:
         values = rule.get(field, [])
         return "*" in values or value in values
 
-    return has("apiGroups", group) and has("resources", resource) and has("verbs", verb)
+    # As in the real server: a rule naming objects matches only requests for one of them,
+    # so never a create (its request names no object) nor a list.
+    names = rule.get("resourceNames")
+    named = not names or (name is not None and name in names)
+    return has("apiGroups", group) and has("resources", resource) and has("verbs", verb) and named

@@ -228,6 +228,10 @@ class FakeTelegram:
         self._closing = False
         # Public host names webhooks are sent to -> the base URL of what stands for them.
         self.hosts: dict[str, str] = {}
+        # A public host served by several replicas (the manager in webhook mode): each
+        # delivery goes to the next base URL in turn, as a load balancer would send it.
+        self.replicas: dict[str, list[str]] = {}
+        self._turns: dict[str, int] = {}
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -904,9 +908,15 @@ class FakeTelegram:
         assert self._client is not None
         parts = urlsplit(url)
         host = parts.hostname or ""
-        if host in self.hosts:  # a public name the test's ingress stands for (TLS ends there)
+        base = self.hosts.get(host)
+        bases = self.replicas.get(host)
+        if bases:
+            turn = self._turns.get(host, 0)
+            self._turns[host] = turn + 1
+            base = bases[turn % len(bases)]
+        if base is not None:  # a public name the test's ingress stands for (TLS ends there)
             headers = {**headers, "Host": parts.netloc}
-            url = f"{self.hosts[host]}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+            url = f"{base}{parts.path}" + (f"?{parts.query}" if parts.query else "")
         elif host not in ("127.0.0.1", "localhost"):
             # Tests never reach the internet: fail like Telegram does for an unknown host.
             return "Failed to resolve host: Name or service not known"

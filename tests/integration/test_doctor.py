@@ -169,3 +169,32 @@ async def test_missing_permissions_unmigrated_database_and_unreachable_cluster(
     assert code == 1
     assert checks["cluster"] == "FAIL cannot reach the Kubernetes API (MaxRetryError)"
     assert "namespace" not in checks
+
+
+async def test_webhook_mode_checks_the_leader_lease_rights(
+    telegram: FakeTelegram, kube: FakeKubernetes, kubeconfig: Path, stored: tuple[str, str],
+    public_endpoint: int, tmp_path: Path,
+) -> None:  # fmt: skip
+    """Several replicas elect a leader: the Lease in the manager's namespace must be theirs."""
+    manager = telegram.add_bot(username="hatchbot_bot", can_manage_bots=True)
+    env = {
+        **base_env(manager, telegram, kubeconfig, *stored, public_endpoint),
+        "MANAGER_WEBHOOK": "true",
+        "MANAGER_WEBHOOK_SECRET": "doctor-webhook-secret",
+        "REDIS_URL": "redis://127.0.0.1:6379/15",
+        "K8S_MANAGER_NAMESPACE": "hatchbot-system",
+    }
+    _, checks, output = await doctor(tmp_path, env)
+    assert checks["leader lease"] == (
+        "PASS may get, create and update the Lease hatchbot-manager-leader in hatchbot-system"
+    ), output
+    kube.deny(verb="update", resource="leases", group="coordination.k8s.io")
+    code, checks, _ = await doctor(tmp_path, env)
+    assert code == 1
+    assert checks["leader lease"] == (
+        "FAIL cannot update the Lease hatchbot-manager-leader in hatchbot-system "
+        "(see k8s/base/rbac.yaml)"
+    )
+    # Polling (one process, no Lease) does not ask.
+    _, checks, _ = await doctor(tmp_path, {**env, "MANAGER_WEBHOOK": "false"})
+    assert "leader lease" not in checks

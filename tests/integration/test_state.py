@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+
 import pytest
 from aiogram.fsm.storage.base import StorageKey
 from sqlalchemy import inspect, text
@@ -18,6 +22,7 @@ from tests.fakes.databases import raw_database_bytes
 TABLES = {
     "users", "agents", "agent_revisions", "audit_log", "fsm_states", "broadcasts",
     "broadcast_deliveries", "agent_usage", "notices", "installation", "operations",
+    "agent_mcp_servers", "conversations",
 }  # fmt: skip
 
 
@@ -47,6 +52,24 @@ async def test_migrations_up_down_up_and_models_match(database_url: str) -> None
     await upgrade(database_url)
     assert await tables(database_url) == TABLES
     assert await schema_differences(database_url) == []
+
+
+@pytest.mark.postgres
+async def test_replicas_migrating_a_new_database_at_once_all_succeed(postgres_url: str) -> None:
+    """Three replicas' first start on a new database: one migrates, the others wait."""
+    env = {**os.environ, "DATABASE_URL": postgres_url}
+    command = (sys.executable, "-m", "manager_bot", "migrate")
+    output = asyncio.subprocess.PIPE
+    processes = [
+        await asyncio.create_subprocess_exec(
+            *command, env=env, stdout=output, stderr=asyncio.subprocess.STDOUT
+        )
+        for _ in range(3)
+    ]
+    outputs = [(await process.communicate())[0].decode() for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0], outputs
+    assert await tables(postgres_url) == TABLES
+    assert await schema_differences(postgres_url) == []
 
 
 async def seeded(url: str, vault: Vault) -> Database:
