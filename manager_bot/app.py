@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
@@ -21,7 +21,6 @@ from aiogram.types import BotCommand, BotCommandScopeChat
 
 from manager_bot import texts
 from manager_bot.backends.base import Backend
-from manager_bot.backends.kubernetes import KubernetesBackend
 from manager_bot.backends.local import LocalBackend
 from manager_bot.config import ManagerSettings
 from manager_bot.crypto import Vault, load_vault
@@ -30,9 +29,7 @@ from manager_bot.db.migrate import upgrade
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 from manager_bot.gateway.endpoints import EndpointGuard, EndpointPolicy
-from manager_bot.gateway.process import build_gateway
-from manager_bot.gateway.server import Gateway
-from manager_bot.handlers import admin, agents, common, deploy, language, start
+from manager_bot.handlers import admin, agent_tools, agents, common, deploy, language, start
 from manager_bot.i18n import (
     DEFAULT_LANGUAGE,
     LANGUAGES,
@@ -40,6 +37,9 @@ from manager_bot.i18n import (
     LanguageMiddleware,
     Languages,
 )
+from manager_bot.inline_filters import run_sync_filters_inline
+from manager_bot.leader import leader_elected
+from manager_bot.leader_jobs import agent_locks_for, elect_and_lead
 from manager_bot.logs import configure_logging
 from manager_bot.metrics import TelegramErrorMetrics, UpdateMetricsMiddleware
 from manager_bot.middlewares import (
@@ -53,6 +53,9 @@ from manager_bot.middlewares import (
 from manager_bot.response_models import KeepResponseModels
 from manager_bot.scheduler import Scheduler
 from manager_bot.services.admin import AdminConsole, BanList
+from manager_bot.services.agent_locks import AgentLocks
+from manager_bot.services.agent_memory import AgentMemory
+from manager_bot.services.agent_tools import AgentTools
 from manager_bot.services.broadcast import Broadcaster
 from manager_bot.services.budgets import Budgets
 from manager_bot.services.deployer import Deployer, DeployerConfig
@@ -64,6 +67,9 @@ from manager_bot.services.reconciler import Reconciler
 from manager_bot.services.recovery import Recovery
 from manager_bot.services.telegram import AgentTelegram
 from manager_bot.status_server import Startup, StartupStopped, StatusServer, StepPostponed
+
+if TYPE_CHECKING:
+    from manager_bot.gateway.server import Gateway
 
 log = logging.getLogger(__name__)
 DATA_DIR = Path("data")
@@ -115,8 +121,10 @@ def build_deployer(
     installation_id: str = "",
     ready_timeout: float = 90.0,
     ready_poll_interval: float = 0.5,
+    locks: AgentLocks | None = None,
 ) -> Deployer:
     return Deployer(
+        locks=locks,
         database=database,
         vault=vault,
         backend=backend,
@@ -130,6 +138,7 @@ def build_deployer(
             max_agents_per_user=settings.max_agents_per_user,
             gateway_url=gateway_url,
             installation_id=installation_id,
+            memory_idle_days=settings.memory_idle_days,
             ready_timeout=ready_timeout,
             ready_poll_interval=ready_poll_interval,
         ),
@@ -145,6 +154,7 @@ def build_scheduler(
     bot: Bot,
     languages: Languages | None = None,
     health: HealthConfig | None = None,
+    memory: AgentMemory | None = None,
 ) -> Scheduler:
     """Health sweep, notifications and reconcile, as the manager runs them."""
     config = health or HealthConfig(
@@ -164,6 +174,7 @@ def build_scheduler(
             database=database, backend=backend, deployer=deployer, alert=notifier.tell_admins
         ),
         health_interval=settings.health_interval,
+        memory=memory,
     )
 
 
@@ -177,6 +188,7 @@ def build_dispatcher(
     broadcaster: Broadcaster,
     bans: BanList,
     languages: Languages,
+    agent_memory: AgentMemory | None = None,
 ) -> Dispatcher:
     """The Dispatcher with every feature Router and the services handlers ask for."""
     budgets = Budgets(database=database, default_budget=settings.agent_daily_token_budget)
@@ -194,7 +206,19 @@ def build_dispatcher(
             )
         ),
         admin=AdminConsole(database=database, deployer=deployer, bans=bans, budgets=budgets),
+        # The card's MCP servers: their URLs are refused as users' LLM endpoints are.
+        agent_tools=AgentTools(
+            database=database,
+            vault=vault,
+            deployer=deployer,
+            guard=EndpointGuard(
+                EndpointPolicy.from_settings(
+                    settings.gateway_allowed_endpoints, settings.k8s_cluster_cidrs
+                )
+            ),
+        ),
         languages=languages,
+        agent_memory=agent_memory,
     )
     dispatcher.update.outer_middleware(UpdateMetricsMiddleware())
     # One instance of each for messages and button presses alike: a user's order, rate
@@ -217,6 +241,7 @@ def build_dispatcher(
         deploy.build_exit_router(),
         # Before the admin and start routers: any command leaves a pending card edit.
         agents.build_edit_router(),
+        agent_tools.build_router(),  # the card's MCP servers; its pending add, as above
         admin.build_router(list(settings.admin_ids)),
         start.build_router(),
         language.build_router(),
@@ -224,6 +249,7 @@ def build_dispatcher(
         agents.build_card_router(),
         common.build_fallback_router(),
     )
+    run_sync_filters_inline(dispatcher)  # not one thread trip per filter (see there)
     return dispatcher
 
 
@@ -235,6 +261,9 @@ async def installation_id(database: Database) -> str:
 
 def build_backend(settings: ManagerSettings) -> Backend:
     if settings.backend == "kubernetes":
+        # Imported only here: the Kubernetes client adds a quarter second to start-up.
+        from manager_bot.backends.kubernetes import KubernetesBackend
+
         return KubernetesBackend.from_settings(settings)
     return LocalBackend(data_dir=DATA_DIR)
 
@@ -273,6 +302,7 @@ class ManagerParts:
     scheduler: Scheduler  # not started
     recovery: Recovery
     languages: Languages
+    memory: AgentMemory
 
 
 async def assemble_manager(
@@ -312,6 +342,8 @@ async def assemble_manager(
     gateway, gateway_url = None, settings.agents_gateway_url
     if isinstance(backend, LocalBackend):
         # One machine: the gateway runs here, on 127.0.0.1, before any agent starts.
+        from manager_bot.gateway.process import build_gateway  # only when served here
+
         gateway = build_gateway(settings=settings, database=database, vault=vault)
         cleanup.push_async_callback(gateway.stop)
         try:
@@ -328,19 +360,26 @@ async def assemble_manager(
         api_url=settings.telegram_api_url, manager_token=settings.manager_bot_token
     )
     cleanup.push_async_callback(agent_telegram.close)
+    locks = agent_locks_for(settings)  # across replicas when several run (leader_jobs.py)
+    cleanup.push_async_callback(locks.close)
     deployer = build_deployer(
         settings=settings, database=database, vault=vault, backend=backend,
         telegram=agent_telegram, gateway_url=gateway_url,
         installation_id=await step("database", lambda: installation_id(database)),
-        ready_timeout=ready_timeout, ready_poll_interval=ready_poll_interval,
+        ready_timeout=ready_timeout, ready_poll_interval=ready_poll_interval, locks=locks,
     )  # fmt: skip
     reconciler = Reconciler(database=database, backend=backend, deployer=deployer)
+    memory = AgentMemory(
+        database=database, vault=vault, backend=backend, deployer=deployer,
+        idle_days=settings.memory_idle_days,
+    )  # fmt: skip
     bot = build_bot(settings)
     # The catalogues are read and compiled once, off the event loop.
     languages = Languages(database=database, i18n=await asyncio.to_thread(Catalogues))
     broadcaster = Broadcaster(
-        bot=bot, database=database, rate=settings.broadcast_rate, languages=languages
-    )
+        bot=bot, database=database, rate=settings.broadcast_rate, languages=languages,
+        sends=not leader_elected(settings),  # several replicas: the leader sends
+    )  # fmt: skip
     bans = BanList()
     await step("database", lambda: bans.load(database))
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
@@ -353,11 +392,12 @@ async def assemble_manager(
         broadcaster=broadcaster,
         bans=bans,
         languages=languages,
+        agent_memory=memory,
     )
     cleanup.push_async_callback(dispatcher.storage.close)
     scheduler = build_scheduler(
         settings=settings, database=database, backend=backend, deployer=deployer, bot=bot,
-        languages=languages, health=health,
+        languages=languages, health=health, memory=memory,
     )  # fmt: skip
     recovery = Recovery(
         database=database, deployer=deployer, reconciler=reconciler, bot=bot, languages=languages
@@ -371,10 +411,24 @@ async def assemble_manager(
         gateway_url=gateway_url, agent_telegram=agent_telegram, deployer=deployer,
         reconciler=reconciler, bot=bot, broadcaster=broadcaster, bans=bans,
         dispatcher=dispatcher, scheduler=scheduler, recovery=recovery, languages=languages,
+        memory=memory,
     )  # fmt: skip
 
 
 RECONCILE_PATIENCE = 10.0  # seconds start-up waits for the cluster before polling anyway
+
+
+async def receive_updates(parts: ManagerParts, startup: Startup) -> None:
+    """Serve the webhook (MANAGER_WEBHOOK=true), else poll; until SIGINT or SIGTERM."""
+    if parts.settings.manager_webhook:
+        from manager_bot.intake.serve import serve_webhook  # webhook mode only
+
+        await serve_webhook(parts, startup)
+        return
+    # A webhook left by webhook mode would refuse getUpdates (409): polling removes it.
+    await startup.run("Telegram deleteWebhook", parts.bot.delete_webhook)
+    # From here aiogram handles SIGINT and SIGTERM (it replaces our handlers).
+    await parts.dispatcher.start_polling(parts.bot, handle_signals=True)
 
 
 async def run_manager(settings: ManagerSettings) -> None:
@@ -388,7 +442,7 @@ async def run_manager(settings: ManagerSettings) -> None:
     report cluster errors themselves) and the reconcile keeps retrying beside polling.
     SIGINT and SIGTERM stop a start-up that is waiting at once.
     """
-    configure_logging(settings.log_format, settings.secret_values())
+    configure_logging(settings.log_format, settings.secret_values(), level=settings.log_level)
     status = StatusServer()
     startup = Startup(status=status)
     startup.handle_signals()
@@ -422,8 +476,10 @@ async def run_manager(settings: ManagerSettings) -> None:
                     "reconciled: %d applied, %d removed", len(report.applied), len(report.removed)
                 )
 
+            elected = leader_elected(settings)  # several replicas: jobs on the Lease's holder
             try:
-                await reconcile(RECONCILE_PATIENCE)
+                if not elected:  # the leader reconciles when it takes over
+                    await reconcile(RECONCILE_PATIENCE)
             except StepPostponed:
                 log.warning(
                     "the cluster does not answer: polling starts; reconcile retries beside it"
@@ -431,10 +487,14 @@ async def run_manager(settings: ManagerSettings) -> None:
                 background.append(asyncio.create_task(reconcile()))
 
             async def on_startup() -> None:
-                parts.scheduler.start()
-                # What a manager that died midway left unfinished: finished (or rolled back)
-                # and its users told, beside polling (a deploy may wait a minute for readiness).
-                background.append(asyncio.create_task(parts.recovery.finish_unfinished()))
+                if elected:
+                    # Cancelled at the stop (stop_background): jobs end, the Lease is handed back.
+                    background.append(asyncio.create_task(elect_and_lead(parts)))
+                else:
+                    parts.scheduler.start()
+                    # What a manager that died midway left unfinished: finished (or rolled
+                    # back) and its users told, beside polling (a deploy may wait a minute).
+                    background.append(asyncio.create_task(parts.recovery.finish_unfinished()))
                 # Start-up leaves a great many long-lived objects (aiogram's and pydantic's
                 # models, SQLAlchemy's mappers). Frozen, a full collection no longer walks them
                 # all: under load it had stalled every chat at once for about 0.2 s.
@@ -451,12 +511,15 @@ async def run_manager(settings: ManagerSettings) -> None:
                     parts.bot, list(settings.admin_ids), languages=parts.languages
                 ),
             )
-            resumed = await startup.run("database", parts.broadcaster.resume_unfinished)
+            resumed = (
+                []
+                if elected
+                else await startup.run("database", parts.broadcaster.resume_unfinished)
+            )
             if resumed:
                 log.info("resuming broadcasts %s", resumed)
             if startup.stopping:
                 raise StartupStopped
-            # From here aiogram handles SIGINT and SIGTERM (it replaces our handlers).
-            await parts.dispatcher.start_polling(parts.bot, handle_signals=True)
+            await receive_updates(parts, startup)
         except StartupStopped:
             log.info("stopped before start-up was done")

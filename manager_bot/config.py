@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -11,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///data/hatchbot.db"
 DEFAULT_AGENT_IMAGE = "ghcr.io/hatchbot/hatchbot:latest"
 GATEWAY_SERVICE = "hatchbot-llm-gateway"  # k8s/base/llm-gateway.yaml
+_SECRET_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")  # Telegram's secret_token
 
 
 def _split_commas(value: object) -> object:
@@ -65,6 +67,9 @@ class PlatformSettings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         default="text", description="log lines as text, or one JSON object per line"
     )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="least severe level logged: DEBUG, INFO, WARNING or ERROR"
+    )
     gateway_host: str = Field(
         default="127.0.0.1", description="address the LLM gateway listens on (0.0.0.0 in a pod)"
     )
@@ -114,6 +119,11 @@ class PlatformSettings(BaseSettings):
     @classmethod
     def _platform_lists(cls, value: object) -> object:
         return _split_commas(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_name(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("k8s_cluster_cidrs")
     @classmethod
@@ -205,6 +215,10 @@ class ManagerSettings(PlatformSettings):
         default=None, description="optional: FSM storage in Redis instead of the database"
     )
     health_interval: int = Field(default=30, ge=1, description="seconds between health sweeps")
+    memory_idle_days: int = Field(
+        default=30, ge=1, le=3650,
+        description="days after which an agent's idle conversation with a chat is forgotten",
+    )  # fmt: skip
     max_agents_per_user: int = Field(default=3, ge=0, description="quota of agents per user")
     card_edit_timeout: float = Field(
         default=600.0,
@@ -221,6 +235,24 @@ class ManagerSettings(PlatformSettings):
     metrics_port: int = Field(
         default=9090, ge=0, le=65535, description="port of /metrics, /healthz, /readyz; 0: off"
     )
+    # Webhook mode and several replicas (README "Webhook mode and several replicas").
+    manager_webhook: bool = Field(
+        default=False, description="serve Telegram's webhook instead of polling (several replicas)"
+    )
+    manager_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="secret token Telegram sends with each update (1-256 of A-Z a-z 0-9 _ -)",
+    )
+    manager_webhook_host: str = Field(
+        default="127.0.0.1", description="address the webhook listener binds (0.0.0.0 in a pod)"
+    )
+    manager_webhook_port: int = Field(
+        default=8081, ge=0, le=65535, description="port of the webhook listener"
+    )
+    manager_replicas: int | None = Field(
+        default=None, ge=1,
+        description="manager processes that serve at once; 1 allows webhook mode without Redis",
+    )  # fmt: skip
 
     @field_validator("admin_ids", mode="before")
     @classmethod
@@ -236,6 +268,32 @@ class ManagerSettings(PlatformSettings):
     def _public_url_for_kubernetes(self) -> ManagerSettings:
         if self.backend == "kubernetes" and not self.public_url:
             raise ValueError("PUBLIC_URL is required when BACKEND=kubernetes")
+        return self
+
+    @field_validator("manager_webhook_secret")
+    @classmethod
+    def _telegram_secret_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # Telegram's own rule for secret_token; the value is never echoed back.
+        if value is not None and not _SECRET_TOKEN.fullmatch(value.get_secret_value()):
+            raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_mode(self) -> ManagerSettings:
+        if not self.manager_webhook:
+            if self.manager_replicas is not None and self.manager_replicas > 1:
+                raise ValueError("MANAGER_REPLICAS above 1 needs MANAGER_WEBHOOK=true")
+            return self
+        if not self.public_url:
+            raise ValueError("PUBLIC_URL is required when MANAGER_WEBHOOK=true")
+        if self.manager_webhook_secret is None:
+            raise ValueError("MANAGER_WEBHOOK_SECRET is required when MANAGER_WEBHOOK=true")
+        if self.redis_url is None and self.manager_replicas != 1:
+            # Per-user order, wizard state and duplicate checks are shared through Redis.
+            raise ValueError(
+                "REDIS_URL is required when MANAGER_WEBHOOK=true "
+                "(or set MANAGER_REPLICAS=1 to run exactly one manager)"
+            )
         return self
 
     @property

@@ -71,6 +71,10 @@ class Languages:
                 self._picked[user_id] = user.language if user is not None else None
         return self._picked[user_id]
 
+    def forget(self, user_id: int) -> None:
+        """Read the user's pick anew next time: another replica may have changed it."""
+        self._picked.pop(user_id, None)
+
     async def pick(self, *, user_id: int, language: str) -> None:
         async with self._db.session() as session:
             await Repositories(session).users.set_language(user_id, language)

@@ -12,10 +12,12 @@ from aiogram.types import (
     KeyboardButtonRequestManagedBot,
     ReplyKeyboardMarkup,
 )
-from aiogram.utils.keyboard import InlineKeyboardBuilder
 
 from manager_bot import texts
 from manager_bot.db.models import Agent
+
+# The same builder, minus aiogram's deep copy of every button on every add (for speed).
+from manager_bot.keyboard_builder import RowsBuilder as InlineKeyboardBuilder
 from manager_bot.services.agent_profile import AccessMode
 from manager_bot.services.providers import Provider
 
@@ -46,6 +48,12 @@ class CardAction(StrEnum):
     DESCRIPTION = "descr"  # the screen
     DESCRIPTION_EDIT = "descr_edit"
     DESCRIPTION_DERIVED = "descr_prompt"
+    TOOLS = "tools"  # the agent's MCP servers: the screen
+    TOOLS_ADD = "tools_add"  # asks for a server's URL
+    TOOLS_NO_TOKEN = "tools_notoken"  # adds the server asked about, without a token
+    TOOLS_REMOVE = "tools_rm"  # carried by ToolRemove, with the server's name
+    FORGET = "forget"  # forget all conversations: asks first
+    FORGET_YES = "forget_yes"
 
 
 # The access screen's mode buttons.
@@ -61,6 +69,12 @@ class AgentAction(CallbackData, prefix="ag"):
 
     action: CardAction
     agent_id: str
+
+
+class ToolRemove(AgentAction, prefix="tr"):
+    """Remove one MCP server of the agent (a card button: it is an AgentAction too)."""
+
+    server: str  # [a-z0-9][a-z0-9-]{0,31}: "tr:tools_rm:<10>:<32>" stays under 64 bytes
 
 
 class AlertAction(CallbackData, prefix="al"):
@@ -229,8 +243,10 @@ CARD_BUTTONS: tuple[CardAction, ...] = (
     CardAction.REVERT,
     CardAction.ACCESS,
     CardAction.DESCRIPTION,
+    CardAction.TOOLS,
     CardAction.ROTATE,
     CardAction.TOKEN,
+    CardAction.FORGET,
     CardAction.DELETE,
     CardAction.LIST,
 )
@@ -287,6 +303,10 @@ def confirm_rotate(agent: Agent) -> InlineKeyboardMarkup:
     return _confirm(agent, yes_label=texts.YES_ROTATE_BUTTON, yes=CardAction.ROTATE_YES)
 
 
+def confirm_forget(agent: Agent) -> InlineKeyboardMarkup:
+    return _confirm(agent, yes_label=texts.YES_FORGET_BUTTON, yes=CardAction.FORGET_YES)
+
+
 def back_to_card(agent: Agent) -> InlineKeyboardMarkup:
     builder = InlineKeyboardBuilder()
     builder.button(
@@ -333,6 +353,33 @@ def description(agent: Agent) -> InlineKeyboardMarkup:
         )
     _card_button(builder, agent, CardAction.OPEN, texts.BACK_BUTTON)
     builder.adjust(1)
+    return builder.as_markup()
+
+
+def tools(agent: Agent, server_names: list[str], *, can_add: bool) -> InlineKeyboardMarkup:
+    """The MCP servers' screen: Remove per server, Add (while there is room), Back."""
+    builder = InlineKeyboardBuilder()
+    for name in server_names:
+        builder.button(
+            text=texts.TOOLS_REMOVE_BUTTON.format(name=name),
+            callback_data=ToolRemove(
+                action=CardAction.TOOLS_REMOVE, agent_id=agent.id, server=name
+            ),
+        )
+    if can_add:
+        _card_button(builder, agent, CardAction.TOOLS_ADD, texts.TOOLS_ADD_BUTTON)
+    _card_button(builder, agent, CardAction.OPEN, texts.BACK_BUTTON)
+    builder.adjust(1)
+    return builder.as_markup()
+
+
+def tools_token(agent_id: str) -> InlineKeyboardMarkup:
+    """Under the token question: add the server without one."""
+    builder = InlineKeyboardBuilder()
+    builder.button(
+        text=texts.TOOLS_NO_TOKEN_BUTTON,
+        callback_data=AgentAction(action=CardAction.TOOLS_NO_TOKEN, agent_id=agent_id),
+    )
     return builder.as_markup()
 
 

@@ -17,6 +17,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from manager_bot.backends.base import BackendError
 from manager_bot.logs import new_request_id
+from manager_bot.services.agent_memory import AgentMemory
 from manager_bot.services.health import HealthMonitor, SweepReport
 from manager_bot.services.notices import NoticeSender
 from manager_bot.services.notifications import Notifier
@@ -24,6 +25,7 @@ from manager_bot.services.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 RECONCILE_INTERVAL = 600  # orphans and drift the health sweep does not cover
+MEMORY_INTERVAL = 3600  # idle conversations are dropped with a day's precision at best
 NOTICES_INTERVAL = 5  # the outbox: budget notices, health alerts, admins' messages
 STOP_TIMEOUT = 20.0
 
@@ -37,16 +39,21 @@ class Scheduler:
         notices: NoticeSender,
         reconciler: Reconciler,
         health_interval: int,
+        memory: AgentMemory | None = None,
     ) -> None:
         self._monitor = monitor
         self._notifier = notifier
         self._notices = notices
         self._reconciler = reconciler
         self._interval = health_interval
+        self._memory = memory
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._running: set[asyncio.Task[object]] = set()
 
     def start(self) -> None:
+        # A fresh APScheduler each time: a replica that lost leadership starts again when
+        # it wins it back (a shut-down one still holds its old jobs).
+        self._scheduler = AsyncIOScheduler(timezone=UTC)
         first = datetime.now(UTC) + timedelta(seconds=self._interval)
         common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": self._interval}
         self._scheduler.add_job(
@@ -60,6 +67,11 @@ class Scheduler:
             self.deliver_notices, "interval", seconds=NOTICES_INTERVAL, id="notices",
             **{**common, "misfire_grace_time": NOTICES_INTERVAL},
         )  # fmt: skip
+        if self._memory is not None:
+            self._scheduler.add_job(
+                self.forget_idle_conversations, "interval", seconds=MEMORY_INTERVAL,
+                id="memory", **common,
+            )  # fmt: skip
         self._scheduler.start()
 
     async def stop(self) -> None:
@@ -73,6 +85,18 @@ class Scheduler:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    async def halt(self) -> None:
+        """Leadership lost: no new runs, and the ones in flight are cancelled at once, before
+        another replica may start them (leader.py)."""
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        await asyncio.sleep(0)  # a run submitted just before has begun (and is tracked)
+        running = self._running - {asyncio.current_task()}
+        for task in running:
+            task.cancel()
+        # gather: the runs' ends are absorbed, a cancellation of the caller is not.
+        await asyncio.gather(*running, return_exceptions=True)
 
     async def health_check(self) -> SweepReport | None:
         """One sweep and its notifications; what the scheduler runs every HEALTH_INTERVAL."""
@@ -93,7 +117,11 @@ class Scheduler:
             return None
         await self._notifier.sweep_succeeded()
         sent = await self._notifier.notify(report.transitions)
-        log.info(
+        changed = bool(report.transitions or sent or report.repaired or report.gave_up)
+        # One line per sweep; at INFO only when something changed (one every HEALTH_INTERVAL
+        # would bury the lines that matter), the rest at DEBUG.
+        log.log(
+            logging.INFO if changed else logging.DEBUG,
             "health sweep: %d agents in %.2fs, %d changes, %d messages, %d repaired, %d stopped",
             report.swept, report.seconds, len(report.transitions), sent, len(report.repaired),
             len(report.gave_up),
@@ -107,6 +135,17 @@ class Scheduler:
                 return await self._notices.deliver()
             except Exception:
                 log.exception("delivering notices failed; they stay owed")
+                return 0
+
+    async def forget_idle_conversations(self) -> int:
+        """Agents' chats idle for MEMORY_IDLE_DAYS are dropped (hourly)."""
+        if self._memory is None:
+            return 0
+        with self._tracked():
+            try:
+                return await self._memory.forget_idle()
+            except Exception:  # the next run tries again; nothing else depends on it
+                log.exception("forgetting idle conversations failed")
                 return 0
 
     async def reconcile(self) -> None:

@@ -18,6 +18,7 @@ from aiogram.utils.i18n import I18n
 from babel.support import LazyProxy
 
 from manager_bot.db.models import Agent, as_utc, utcnow
+from manager_bot.services import health_reasons
 from manager_bot.services.budgets import Spend
 
 
@@ -204,7 +205,6 @@ ASK_NEW_PROMPT = _(
 PROMPT_CHANGED = _("✏️ @{username} has new instructions.")
 MODEL_CHANGED = _("🧠 @{username} now uses {model}.")
 TOKEN_ROTATED = _("🔑 @{username} has a fresh token; the old one no longer works.")
-ACTION_FAILED = _("That didn't work: {hint}. Please try again in a moment.")
 CARD_BUTTONS = {  # keyed by keyboards.CardAction's values
     "resume": _("▶️ Resume"),
     "restart": _("🔄 Restart"),
@@ -217,6 +217,7 @@ CARD_BUTTONS = {  # keyed by keyboards.CardAction's values
     "access": _("👥 Who can talk to it"),
     "token": _("🔑 Replace token"),
     "descr": _("📝 Description"),
+    "forget": _("🧹 Forget conversations"),
     "delete": DELETE_BUTTON,
     "list": _("⬅️ All agents"),
 }
@@ -225,6 +226,15 @@ YES_ROTATE_BUTTON = _("Yes, rotate")
 CONFIRM_ROTATE = _(
     "Give @{username} a fresh token? The old one stops working at once; the bot keeps "
     "running with the new one."
+)
+YES_FORGET_BUTTON = _("Yes, forget everything")
+CONFIRM_FORGET = _(
+    "Make @{username} forget every conversation it has had? Each chat starts fresh, as "
+    "after /reset. This cannot be undone."
+)
+MEMORY_FORGOTTEN = _("🧹 @{username} has forgotten every conversation.")
+MEMORY_FORGOTTEN_BY_RESTART = _(
+    "🧹 @{username} has forgotten every conversation (it was restarted to forget at once)."
 )
 CHOOSE_NEW_MODEL = _("Pick the new model for @{username} (🔑 = bring your own key):")
 LOGS_HEADER = _("📜 The last log lines of @{username}:")
@@ -393,13 +403,16 @@ def agent_card(agent: Agent, *, spend: Spend | None = None) -> str:
         translate(CARD_MODEL).format(provider=escape(agent.provider), model=escape(agent.model)),
         translate(CARD_STATE).format(state=state_name, since=since),
     ]
-    if agent.observed_reason and state != "running":
-        lines.append(translate(CARD_LAST_ERROR).format(reason=escape(agent.observed_reason)))
+    seen = agent.observed_state
+    last_error = observed_words(seen, agent.observed_reason) if state != "running" else None
+    if last_error:
+        lines.append(translate(CARD_LAST_ERROR).format(reason=escape(last_error)))
     if agent.health and agent.desired_state == "running":
         label = HEALTH_LABELS.get(agent.health)
         health = translate(label) if label else agent.health
-        if agent.health_reason and agent.health != "healthy":
-            health += f": {escape(agent.health_reason)}"
+        # In plain words from the stable kind; the raw reason is for logs and admins.
+        if agent.health != "healthy" and (agent.health_kind or agent.health_reason):
+            health += f": {escape(health_words(agent.health_kind, agent.health_reason))}"
         muted_until = agent.muted_until
         if muted_until and as_utc(muted_until) > utcnow():
             health += translate(CARD_MUTED)
@@ -622,6 +635,130 @@ LANGUAGE_SET = _("Done: I speak English to you now.")
 LANGUAGE_NAMES = {"en": "English", "ru": "Русский"}
 
 
+# -- refusals and health in plain words (issue 16, item 3: errors in the user's language) ------
+# Each dict is keyed by the values of a code in services/errors.py or
+# services/health_reasons.py; views/errors.py and `health_words` pick the words. A
+# refusal is a clause for the sentence around it (ACCESS_REFUSED, ENDPOINT_REFUSED,
+# ACTION_REFUSED).
+ACTION_REFUSED = _("That didn't work: {reason}.")
+CONFIG_PROBLEMS = {
+    "unknown-provider": _("there is no provider called {provider}"),
+    "not-a-model": _("{model} is not a model id"),
+    "key-needed": _("{provider} needs your own API key"),
+    "endpoint-needed": _("your own endpoint needs its URL"),
+    "prompt-empty": _("the instructions are empty"),
+    "prompt-too-long": _("the instructions are longer than {limit} characters"),
+    "description-too-long": _("the description is longer than {limit} characters"),
+    "managed-token": _(
+        "a bot Telegram made for you gets a new token with 🔑 Rotate token, not by pasting one"
+    ),
+}
+ACCESS_PROBLEMS = {
+    "ids-without-list": _("user ids go only with a list of users"),
+    "empty": _("the list of users is empty"),
+    "too-many": _("at most {limit} users may be listed"),
+    "too-many-for-managed": _(
+        "Telegram lets at most {limit} users besides you into a bot it made for you"
+    ),
+    "not-an-id": _("a Telegram user id is a positive number"),
+    "not-numbers": _("Telegram user ids are numbers, like 123456789"),
+}
+TOKEN_PROBLEMS = {
+    "invalid": _(
+        "Telegram says the bot's token is invalid or revoked (get a fresh one with /token "
+        "in @BotFather)"
+    ),
+    "unreachable": _("I couldn't reach Telegram to check the token; please try again in a moment"),
+    "rejected": _("Telegram refused the request about this bot; please try again later"),
+}
+ENDPOINT_PROBLEMS = {
+    "empty": _("the address is empty"),
+    "too-long": _("the address is longer than {limit} characters"),
+    "spaces": _("the address must not contain spaces or invisible characters"),
+    "not-http": _("the address must start with http:// or https://"),
+    "fragment": _("the address must not contain a '#' part"),
+    "query": _("the address must not contain a '?' part"),
+    "not-a-url": _("this is not a valid web address"),
+    "credentials": _(
+        "the address must not contain a user name or password (I ask for the key separately)"
+    ),
+    "no-host": _("the address has no host name"),
+    "bad-port": _("the port must be between 1 and 65535"),
+    "ipv6-zone": _("the address must not contain an IPv6 zone ('%')"),
+    "bad-host": _("the host name is not valid"),
+    "private-address": _(
+        "{host} is a private, local or reserved address; only public endpoints can be used"
+    ),
+    "unusual-ip": _(
+        "{host} is not a usual IP address: write it as four numbers from 0 to 255 separated by dots"
+    ),
+    "local-name": _("{host} is a name inside a local network; only public endpoints can be used"),
+    "not-full-name": _("{host} is not a full domain name; only public endpoints can be used"),
+    "not-found": _("{host} could not be found: check the spelling of the address"),
+    "no-address": _("{host} has no address to connect to"),
+    "resolves-inside": _(
+        "{host} points to a private, local or reserved address; only public endpoints can be used"
+    ),
+}
+HEALTH_WORDS = {
+    "ok": _("it works"),
+    "missing": _("it is not running on our servers"),
+    "stopped": _("it was stopped on our servers"),
+    "not_ready": _("it has not started in {minutes} minutes"),
+    "not_answering": _("it does not answer its health check"),
+    "token": _("Telegram rejects its token (was it revoked in @BotFather?)"),
+    "webhook": _("Telegram cannot deliver messages to it"),
+    "backlog": _("{count} messages are waiting to be answered"),
+    "llm_key": _("the LLM provider rejects its API key"),
+    "llm_rate_limit": _("the LLM provider is rate-limiting it"),
+}
+CRASH_WORDS = {  # crash_loop and gave_up, by services.health_reasons.CrashCause
+    "out-of-memory": _("it ran out of memory"),
+    "no-image": _(
+        "its program could not be downloaded (a problem on our side: please tell an admin)"
+    ),
+    "cannot-start": _("it could not be started (a problem on our side: please tell an admin)"),
+    "crashed": _("it keeps stopping"),
+}
+RESTARTED_ONCE = _("{cause} and was restarted once")
+RESTARTED_TIMES = _("{cause} and was restarted {count} times")
+HEALTH_UNKNOWN = _("something is wrong with it")
+
+
+def crash_words(reason: str | None) -> str:
+    """A backend's crash reason ("OOMKilled (restarted 5 times)") in plain words."""
+    crash = health_reasons.crash_of(reason)
+    cause = translate(CRASH_WORDS[crash.cause])
+    if crash.restarts == 1:
+        return translate(RESTARTED_ONCE).format(cause=cause)
+    if crash.restarts > 1:
+        return translate(RESTARTED_TIMES).format(cause=cause, count=crash.restarts)
+    return cause
+
+
+def health_words(kind: str | None, reason: str | None) -> str:
+    """A verdict (its HealthKind and raw reason) in plain words; the raw reason itself is
+    for logs and admins."""
+    if kind in (health_reasons.HealthKind.CRASH_LOOP, health_reasons.HealthKind.GAVE_UP):
+        return crash_words(reason)
+    words = HEALTH_WORDS.get(kind or "")
+    if words is None:
+        return translate(HEALTH_UNKNOWN)
+    count = health_reasons.count_in(reason)
+    return translate(words).format(minutes=count, count=count)
+
+
+def observed_words(state: str | None, reason: str | None) -> str | None:
+    """What the backend last saw go wrong (the card's "Last error"), in plain words."""
+    if not reason:
+        return None
+    if state == "crash-looping":
+        return crash_words(reason)
+    if state == "missing":
+        return translate(HEALTH_WORDS["missing"])
+    return None
+
+
 def _in_language(value: Any) -> Any:
     if isinstance(value, str):
         return translate(value)
@@ -643,3 +780,46 @@ class _Translated(ModuleType):
 
 
 sys.modules[__name__].__class__ = _Translated
+
+
+# -- tools over MCP: an agent's MCP servers on its card (handlers/agent_tools.py) --------------
+TOOLS_BUTTON = _("🔧 Tools")
+TOOLS_SCREEN = _(
+    "🔧 <b>Tools of @{username}</b>\n\nYour bot can use tools from remote MCP servers "
+    "(streamable HTTP). Their addresses and tokens are stored encrypted; your bot "
+    "reaches them only through the platform and never sees either.\n\n{servers}"
+)
+TOOLS_NONE = _("No MCP servers yet.")
+TOOLS_LINE = _("• <b>{name}</b> · {host}")
+TOOLS_LINE_WITH_TOKEN = _("• <b>{name}</b> · {host} · 🔑 token")
+TOOLS_ADD_BUTTON = _("➕ Add MCP server")
+TOOLS_REMOVE_BUTTON = _("➖ Remove {name}")
+TOOLS_NO_TOKEN_BUTTON = _("No token needed")
+TOOLS_ASK_URL = _(
+    "Send the URL of the MCP server (streamable HTTP), for example "
+    "<code>https://mcp.example.com/mcp</code>."
+)
+TOOLS_URL_HINT = _("Send the server's URL as text, or /cancel.")
+TOOLS_ASK_TOKEN = _(
+    "Does the server need a token? Paste it: just the token (sent as "
+    "<code>Authorization: Bearer</code>), or <code>Header-Name: value</code> for a "
+    "header of its own. I delete your message right away and store the token encrypted."
+)
+TOOLS_TOKEN_HINT = _("Paste the token as text, tap “No token needed”, or /cancel.")
+TOOLS_TOKEN_DELETED = _(
+    "🔒 I deleted your message: it may hold a token. Paste the token as text, tap “No "
+    "token needed”, or /cancel."
+)
+TOOLS_ADDED = _("🔧 @{username} can use the tools of <b>{name}</b> now.")
+TOOLS_REMOVED = _("🔧 <b>{name}</b> is removed: @{username} no longer uses its tools.")
+TOOLS_TOO_MANY = _("An agent can have at most {limit} MCP servers: remove one first.")
+TOOLS_DUPLICATE = _("That server is already added, as <b>{name}</b>.")
+TOOLS_GONE = _("That server was already removed.")
+TOOLS_BAD_TOKEN = _(
+    "That doesn't look like a token: send it as plain text on one line, at most {limit} characters."
+)
+TOOLS_RESERVED_HEADER = _(
+    "The header {header} can't carry a token: send just the token, or use the server's "
+    "own header, like <code>X-Api-Key: value</code>."
+)
+CARD_BUTTONS["tools"] = TOOLS_BUTTON  # keyboards.CardAction.TOOLS

@@ -50,6 +50,9 @@ class AgentSpec:
     # The model sees images (LLM_VISION), from the provider catalogue; unknown: False.
     llm_vision: bool = False
     allowed_user_ids: tuple[int, ...] = ()
+    # Names of the agent's MCP servers (MCP_SERVERS), reached through the gateway at
+    # `{LLM_BASE_URL}/mcp/{name}`: no URL or token of theirs is ever in the spec.
+    mcp_servers: tuple[str, ...] = ()
     # False keeps the workload at zero replicas / no process: re-applying a
     # stopped agent (reconcile) must not resume it.
     running: bool = True
@@ -60,6 +63,15 @@ class AgentSpec:
     # The manager's installation id, stamped on every object: reconcile removes only
     # orphans that carry its own.
     installation: str = ""
+    memory_idle_days: int = 30  # with a memory_url: when the process forgets an idle chat
+
+
+def memory_url(spec: AgentSpec) -> str | None:
+    """Where the agent keeps its conversations (MEMORY_URL): the gateway it talks to,
+    with its own credential. None without a gateway: in the process only."""
+    if spec.llm_base_url is None or spec.secrets.gateway_key is None:
+        return None
+    return f"{spec.llm_base_url.rstrip('/')}/memory"
 
 
 class ObservedState(enum.StrEnum):

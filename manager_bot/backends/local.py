@@ -36,14 +36,14 @@ from typing import Any
 import aiohttp
 
 import runtime
-from manager_bot.backends.base import AgentSpec, Observed, ObservedState
+from manager_bot.backends.base import AgentSpec, Observed, ObservedState, memory_url
 from manager_bot.backends.manifests import SECRET_ENV
 
 log = logging.getLogger(__name__)
 
 LOG_LIMIT_BYTES = 1024 * 1024  # runtime.log is rotated at this size, by the process itself
 LOG_BACKUPS = 3
-STOP_GRACE_SECONDS = 12.0  # the runtime drains replies for up to 10 s
+STOP_GRACE_SECONDS = 15.0  # the runtime drains replies for 10 s, then flushes memory for 3
 CRASH_WINDOW_SECONDS = 60.0
 POLL_SECONDS = 0.25
 RUNTIME_ROOT = Path(runtime.__file__).resolve().parents[1]
@@ -73,8 +73,13 @@ def runtime_settings(
     }
     if spec.llm_base_url:
         settings["LLM_BASE_URL"] = spec.llm_base_url
+    if kept_at := memory_url(spec):
+        settings["MEMORY_URL"] = kept_at
+        settings["MEMORY_IDLE_DAYS"] = str(spec.memory_idle_days)
     if spec.allowed_user_ids:
         settings["ALLOWED_USER_IDS"] = ",".join(map(str, spec.allowed_user_ids))
+    if spec.mcp_servers:
+        settings["MCP_SERVERS"] = ",".join(spec.mcp_servers)
     return settings
 
 

@@ -26,6 +26,7 @@ from manager_bot.backends.base import (
     MANAGED_BY_VALUE,
     RUNTIME_PORT,
     AgentSpec,
+    memory_url,
     object_name,
 )
 
@@ -153,8 +154,13 @@ def runtime_env(spec: AgentSpec) -> list[JsonDict]:
     }
     if spec.llm_base_url:
         values["LLM_BASE_URL"] = spec.llm_base_url
+    if kept_at := memory_url(spec):
+        values["MEMORY_URL"] = kept_at
+        values["MEMORY_IDLE_DAYS"] = str(spec.memory_idle_days)
     if spec.allowed_user_ids:
         values["ALLOWED_USER_IDS"] = ",".join(map(str, spec.allowed_user_ids))
+    if spec.mcp_servers:  # only then: agents without tools keep their pods as they are
+        values["MCP_SERVERS"] = ",".join(spec.mcp_servers)
     literals = [{"name": key, "value": kubelet_literal(value)} for key, value in values.items()]
     return secret_refs + literals
 

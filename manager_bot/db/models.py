@@ -133,6 +133,9 @@ class Agent(Base):
     # False while Telegram may not show the agent's commands, description (and, for a
     # Managed Bot, access) as stored: reconcile sets them again.
     profile_synced: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The names of its MCP servers, comma-separated (the pod's MCP_SERVERS), written with
+    # the McpServer rows: a pod's spec is built from this row alone, reconcile included.
+    mcp_servers: Mapped[str] = mapped_column(String(200), default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -237,7 +240,7 @@ class Conversation(Base):
 
     agent_id: Mapped[str] = mapped_column(String(16), primary_key=True)
     chat_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    turns: Mapped[str] = mapped_column(Text, default="[]")  # JSON: [{"role", "content"}]
+    turns: Mapped[str] = mapped_column(Text)  # encrypted JSON: [{"role", "content"}]
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -293,3 +296,23 @@ class Operation(Base):
     detail: Mapped[str | None] = mapped_column(String(256))  # never a secret
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class McpServer(Base):
+    """A remote MCP server (streamable HTTP) an agent takes tools from. Only the gateway
+    connects to it: the agent knows its name, never its URL or token.
+
+    The URL is encrypted like the token: hosted MCP servers often carry a secret in the
+    path (`https://host/s/<secret>/mcp`). The host is kept plain, for the card."""
+
+    __tablename__ = "agent_mcp_servers"
+    __table_args__ = (UniqueConstraint("agent_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    agent_id: Mapped[str] = mapped_column(String(16), ForeignKey("agents.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(32))  # [a-z0-9][a-z0-9-]{0,31}
+    url_encrypted: Mapped[str] = mapped_column(Text)
+    host: Mapped[str] = mapped_column(String(255))
+    header_name: Mapped[str | None] = mapped_column(String(64))  # None: Authorization: Bearer
+    token_encrypted: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

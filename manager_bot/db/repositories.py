@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Select, func, insert, or_, select, update
+from sqlalchemy import Select, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,9 +19,11 @@ from manager_bot.db.models import (
     AgentUsage,
     AuditEntry,
     Broadcast,
+    Conversation,
     Delivery,
     DesiredState,
     Installation,
+    McpServer,
     Notice,
     Operation,
     OperationStatus,
@@ -602,6 +604,79 @@ class Installations:
         return (await self._session.scalars(select(Installation.id))).one()
 
 
+class Conversations:
+    """Agents' per-chat history (the gateway's memory endpoints, gateway/memory.py)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def turns(self, agent_id: str, chat_id: int) -> str | None:
+        row = await self._session.get(Conversation, (agent_id, chat_id))
+        return row.turns if row is not None else None
+
+    async def save(self, agent_id: str, chat_id: int, turns: str) -> None:
+        """One upsert: the runtime sends a chat's whole bounded history each time."""
+        statement = (
+            _dialect(self._session)
+            .insert(Conversation)
+            .values(agent_id=agent_id, chat_id=chat_id, turns=turns, updated_at=utcnow())
+        )
+        await self._session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["agent_id", "chat_id"],
+                set_={"turns": statement.excluded.turns, "updated_at": utcnow()},
+            )
+        )
+
+    async def forget(self, agent_id: str, chat_id: int | None = None) -> int:
+        """One chat's history, or all of an agent's (None); returns how many chats."""
+        statement = delete(Conversation).where(Conversation.agent_id == agent_id)
+        if chat_id is not None:
+            statement = statement.where(Conversation.chat_id == chat_id)
+        result = await self._session.execute(statement)
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def forget_idle(self, before: datetime) -> int:
+        """Chats idle since `before`, and any a deleted agent's last flush left behind."""
+        deleted = select(Agent.id).where(Agent.desired_state == DesiredState.DELETED.value)
+        result = await self._session.execute(
+            delete(Conversation).where(
+                or_(Conversation.updated_at < before, Conversation.agent_id.in_(deleted))
+            )
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+class McpServers:
+    """An agent's MCP servers (services/agent_tools.py keeps Agent.mcp_servers in step)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def of(self, agent_id: str) -> Sequence[McpServer]:
+        query = select(McpServer).where(McpServer.agent_id == agent_id).order_by(McpServer.id)
+        return (await self._session.scalars(query)).all()
+
+    async def all(self) -> Sequence[McpServer]:
+        """Every agent's (key rotation re-encrypts them)."""
+        return (await self._session.scalars(select(McpServer))).all()
+
+    async def add(self, server: McpServer) -> McpServer:
+        self._session.add(server)
+        await self._session.flush()
+        return server
+
+    async def remove(self, agent_id: str, name: str) -> bool:
+        server = await self._session.scalar(
+            select(McpServer).where(McpServer.agent_id == agent_id, McpServer.name == name)
+        )
+        if server is None:
+            return False
+        await self._session.delete(server)
+        await self._session.flush()
+        return True
+
+
 class Repositories:
     """All repositories over one session (one unit of work)."""
 
@@ -616,3 +691,5 @@ class Repositories:
         self.notices = Notices(session)
         self.installation = Installations(session)
         self.operations = Operations(session)
+        self.mcp_servers = McpServers(session)
+        self.conversations = Conversations(session)

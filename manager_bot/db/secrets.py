@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from manager_bot.crypto import Vault, VaultError
-from manager_bot.db.models import Agent, AgentRevision
+from manager_bot.db.models import Agent, AgentRevision, McpServer
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 
@@ -17,10 +17,13 @@ ENCRYPTED_FIELDS: dict[type, tuple[str, ...]] = {
         "gateway_key_encrypted",
     ),
     AgentRevision: ("llm_api_key_encrypted",),
+    # The URL too: hosted MCP servers often carry a secret in its path.
+    McpServer: ("url_encrypted", "token_encrypted"),
 }
+Row = Agent | AgentRevision | McpServer
 
 
-def _encrypted(rows: list[Agent | AgentRevision]) -> Iterator[tuple[Agent | AgentRevision, str]]:
+def _encrypted(rows: list[Row]) -> Iterator[tuple[Row, str]]:
     for row in rows:
         for field in ENCRYPTED_FIELDS[type(row)]:
             if getattr(row, field):
@@ -32,9 +35,10 @@ async def rotate_secrets(database: Database, vault: Vault) -> int:
     count = 0
     async with database.session() as session:
         repos = Repositories(session)
-        rows: list[Agent | AgentRevision] = [
+        rows: list[Row] = [
             *await repos.agents.all(),
             *await repos.revisions.all(),
+            *await repos.mcp_servers.all(),
         ]
         for row, field in _encrypted(rows):
             setattr(row, field, vault.rotate(getattr(row, field)))
@@ -47,9 +51,10 @@ async def unreadable_secrets(database: Database, vault: Vault) -> tuple[int, int
     stored = unreadable = 0
     async with database.session() as session:
         repos = Repositories(session)
-        rows: list[Agent | AgentRevision] = [
+        rows: list[Row] = [
             *await repos.agents.all(),
             *await repos.revisions.all(),
+            *await repos.mcp_servers.all(),
         ]
         for row, field in _encrypted(rows):
             stored += 1

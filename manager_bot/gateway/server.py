@@ -32,6 +32,8 @@ from manager_bot.gateway.accounts import AccountBook, AgentAccount, Upstream
 from manager_bot.gateway.endpoints import EndpointGuard, EndpointRefused, refusal_of
 from manager_bot.gateway.ledger import Admission, UsageLedger
 from manager_bot.gateway.limits import UserRateLimiter
+from manager_bot.gateway.mcp_proxy import McpProxy
+from manager_bot.gateway.memory import MemoryApi
 from manager_bot.gateway.streams import Reported, UsageScanner, prompt_bound, reported_in_body
 from manager_bot.gateway.transcription import Transcriber, answer_of, estimated_seconds
 
@@ -99,14 +101,18 @@ class Gateway:
         guard: EndpointGuard,
         limits: GatewayLimits,
         transcriber: Transcriber | None = None,
+        memory: MemoryApi | None = None,
         ready: Callable[[], Awaitable[None]] | None = None,
+        mcp: McpProxy | None = None,
     ) -> None:
         self._accounts = accounts
+        self._mcp = mcp  # None: agents' MCP servers are not reachable here
         self._ledger = ledger
         self._limiter = limiter
         self._guard = guard
         self._limits = limits
         self._transcriber = transcriber  # None: voice cannot be transcribed here
+        self._memory = memory  # None: agents keep their conversations in process only
         self._ready = ready  # an async callable: True when the database answers
         self._in_flight: dict[str, int] = {}
         self._providers: aiohttp.ClientSession | None = None
@@ -122,6 +128,10 @@ class Gateway:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/audio/transcriptions", self._transcribe)
+        for method in ("POST", "GET", "DELETE"):  # the MCP streamable HTTP transport
+            app.router.add_route(method, "/v1/mcp/{name}", self._mcp_request)
+        if self._memory is not None:
+            self._memory.add_routes(app)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
@@ -156,6 +166,8 @@ class Gateway:
         for session in (self._providers, self._user_endpoints):
             if session is not None:
                 await session.close()
+        if self._mcp is not None:
+            await self._mcp.close()
         await self._accounts.close()
         await self._ledger.close()
 
@@ -177,6 +189,16 @@ class Gateway:
             return await self._forward_whole(upstream.models_url, upstream, None, "GET")
         except Refused as refused:
             return refused.response()
+
+    async def _mcp_request(self, request: web.Request) -> web.StreamResponse:
+        """One of the agent's MCP servers, by name (mcp_proxy.py)."""
+        try:
+            account = await self._account(request)
+        except Refused as refused:
+            return refused.response()
+        if self._mcp is None:
+            return Refused(404, "mcp_server_unknown", "No MCP servers here.").response()
+        return await self._mcp.forward(request, account.agent_id)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         try:

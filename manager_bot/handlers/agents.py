@@ -53,6 +53,7 @@ from manager_bot.keyboards import (
     agent_list,
     offers,
 )
+from manager_bot.services.agent_memory import AgentMemory, Forgotten
 from manager_bot.services.agent_profile import (
     MAX_DESCRIPTION,
     Access,
@@ -74,6 +75,7 @@ from manager_bot.services.providers import Provider, find_provider
 from manager_bot.services.telegram import AgentTokenError, looks_like_token
 from manager_bot.views import card as card_view
 from manager_bot.views.card import Screen
+from manager_bot.views.errors import refusal
 from manager_bot.views.live_card import LiveCards, show, show_on_card
 
 LOG_LINES = 40
@@ -317,6 +319,19 @@ async def rotate(_asked: Asked, press: CardPress, bot: Bot) -> None:
     await press.show_card(agent, notice=texts.TOKEN_ROTATED.format(username=agent.bot_username))
 
 
+async def ask_forget(_asked: Asked, press: CardPress) -> None:
+    await press.show(card_view.confirm_forget(press.agent))
+
+
+async def forget(_asked: Asked, press: CardPress, agent_memory: AgentMemory) -> None:
+    """Yes, forget: the stored conversations and the running agent's alike."""
+    how = await agent_memory.forget_all(owner_id=press.user_id, agent_id=press.agent.id)
+    words = (
+        texts.MEMORY_FORGOTTEN if how is Forgotten.AT_ONCE else texts.MEMORY_FORGOTTEN_BY_RESTART
+    )
+    await press.show_card(notice=words.format(username=press.agent.bot_username))
+
+
 async def _begin_edit(state: FSMContext, edit: State, agent: Agent, **data: Any) -> None:
     """A pending edit of `agent` starts now (CARD_EDIT_TIMEOUT counts from here)."""
     await state.set_state(edit)
@@ -353,7 +368,7 @@ async def _apply_access(press: CardPress, access: Access) -> None:
             owner_id=press.user_id, agent_id=press.agent.id, access=access
         )
     except InvalidAccess as error:
-        notice = texts.ACCESS_REFUSED.format(reason=escape(str(error)))
+        notice = texts.ACCESS_REFUSED.format(reason=refusal(error))
         await press.show(card_view.access(press.agent, notice=notice))
         return
     await press.show_card(agent, notice=card_view.access_changed(agent))
@@ -698,7 +713,7 @@ async def listed_by_ids(message: Message, state: FSMContext) -> None:
     try:
         typed = Access.parse_ids(message.text or "")
     except InvalidAccess as error:
-        await message.answer(texts.ACCESS_REFUSED.format(reason=escape(str(error))))
+        await message.answer(texts.ACCESS_REFUSED.format(reason=refusal(error)))
         return
     await _add_listed(message, state, typed.user_ids)
 
@@ -710,7 +725,7 @@ async def _add_listed(message: Message, state: FSMContext, user_ids: Iterable[in
     try:
         Access.listed(listed)  # refused now (too many) rather than at Done
     except InvalidAccess as error:
-        await message.answer(texts.ACCESS_REFUSED.format(reason=escape(str(error))))
+        await message.answer(texts.ACCESS_REFUSED.format(reason=refusal(error)))
         return
     await state.update_data(user_ids=listed)
     screen = card_view.access_list_so_far(str(data.get("agent_id")), listed)
@@ -877,6 +892,8 @@ CARD_HANDLERS: dict[CardAction, Callable[..., Awaitable[None]]] = {
     CardAction.DELETE_YES: delete,
     CardAction.ROTATE: ask_rotate,
     CardAction.ROTATE_YES: rotate,
+    CardAction.FORGET: ask_forget,
+    CardAction.FORGET_YES: forget,
     CardAction.ACCESS: show_access,
     CardAction.ACCESS_EVERYONE: access_everyone,
     CardAction.ACCESS_OWNER: access_owner_only,

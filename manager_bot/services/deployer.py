@@ -49,7 +49,9 @@ from manager_bot.services.agent_profile import (
 )
 from manager_bot.services.agent_queries import AgentQueries, owned
 from manager_bot.services.errors import (
+    AccessProblem,
     BotAlreadyUsed,
+    ConfigProblem,
     DeployFailed,
     DeployThrottled,
     ErrorCode,
@@ -59,6 +61,7 @@ from manager_bot.services.errors import (
     NoPreviousRevision,
     QuotaReached,
     TokenOfAnotherBot,
+    TokenProblem,
     cluster_code,
 )
 from manager_bot.services.providers import Provider, find_provider, is_model_id, sees_images
@@ -119,6 +122,7 @@ class DeployerConfig:
     max_agents_per_user: int
     gateway_url: str  # the LLM base URL agents get (their only way to a model)
     installation_id: str = ""  # stamped on every object (the reconciler's orphan rule)
+    memory_idle_days: int = 30  # agents forget chats idle this long (MEMORY_IDLE_DAYS)
     ready_timeout: float = 90.0
     ready_poll_interval: float = 0.5
     # At most this many deploys per user in the window (counted in the audit log,
@@ -139,14 +143,16 @@ class Deployer:
         telegram: AgentTelegram,
         providers: tuple[Provider, ...],
         config: DeployerConfig,
+        locks: AgentLocks | None = None,
     ) -> None:
+        """`locks`: shared across replicas when several run (agent_locks.py)."""
         self._db = database
         self._vault = vault
         self._backend = backend
         self._telegram = telegram
         self._providers = providers
         self._config = config
-        self.locks = AgentLocks()  # the reconciler holds the same ones
+        self.locks = locks or AgentLocks()  # the reconciler holds the same ones
         # What users and jobs read about agents: a module of its own (writes are here).
         self.queries = AgentQueries(
             database=database, vault=vault, backend=backend, telegram=telegram,
@@ -507,7 +513,7 @@ class Deployer:
             agent = await owned(Repositories(session), owner_id, agent_id)
             managed, bot_id, username = agent.managed, agent.bot_id, agent.bot_username
         if managed:
-            raise InvalidAgentConfig("a Managed Bot's token is replaced through Telegram")
+            raise InvalidAgentConfig(ConfigProblem.MANAGED_TOKEN)
         identity = await self._identify(new_token)
         if identity.id != bot_id:
             raise TokenOfAnotherBot(expected=username, given=identity.username)
@@ -545,8 +551,7 @@ class Deployer:
                 others = access.others_than(owner_id)
                 if agent.managed and len(others) > MAX_MANAGED_LISTED_USERS:
                     raise InvalidAccess(
-                        f"a Managed Bot lets in at most {MAX_MANAGED_LISTED_USERS} users "
-                        "besides you"
+                        AccessProblem.TOO_MANY_FOR_MANAGED, limit=MAX_MANAGED_LISTED_USERS
                     )
                 agent.access = access.mode.value
                 agent.access_user_ids = access.stored_user_ids
@@ -577,6 +582,25 @@ class Deployer:
                     actor_id=owner_id, action="describe", agent_id=agent.id, outcome="ok"
                 )
             await self._sync_profile(agent)
+        return await self._reload(agent.id)
+
+    async def edit_and_apply(
+        self, *, owner_id: int, agent_id: str, action: str,
+        edit: Callable[[Repositories, Agent], Awaitable[str]],
+    ) -> Agent:  # fmt: skip
+        """A change another service stores (`edit`: in this transaction, given the owner's
+        agent; returns the audit detail, never a secret), applied as the card's own edits
+        are: under the agent's lock, as an operation, waiting for the rollout."""
+        async with self.locks.hold(agent_id), self._operation(action, agent_id, owner_id):
+            async with self._db.session() as session:
+                repos = Repositories(session)
+                agent = await owned(repos, owner_id, agent_id)
+                detail = await edit(repos, agent)
+                await repos.audit.record(
+                    actor_id=owner_id, action=action, agent_id=agent.id, outcome="ok",
+                    detail=detail,
+                )  # fmt: skip
+            await self._reapply(agent)
         return await self._reload(agent.id)
 
     async def sync_pending_profiles(self, *, limit: int = PROFILES_PER_RECONCILE) -> list[str]:
@@ -732,6 +756,8 @@ class Deployer:
     async def delete(self, *, owner_id: int, agent_id: str) -> None:
         async with self.locks.hold(agent_id), self._operation("delete", agent_id, owner_id):
             agent = await self._act(owner_id, agent_id, "delete", desired=DesiredState.DELETED)
+            async with self._db.session() as session:  # its conversations go with it
+                await Repositories(session).conversations.forget(agent.id)
             await self._clear_webhook(agent)
             try:
                 await self._backend.delete(agent.id)
@@ -776,7 +802,9 @@ class Deployer:
             llm_base_url=self._config.gateway_url,
             telegram_api_url=self._config.telegram_api_url,
             installation=self._config.installation_id,
+            memory_idle_days=self._config.memory_idle_days,
             allowed_user_ids=access_of(agent).allowed_user_ids(agent.owner_id),
+            mcp_servers=tuple(name for name in (agent.mcp_servers or "").split(",") if name),
             running=agent.desired_state == DesiredState.RUNNING,
             revision=agent.revision,
         )
@@ -863,7 +891,7 @@ class Deployer:
         try:
             return await self._telegram.identify(token.strip())
         except AgentTokenError as error:
-            raise InvalidBotToken(error.reason) from None
+            raise InvalidBotToken(TokenProblem(error.reason)) from None
 
     def _check_config(
         self, provider_name: str, model: str, key: str | None, base_url: str | None = None
@@ -871,24 +899,22 @@ class Deployer:
         """Any model id a provider may serve ("Other model..."), not only the catalogue's."""
         provider = find_provider(self._providers, provider_name)
         if provider is None:
-            raise InvalidAgentConfig(f"unknown provider {provider_name!r}")
+            raise InvalidAgentConfig(ConfigProblem.UNKNOWN_PROVIDER, provider=provider_name[:40])
         if model not in provider.models and not is_model_id(model):
-            raise InvalidAgentConfig(f"{model[:40]!r} is not a model name")
+            raise InvalidAgentConfig(ConfigProblem.NOT_A_MODEL, model=model[:40])
         if provider.needs_user_key and not key:
-            raise InvalidAgentConfig(f"{provider.label} needs your own API key")
+            raise InvalidAgentConfig(ConfigProblem.KEY_NEEDED, provider=provider.label)
         if provider.is_custom and not base_url:
-            raise InvalidAgentConfig("your own endpoint needs its URL")
+            raise InvalidAgentConfig(ConfigProblem.ENDPOINT_NEEDED)
         return provider
 
     @staticmethod
     def _check_prompt(prompt: str) -> str:
         prompt = prompt.strip()
         if not prompt:
-            raise InvalidAgentConfig("the system prompt is empty")
+            raise InvalidAgentConfig(ConfigProblem.PROMPT_EMPTY)
         if len(prompt) > MAX_PROMPT_CHARS:
-            raise InvalidAgentConfig(
-                f"the system prompt is longer than {MAX_PROMPT_CHARS} characters"
-            )
+            raise InvalidAgentConfig(ConfigProblem.PROMPT_TOO_LONG, limit=MAX_PROMPT_CHARS)
         return prompt
 
     def _encrypt_optional(self, value: str | None) -> str | None:
