@@ -341,17 +341,31 @@ class LeaderElector:
     async def _release(self) -> None:
         """Hand the Lease back (no holder, a one-second lease): the next candidate to ask
         takes it at once. Only ever after the jobs have stopped."""
-        if self._observed is None or self._holder() != self.identity:
-            return
-        lease = dict(self._observed)
+        try:
+            async with asyncio.timeout(RELEASE_TIMEOUT):
+                for _ in range(2):
+                    if self._observed is None or self._holder() != self.identity:
+                        return
+                    try:
+                        self._observe(await self._leases.replace(self._handed_back()))
+                        log.info("leader: %s released the Lease", self.identity)
+                        return
+                    except LeaseConflict:
+                        # A renew cut short by the stop may still have been written: what
+                        # we read is then out of date. Read it again; ours, try once more.
+                        fresh = await self._leases.get()
+                        if fresh is None:
+                            return
+                        self._observe(fresh)
+                log.warning("leader: the Lease was not released (it kept changing)")
+        except (LeaseConflict, BackendError, TimeoutError) as error:
+            # Somebody has it already, or the API is away: it expires by itself.
+            log.warning("leader: the Lease was not released (%s)", type(error).__name__)
+
+    def _handed_back(self) -> JsonDict:
+        lease = dict(self._observed or {})
         spec = dict(lease.get("spec") or {})
         now = micro_time()
         spec.update(holderIdentity="", leaseDurationSeconds=1, renewTime=now, acquireTime=now)
         lease["spec"] = spec
-        try:
-            async with asyncio.timeout(RELEASE_TIMEOUT):
-                self._observe(await self._leases.replace(lease))
-            log.info("leader: %s released the Lease", self.identity)
-        except (LeaseConflict, BackendError, TimeoutError) as error:
-            # Somebody has it already, or the API is away: it expires by itself.
-            log.warning("leader: the Lease was not released (%s)", type(error).__name__)
+        return lease

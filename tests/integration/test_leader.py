@@ -19,7 +19,7 @@ from kubernetes import client, config
 
 from manager_bot.backends.kubernetes import KubernetesBackend
 from manager_bot.backends.manifests import ClusterConfig
-from manager_bot.leader import LEASE_NAME, KubeLeases, LeaderElector, LeaseTiming
+from manager_bot.leader import LEASE_NAME, KubeLeases, LeaderElector, LeaseTiming, micro_time
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.waiting import until
 
@@ -47,6 +47,9 @@ class Severable:
     def __init__(self, inner: KubeLeases) -> None:
         self._inner = inner
         self.cut = False
+        # The next write finds the Lease renewed by a write whose answer was never read
+        # (a renew the stop cut short): the resourceVersion it carries is out of date.
+        self.renewed_unseen = False
 
     async def _maybe_hang(self) -> None:
         if self.cut:
@@ -62,6 +65,12 @@ class Severable:
 
     async def replace(self, lease: JsonDict) -> JsonDict:
         await self._maybe_hang()
+        if self.renewed_unseen:
+            self.renewed_unseen = False
+            current = await self._inner.get()
+            assert current is not None
+            current["spec"]["renewTime"] = micro_time()
+            await self._inner.replace(current)
         return await self._inner.replace(lease)
 
 
@@ -215,6 +224,20 @@ async def test_when_the_leader_dies_the_other_takes_over_after_its_jobs_stopped(
     timeline = first._timeline
     # The old leader gave up (renew deadline) before the new one's jobs began (lease duration).
     assert timeline.index("alpha stopped") < timeline.index("beta started")
+
+
+async def test_a_release_racing_an_unseen_renew_still_hands_the_lease_over(
+    lease_namespace: FakeKubernetes, candidates: Callable[..., Candidate]
+) -> None:
+    patient = LeaseTiming(duration=600.0, renew_deadline=2.0, retry_period=0.25)
+    first = candidates("alpha", patient)
+    first.start()
+    await until(lambda: first.elector.is_leader, timeout=30)
+    second = candidates("beta", patient)
+    second.start()
+    first.leases.renewed_unseen = True  # the release meets a 409 first
+    await first.stop()
+    await until(lambda: second.elector.is_leader, timeout=30)
 
 
 async def test_a_stopping_leader_hands_the_lease_over_at_once(
