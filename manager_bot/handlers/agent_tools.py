@@ -10,12 +10,10 @@ callback data is "out of date" like anywhere on the card.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
 from aiogram import F, Router
-from aiogram.exceptions import TelegramBadRequest
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import CallbackQuery, Message
@@ -26,8 +24,9 @@ from manager_bot.handlers.agents import (
     EDIT_STARTED,
     CardPress,
     CardPresses,
+    delete_quietly,
     edit_expired,
-    show_agent_list,
+    press_for_edit,
 )
 from manager_bot.handlers.message_filters import HoldsSecret
 from manager_bot.keyboards import AgentAction, CardAction, ToolRemove
@@ -37,7 +36,6 @@ from manager_bot.services.deployer import Deployer
 from manager_bot.services.errors import AgentNotFound
 from manager_bot.views import tools as tools_view
 from manager_bot.views.errors import refusal, tools_refusal
-from manager_bot.views.live_card import LiveCards
 
 
 class ToolsEdit(StatesGroup):
@@ -150,7 +148,7 @@ async def url_given(message: Message, state: FSMContext, agent_tools: AgentTools
         await message.answer(texts.OUT_OF_DATE)
         return
     # Kept encrypted from now on: a hosted server's URL often holds a secret in its path.
-    await _delete_quietly(message)
+    await delete_quietly(message)
     await state.update_data(url=url)
     await state.set_state(ToolsEdit.token)
     await message.answer(texts.TOOLS_ASK_TOKEN, reply_markup=keyboards.tools_token(agent_id))
@@ -161,7 +159,7 @@ async def url_hint(message: Message) -> None:
 
 
 async def secret_instead_of_url(message: Message) -> None:
-    await _delete_quietly(message)
+    await delete_quietly(message)
     await message.answer(texts.SECRET_DELETED)
 
 
@@ -170,7 +168,7 @@ async def token_given(
     budgets: Budgets,
 ) -> None:  # fmt: skip
     """The token: its message deleted first, whatever it is; then the server is added."""
-    await _delete_quietly(message)
+    await delete_quietly(message)
     if not message.text:  # a photo or a file: its caption may hold the token all the same
         await message.answer(texts.TOOLS_TOKEN_DELETED)
         return
@@ -181,9 +179,10 @@ async def token_given(
         return
     data = await state.get_data()
     await state.clear()
-    press = await _press_below(
-        message, str(data.get("agent_id")), state=state, deployer=deployer, budgets=budgets
-    )
+    press = await press_for_edit(
+        message, str(data.get("agent_id")), state=state, deployer=deployer, budgets=budgets,
+        in_place=False,
+    )  # fmt: skip
     if press is not None:
         async with press.failures_shown():
             await _add(press, agent_tools, url=str(data.get("url")), token=token)
@@ -193,34 +192,8 @@ async def expired(message: Message, state: FSMContext, raw_state: str | None) ->
     """An answer that came after CARD_EDIT_TIMEOUT: nothing changes."""
     await state.clear()
     if raw_state == ToolsEdit.token.state:
-        await _delete_quietly(message)  # it may carry a token
+        await delete_quietly(message)  # it may carry a token
     await message.answer(texts.EDIT_EXPIRED)
-
-
-async def _press_below(
-    message: Message, agent_id: str, *, state: FSMContext, deployer: Deployer, budgets: Budgets
-) -> CardPress | None:
-    """The card to answer on, below the owner's message; None (the list shown) if gone."""
-    user_id = state.key.user_id
-    cards = LiveCards(state)
-    try:
-        agent = await deployer.queries.agent(owner_id=user_id, agent_id=agent_id)
-    except AgentNotFound:
-        await show_agent_list(
-            message, notice=texts.OUT_OF_DATE, user_id=user_id, deployer=deployer, cards=cards,
-            in_place=False,
-        )  # fmt: skip
-        return None
-    return CardPress(
-        agent=agent, message=message, in_place=False, user_id=user_id, deployer=deployer,
-        budgets=budgets, cards=cards,
-    )  # fmt: skip
-
-
-async def _delete_quietly(message: Message) -> None:
-    """A failure to delete must not keep the rest from happening."""
-    with contextlib.suppress(TelegramBadRequest):
-        await message.delete()
 
 
 # -- router ---------------------------------------------------------------------------------

@@ -513,7 +513,7 @@ async def expired_edit(message: Message, state: FSMContext, raw_state: str | Non
     """An answer to an edit that waited too long: nothing changes."""
     await state.clear()
     if raw_state in SECRET_EDITS:
-        await _delete_quietly(message)  # it may carry a key or token
+        await delete_quietly(message)  # it may carry a key or token
     await message.answer(texts.EDIT_EXPIRED)
 
 
@@ -535,7 +535,7 @@ async def new_prompt(
         return
     agent_id = str((await state.get_data()).get("agent_id"))
     await state.clear()
-    press = await _press_for_edit(
+    press = await press_for_edit(
         message, agent_id, state=state, deployer=deployer, budgets=budgets, in_place=False
     )
     if press is None:
@@ -620,7 +620,7 @@ async def new_model_key(
     providers: tuple[Provider, ...],
 ) -> None:  # fmt: skip
     assert message.from_user is not None
-    await _delete_quietly(message)  # it carried a key
+    await delete_quietly(message)  # it carried a key
     data = await state.get_data()
     provider = find_provider(providers, str(data.get("provider")))
     key = (message.text or "").strip()
@@ -648,7 +648,7 @@ async def _apply_model(
     data = await state.get_data()
     await state.clear()
     agent_id = str(data.get("agent_id"))
-    press = await _press_for_edit(
+    press = await press_for_edit(
         message, agent_id, state=state, deployer=deployer, budgets=budgets, in_place=in_place
     )
     if press is None:
@@ -662,7 +662,7 @@ async def _apply_model(
         await press.show_card(agent, notice=notice)
 
 
-async def _press_for_edit(
+async def press_for_edit(
     message: Message, agent_id: str, *, state: FSMContext, deployer: Deployer, budgets: Budgets,
     in_place: bool,
 ) -> CardPress | None:  # fmt: skip
@@ -683,7 +683,7 @@ async def _press_for_edit(
     )  # fmt: skip
 
 
-async def _delete_quietly(message: Message) -> None:
+async def delete_quietly(message: Message) -> None:
     """Remove a message that carried a secret; a failure must not keep the secret around."""
     with contextlib.suppress(TelegramBadRequest):
         await message.delete()
@@ -691,7 +691,7 @@ async def _delete_quietly(message: Message) -> None:
 
 async def deleted_secret(message: Message) -> None:
     """A token or key where none was asked for (a description, a list of users)."""
-    await _delete_quietly(message)
+    await delete_quietly(message)
     await message.answer(texts.SECRET_DELETED)
 
 
@@ -747,7 +747,7 @@ async def listed_done(
         return
     await query.answer()
     await state.clear()
-    press = await _press_for_edit(
+    press = await press_for_edit(
         query.message, callback_data.agent_id, state=state, deployer=deployer, budgets=budgets,
         in_place=True,
     )  # fmt: skip
@@ -764,7 +764,7 @@ async def new_token(
     is the agent's own bot; refused, the edit stays pending for another paste."""
     token = (message.text or "").strip()
     if not looks_like_token(token):
-        await _delete_quietly(message)
+        await delete_quietly(message)
         await message.answer(texts.TOKEN_SHAPE)
         return
     agent_id = str((await state.get_data()).get("agent_id"))
@@ -773,7 +773,7 @@ async def new_token(
     )
     # Both finish before anything is said (as the wizard does with a pasted token).
     deleted, replaced = await asyncio.gather(
-        _delete_quietly(message), replacing, return_exceptions=True
+        delete_quietly(message), replacing, return_exceptions=True
     )
     if isinstance(deleted, BaseException):
         raise deleted
@@ -787,7 +787,7 @@ async def new_token(
         await message.answer(texts.TOKEN_UNREACHABLE if unreachable else texts.TOKEN_INVALID)
         return
     await state.clear()
-    press = await _press_for_edit(
+    press = await press_for_edit(
         message, agent_id, state=state, deployer=deployer, budgets=budgets, in_place=False
     )
     if press is None:
@@ -811,7 +811,7 @@ async def new_description(
         return
     agent_id = str((await state.get_data()).get("agent_id"))
     await state.clear()
-    press = await _press_for_edit(
+    press = await press_for_edit(
         message, agent_id, state=state, deployer=deployer, budgets=budgets, in_place=False
     )
     if press is None:

@@ -274,14 +274,7 @@ class FakeOpenAI:
                 delta["role"] = "assistant"
             await _send_event(response, _chunk(ident, model, delta, None))
         await _send_event(response, _chunk(ident, model, {}, "stop"))
-        if (body.get("stream_options") or {}).get("include_usage"):
-            usage_chunk = _chunk(ident, model, None, None)
-            usage_chunk["choices"] = []
-            usage_chunk["usage"] = _usage(body, text)
-            await _send_event(response, usage_chunk)
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
+        return await _end_stream(response, body, text, ident, model)
 
     async def _stream_tool_calls(
         self, request: web.Request, body: JsonDict, text: str, calls: list[JsonDict]
@@ -306,14 +299,21 @@ class FakeOpenAI:
                 piece = {"index": index, "function": {"arguments": arguments[start : start + 8]}}
                 await _send_event(response, _chunk(ident, model, {"tool_calls": [piece]}, None))
         await _send_event(response, _chunk(ident, model, {}, "tool_calls"))
-        if (body.get("stream_options") or {}).get("include_usage"):
-            usage_chunk = _chunk(ident, model, None, None)
-            usage_chunk["choices"] = []
-            usage_chunk["usage"] = _usage(body, text)
-            await _send_event(response, usage_chunk)
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
+        return await _end_stream(response, body, text, ident, model)
+
+
+async def _end_stream(
+    response: web.StreamResponse, body: JsonDict, text: str, ident: str, model: str
+) -> web.StreamResponse:
+    """The usage chunk when asked for (`stream_options.include_usage`), then [DONE]."""
+    if (body.get("stream_options") or {}).get("include_usage"):
+        usage_chunk = _chunk(ident, model, None, None)
+        usage_chunk["choices"] = []
+        usage_chunk["usage"] = _usage(body, text)
+        await _send_event(response, usage_chunk)
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
 
 
 def _tool_call_list(answer: ToolCalls) -> list[JsonDict]:
