@@ -228,23 +228,28 @@ async def kill_leader(
     return time.monotonic() - killed_at
 
 
-def copies(telegram: FakeTelegram, bot: FakeBot) -> dict[str, int]:
+def copies(telegram: FakeTelegram, bot: FakeBot, since: int) -> dict[str, int]:
+    """Copies per chat among the sendMessage calls from `since` on (after the preview)."""
     sent: dict[str, int] = {}
-    for call in telegram.calls("sendMessage", bot=bot):
+    for call in telegram.calls("sendMessage", bot=bot)[since:]:
         if call.status == 200 and BROADCAST in str(call.params.get("text", "")):
             chat = str(call.params.get("chat_id"))
             sent[chat] = sent.get(chat, 0) + 1
     return sent
 
 
-async def broadcast(admin: SimUser) -> None:
+async def broadcast(admin: SimUser, telegram: FakeTelegram, bot: FakeBot) -> int:
+    """Sends it; returns where its copies start among the bot's sendMessage calls (the
+    admin's preview, which quotes it, comes before)."""
     await admin.send("/broadcast")
     await admin.wait_for(text_contains="Send the message to broadcast", timeout=ANSWER_TIMEOUT)
     await admin.send(BROADCAST)
     await admin.wait_for(text_contains="Who should get it?", timeout=ANSWER_TIMEOUT)
     await admin.press("All users", timeout=ANSWER_TIMEOUT)
     await admin.wait_for(text_contains="Send it to", timeout=ANSWER_TIMEOUT)
+    since = len(telegram.calls("sendMessage", bot=bot))
     await admin.press("Send", timeout=ANSWER_TIMEOUT)
+    return since
 
 
 async def main(users: int, spawn_rate: float, seed: int) -> dict[str, Any]:
@@ -310,8 +315,8 @@ async def main(users: int, spawn_rate: float, seed: int) -> dict[str, Any]:
                 )
                 # 1. Mid-broadcast, once half the crowd has joined.
                 await asyncio.sleep(users / spawn_rate / 2)
-                await broadcast(admin)
-                await until(lambda: sum(copies(telegram, bot).values()) >= 3, timeout=60)
+                since = await broadcast(admin, telegram, bot)
+                await until(lambda: sum(copies(telegram, bot, since).values()) >= 3, timeout=60)
                 takeovers.append(await kill_leader(kube, telegram, replicas))
                 # 2. Mid-sweep: the cluster answers list calls slowly; kill while one waits.
                 kube.inject_fault(status=None, verb="list", resource="deployments",
@@ -328,7 +333,7 @@ async def main(users: int, spawn_rate: float, seed: int) -> dict[str, Any]:
                 await asyncio.sleep(HEALTH_INTERVAL * 2)  # the survivor sweeps on
                 stop.set()
                 await watcher
-                sent = copies(telegram, bot)
+                sent = copies(telegram, bot, since)
                 uncertain = re.search(r"not sent again\): (\d+)", str(report.get("text", "")))
     finally:
         for replica in replicas:
