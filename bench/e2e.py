@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import statistics
 import sys
 import tempfile
@@ -32,16 +31,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.startup import runtime_ready  # noqa: E402
 from manager_bot.backends.local import LocalBackend  # noqa: E402
 from manager_bot.services.health import HealthConfig  # noqa: E402
 from tests.e2e.conftest import Manager, paste_token, start_manager  # noqa: E402
 from tests.e2e.test_on_kubernetes import running_cluster  # noqa: E402
-from tests.fakes.loopback import free_port  # noqa: E402
 from tests.fakes.openai_api import FakeOpenAI  # noqa: E402
 from tests.fakes.telegram_api import FakeTelegram  # noqa: E402
 
@@ -88,36 +85,6 @@ async def local_manager(
             yield manager
     finally:
         await backend.shutdown_agents()
-
-
-async def runtime_ready(telegram: FakeTelegram, openai_server: FakeOpenAI) -> float:
-    """A bare runtime process: exec to its first /readyz 200."""
-    bot = telegram.add_bot(username="baseline_bot")
-    port = free_port()
-    env = {
-        **os.environ, "BOT_TOKEN": bot.token, "AGENT_ID": "baseline", "MODE": "webhook",
-        "WEBHOOK_SECRET": "s" * 40, "PORT": str(port), "HOST": "127.0.0.1",
-        "TELEGRAM_API_URL": telegram.url, "LLM_BASE_URL": openai_server.url,
-        "LLM_API_KEY": "sk-x", "LLM_MODEL": "gpt-4o-mini",
-    }  # fmt: skip
-    started = time.perf_counter()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "runtime", cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        async with aiohttp.ClientSession() as http:
-            while True:
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/readyz") as answer:
-                        if answer.status == 200:
-                            return time.perf_counter() - started
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.01)
-    finally:
-        process.terminate()
-        await process.wait()
 
 
 async def main(rounds: int) -> dict[str, Any]:

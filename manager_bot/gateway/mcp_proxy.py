@@ -35,6 +35,7 @@ from manager_bot.crypto import Vault
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 from manager_bot.gateway.endpoints import EndpointGuard, EndpointRefused, refusal_of
+from manager_bot.gateway.refusals import Refused
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,7 @@ class McpServerBook:
 
 def refusal(status: int, code: str, message: str) -> web.Response:
     """Our own answer, shaped like the gateway's other errors."""
-    body = {"error": {"message": message, "type": "gateway_error", "code": code}}
-    return web.json_response(body, status=status)
+    return Refused(status, code, message).response()
 
 
 class McpProxy:

@@ -26,6 +26,7 @@ from manager_bot.crypto import Vault
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 from manager_bot.gateway.accounts import AccountBook
+from manager_bot.gateway.refusals import Refused, credential_of
 
 log = logging.getLogger(__name__)
 
@@ -38,23 +39,13 @@ ROLES = frozenset({"user", "assistant"})
 CHAT_ID_BOUND = 2**63
 
 
-class Refusal(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(code)
-        self.status, self.code, self.message = status, code, message
-
-    def response(self) -> web.Response:
-        body = {"error": {"message": self.message, "type": "gateway_error", "code": self.code}}
-        return web.json_response(body, status=self.status)
-
-
 def parse_turns(body: Any) -> list[dict[str, str]]:
-    """`{"turns": [{"role", "content"}, ...]}` as stored, or Refusal saying what is wrong."""
+    """`{"turns": [{"role", "content"}, ...]}` as stored, or Refused saying what is wrong."""
     turns = body.get("turns") if isinstance(body, dict) else None
     if not isinstance(turns, list):
-        raise Refusal(400, "invalid_request", 'The body must be {"turns": [...]}.')
+        raise Refused(400, "invalid_request", 'The body must be {"turns": [...]}.')
     if len(turns) > MAX_MESSAGES:
-        raise Refusal(413, "memory_too_large", f"At most {MAX_MESSAGES} messages per chat.")
+        raise Refused(413, "memory_too_large", f"At most {MAX_MESSAGES} messages per chat.")
     parsed: list[dict[str, str]] = []
     for turn in turns:
         if (
@@ -62,10 +53,10 @@ def parse_turns(body: Any) -> list[dict[str, str]]:
             or turn.get("role") not in ROLES
             or not isinstance(turn.get("content"), str)
         ):
-            raise Refusal(400, "invalid_request", 'Each turn is {"role", "content"}.')
+            raise Refused(400, "invalid_request", 'Each turn is {"role", "content"}.')
         parsed.append({"role": turn["role"], "content": turn["content"]})
     if sum(len(turn["content"]) for turn in parsed) > MAX_CHARS:
-        raise Refusal(413, "memory_too_large", f"At most {MAX_CHARS} characters per chat.")
+        raise Refused(413, "memory_too_large", f"At most {MAX_CHARS} characters per chat.")
     return parsed
 
 
@@ -73,9 +64,9 @@ def chat_of(request: web.Request) -> int:
     try:
         chat_id = int(request.match_info["chat_id"])
     except ValueError:
-        raise Refusal(400, "invalid_request", "A chat id is a number.") from None
+        raise Refused(400, "invalid_request", "A chat id is a number.") from None
     if not -CHAT_ID_BOUND < chat_id < CHAT_ID_BOUND:
-        raise Refusal(400, "invalid_request", "A chat id is a 64-bit number.")
+        raise Refused(400, "invalid_request", "A chat id is a 64-bit number.")
     return chat_id
 
 
@@ -121,18 +112,18 @@ class MemoryApi:
         app.router.add_delete("/v1/memory/chats", self._forget_all)
 
     async def _agent(self, request: web.Request) -> str:
-        credential = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        credential = credential_of(request)
         account = await self._accounts.find(credential) if credential else None
         if account is None:
-            raise Refusal(401, "invalid_gateway_credential", "Unknown gateway credential.")
+            raise Refused(401, "invalid_gateway_credential", "Unknown gateway credential.")
         if account.refusal in ("deleted", "banned"):
-            raise Refusal(403, "agent_disabled", f"This agent is {account.refusal}.")
+            raise Refused(403, "agent_disabled", f"This agent is {account.refusal}.")
         return account.agent_id
 
     async def _load(self, request: web.Request) -> web.Response:
         try:
             agent_id, chat_id = await self._agent(request), chat_of(request)
-        except Refusal as refusal:
+        except Refused as refusal:
             return refusal.response()
         turns = await self._store.load(agent_id, chat_id)
         return web.json_response({"chat_id": chat_id, "turns": turns})
@@ -141,13 +132,13 @@ class MemoryApi:
         try:
             agent_id, chat_id = await self._agent(request), chat_of(request)
             if (request.content_length or 0) > MAX_BODY_BYTES:
-                raise Refusal(413, "memory_too_large", "The body is too large.")
+                raise Refused(413, "memory_too_large", "The body is too large.")
             try:
                 body = json.loads(await request.read())
             except (ValueError, UnicodeDecodeError):
-                raise Refusal(400, "invalid_request", "The body must be JSON.") from None
+                raise Refused(400, "invalid_request", "The body must be JSON.") from None
             turns = parse_turns(body)
-        except Refusal as refusal:
+        except Refused as refusal:
             return refusal.response()
         await self._store.save(agent_id, chat_id, turns)
         return web.Response(status=204)
@@ -155,7 +146,7 @@ class MemoryApi:
     async def _forget(self, request: web.Request) -> web.Response:
         try:
             agent_id, chat_id = await self._agent(request), chat_of(request)
-        except Refusal as refusal:
+        except Refused as refusal:
             return refusal.response()
         await self._store.forget(agent_id, chat_id)
         return web.Response(status=204)
@@ -163,7 +154,7 @@ class MemoryApi:
     async def _forget_all(self, request: web.Request) -> web.Response:
         try:
             agent_id = await self._agent(request)
-        except Refusal as refusal:
+        except Refused as refusal:
             return refusal.response()
         forgotten = await self._store.forget(agent_id)
         return web.json_response({"forgotten": forgotten})

@@ -34,6 +34,7 @@ from manager_bot.gateway.ledger import Admission, UsageLedger
 from manager_bot.gateway.limits import UserRateLimiter
 from manager_bot.gateway.mcp_proxy import McpProxy
 from manager_bot.gateway.memory import MemoryApi
+from manager_bot.gateway.refusals import Refused, credential_of
 from manager_bot.gateway.streams import Reported, UsageScanner, prompt_bound, reported_in_body
 from manager_bot.gateway.transcription import Transcriber, answer_of, estimated_seconds
 
@@ -55,21 +56,6 @@ class GatewayLimits:
     max_tokens: int = 1024
     agent_concurrency: int = 8
     audio_tokens_per_second: int = 100
-
-
-class Refused(Exception):
-    """A request the gateway answers itself: status, stable code, plain message."""
-
-    def __init__(
-        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(code)
-        self.status, self.code, self.message = status, code, message
-        self.headers = headers or {}
-
-    def response(self) -> web.Response:
-        body = {"error": {"message": self.message, "type": "gateway_error", "code": self.code}}
-        return web.json_response(body, status=self.status, headers=self.headers)
 
 
 class GatewayMetrics:
@@ -174,7 +160,7 @@ class Gateway:
     # -- /v1 -------------------------------------------------------------------------
 
     async def _account(self, request: web.Request) -> AgentAccount:
-        credential = self._credential(request)
+        credential = credential_of(request)
         account = await self._accounts.find(credential) if credential else None
         if account is None:
             raise Refused(401, "invalid_gateway_credential", "Unknown gateway credential.")
@@ -237,7 +223,7 @@ class Gateway:
                     break
                 # The key may have been replaced a moment ago (cached row): read it anew
                 # and try once more, so a user's new key works from the next message on.
-                fresh = await self._accounts.reread(self._credential(request))
+                fresh = await self._accounts.reread(credential_of(request))
                 if fresh is None or fresh.refusal or fresh.upstream in (None, upstream):
                     break
                 upstream = self._upstream(fresh)
@@ -317,10 +303,6 @@ class Gateway:
         return answer, reported_in_body(raw) if answer.status == 200 else Reported()
 
     # -- checks ----------------------------------------------------------------------
-
-    @staticmethod
-    def _credential(request: web.Request) -> str:
-        return request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
 
     def _upstream(self, account: AgentAccount) -> Upstream:
         if account.upstream is None:
