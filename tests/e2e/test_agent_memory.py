@@ -13,6 +13,7 @@ from manager_bot.db.models import Conversation, utcnow
 from manager_bot.db.repositories import Repositories
 from tests.e2e.conftest import Manager, deploy_directly
 from tests.e2e.test_gateway_chat import environ, process_of
+from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.user import SimUser
@@ -214,3 +215,31 @@ async def test_deleting_an_agent_deletes_its_memory_and_idle_chats_are_dropped(
     assert await local_manager.parts.scheduler.forget_idle_conversations() == 2
     assert set(await stored_chats(local_manager, kept.id)) == {fresh.id}
     assert await stored_chats(local_manager, gone.id) == {}
+
+
+async def test_an_agent_that_cannot_be_told_is_restarted_to_forget(
+    kube_manager: Manager, telegram: FakeTelegram, kube: FakeKubernetes
+) -> None:
+    """A pod that does not answer /memory/forget (here: one whose runtime predates it)
+    still forgets at once: it is restarted, and a fresh process remembers nothing."""
+    owner = telegram.user(kube_manager.fake)
+    agent = await deploy_directly(kube_manager, telegram, owner.id, "oldimage_bot")
+    async with kube_manager.parts.database.session() as session:
+        await Repositories(session).conversations.save(
+            agent.id, 4242, kube_manager.parts.vault.encrypt("[]")
+        )
+    name = f"agent-{agent.id}"
+
+    def restarted_at() -> str | None:
+        deployment = kube.get_object("deployments", "agents", name) or {}
+        template = deployment.get("spec", {}).get("template", {}).get("metadata", {})
+        return (template.get("annotations") or {}).get("kubectl.kubernetes.io/restartedAt")
+
+    assert restarted_at() is None
+    await owner.send("/status oldimage_bot")
+    await owner.wait_for(text_contains="State:")
+    await owner.press("Forget conversations")
+    await owner.press("Yes, forget everything")
+    await owner.wait_for(text_contains="it was restarted to forget at once", timeout=30)
+    assert restarted_at() is not None
+    assert await stored_chats(kube_manager, agent.id) == {}
