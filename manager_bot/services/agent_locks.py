@@ -13,11 +13,15 @@ second holder in while the first still acts. PostgreSQL is already what HA runs 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy import NullPool, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+UNLOCK_TIMEOUT = 5.0
 
 
 class AgentLocks:
@@ -68,11 +72,29 @@ class AgentLocks:
             try:
                 yield
             finally:
-                # Shielded: a cancelled holder must still unlock, or the session keeps the
-                # lock until the connection closes (which follows right after anyway).
-                await asyncio.shield(self._unlock(connection, key))
+                await _to_the_end(self._unlock(connection, key))
 
     @staticmethod
     async def _unlock(connection: AsyncConnection, key: dict[str, str]) -> None:
-        await connection.execute(text("SELECT pg_advisory_unlock(hashtext(:agent))"), key)
-        await connection.commit()
+        # Bounded: with the database gone, closing the connection frees the lock anyway.
+        async with asyncio.timeout(UNLOCK_TIMEOUT):
+            await connection.execute(text("SELECT pg_advisory_unlock(hashtext(:agent))"), key)
+            await connection.commit()
+
+
+async def _to_the_end(step: Coroutine[Any, Any, None]) -> None:
+    """Run `step` to its end even if we are cancelled meanwhile (once or more), then
+    let the cancellation go on. A plain shield is not enough here: a second cancel
+    would leave the `async with connect()` above, closing the connection under the
+    unlock still using it, and both would wait for each other."""
+    task = asyncio.ensure_future(step)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    with contextlib.suppress(TimeoutError):  # UNLOCK_TIMEOUT: the close frees it
+        task.result()
