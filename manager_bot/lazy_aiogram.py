@@ -41,9 +41,21 @@ DEFERRED_BUILD = """for _entity_name in __all__:
 """
 
 
+# Built at once all the same: nearly every other model contains them, and one built
+# later reuses a complete model's schema but makes its own copy of an unbuilt one's
+# (0.1 s here instead of 0.35 s spread over the first updates).
+HUBS = ("Message", "Update")
+
+
 class _DeferredTypesLoader(importlib.machinery.SourceFileLoader):
     """aiogram.types with DEFERRED_BUILD for EAGER_BUILD; compiled on each start (a
     few milliseconds) because its cached bytecode is that of the unchanged source."""
+
+    def exec_module(self, module: ModuleType) -> None:
+        super().exec_module(module)
+        if deferred():
+            for name in HUBS:
+                getattr(module, name).model_rebuild()
 
     def get_code(self, fullname: str) -> CodeType | None:
         source = importlib.util.decode_source(self.get_data(self.path))

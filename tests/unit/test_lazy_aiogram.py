@@ -57,10 +57,11 @@ def test_the_manager_gets_aiogram_with_its_models_unbuilt() -> None:
     out = python(
         "import manager_bot, aiogram\n"
         "from manager_bot import lazy_aiogram\n"
-        "print(lazy_aiogram.deferred(), aiogram.types.Message.__pydantic_complete__,"
-        " aiogram.methods.SendMessage.__pydantic_complete__)"
+        "print(lazy_aiogram.deferred(), aiogram.types.ChatFullInfo.__pydantic_complete__,"
+        " aiogram.methods.SendMessage.__pydantic_complete__,"
+        " all(getattr(aiogram.types, hub).__pydantic_complete__ for hub in lazy_aiogram.HUBS))"
     )
-    assert out.split() == ["True", "False", "False"]
+    assert out.split() == ["True", "False", "False", "True"]
 
 
 def test_deferred_models_have_exactly_the_schemas_of_eager_ones() -> None:
