@@ -3,7 +3,8 @@
 Prints one JSON object:
 {"users": n, "think_s": [a, b], "spawn_per_s": r, "updates_per_s": x, "p50_ms": x,
  "p99_ms": x, "errors": n, "manager_cpu_ms_per_update": x,
- "manager_loop_cpu_ms_per_update": x, "generator_cpu_ms_per_update": x}
+ "manager_loop_cpu_ms_per_update": x, "generator_cpu_ms_per_update": x,
+ "baseline_aiogram_cpu_ms_per_update": x, "baseline_errors": n, "manager_vs_baseline": x}
 
 Load model (Locust's): users start `--spawn-rate` per second and, like people, read
 each answer before the next tap, waiting a random `--think` seconds (default 1 to 5,
@@ -19,8 +20,19 @@ the machine, is the one out of breath; the manager's "loop" figure is its main t
 event loop), the rest its worker threads. The manager is the real program
 (`python -m manager_bot`, BACKEND=kubernetes, SQLite) in its own process; this
 process runs the fake Telegram, OpenAI and Kubernetes API servers and the users.
+
+Warm-up: the manager builds aiogram's models the first time it uses them (about a
+second of CPU, manager_bot/lazy_aiogram.py), so one extra user goes through the whole
+wizard and deploy before the clock and the CPU counters start; it counts nowhere.
+
+Baseline: these machines differ twofold from day to day, so the same run then measures
+a bare aiogram bot (bench/aiogram_echo.py, polling the same fake Telegram) that answers
+each message with one sendMessage: after a warm-up, as many users as above each send it
+5 messages in the same load model. "manager_vs_baseline" (the manager's CPU per update
+in times the bare bot's) is the figure that holds across machines; --no-baseline skips it.
 Usage: python bench/manager.py [--users 200] [--think 1 5] [--spawn-rate 10] [--seed 1]
                                [--profile FILE]  (cProfile of the manager's event loop)
+                               [--no-baseline]
 """
 
 from __future__ import annotations
@@ -51,7 +63,7 @@ from tests.e2e.conftest import (  # noqa: E402
 )
 from tests.fakes.kubernetes_api import FakeKubernetes  # noqa: E402
 from tests.fakes.openai_api import FakeOpenAI  # noqa: E402
-from tests.fakes.telegram_api import FakeTelegram  # noqa: E402
+from tests.fakes.telegram_api import FakeBot, FakeTelegram  # noqa: E402
 from tests.fakes.user import SimUser  # noqa: E402
 from tests.fakes.waiting import wait_until  # noqa: E402
 
@@ -106,12 +118,13 @@ async def timed(latencies: list[float], action: Any, user: SimUser, expect: str)
 
 
 async def one_user(
-    telegram: FakeTelegram, manager_bot: Any, index: int, latencies: list[float],
+    telegram: FakeTelegram, manager_bot: Any, name: str, latencies: list[float],
     start_at: float, think: Callable[[], float],
 ) -> None:  # fmt: skip
+    """One person's /deploy, from the first message to "is live", as `name`."""
     await asyncio.sleep(start_at)
-    agent_bot = telegram.add_bot(username=f"bench{index:04d}_bot")
-    user = telegram.user(manager_bot, first_name=f"User{index}")
+    agent_bot = telegram.add_bot(username=f"{name.lower()}_bot")
+    user = telegram.user(manager_bot, first_name=name)
     steps: list[tuple[Callable[[], Awaitable[Any]], str]] = [
         (lambda: user.send("/deploy"), "Let's make your AI bot"),
         (lambda: user.press("I already have a bot", timeout=60), "Paste"),
@@ -128,12 +141,94 @@ async def one_user(
     await user.wait_for(text_contains="is live", timeout=120)
 
 
+ECHO_MESSAGES = 5  # per baseline user, as many as the wizard's timed steps
+ECHO_WARMUP_MESSAGES = 5
+
+
+async def echo_user(
+    telegram: FakeTelegram, echo_bot: FakeBot, *, start_at: float, think: Callable[[], float],
+    messages: int = ECHO_MESSAGES,
+) -> None:  # fmt: skip
+    """One person sending the echo bot `messages` messages, each after the last's echo."""
+    await asyncio.sleep(start_at)
+    user = telegram.user(echo_bot)
+    for number in range(messages):
+        if number:
+            await asyncio.sleep(think())
+        await user.send(f"hello {number}")
+        await user.wait_for(text_contains=f"echo: hello {number}", timeout=60)
+
+
+async def stop_echo_bot(process: asyncio.subprocess.Process) -> None:
+    """SIGINT, which aiogram's polling takes as its cue to stop; a kill if it hangs."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGINT)
+    try:
+        await asyncio.wait_for(process.wait(), timeout=20)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
+async def measure_baseline(
+    telegram: FakeTelegram, scratch: Path, *, users: int, think: tuple[float, float],
+    spawn_rate: float, seed: int,
+) -> tuple[float, int]:  # fmt: skip
+    """CPU ms per answered message of a bare aiogram polling bot (bench/aiogram_echo.py)
+    under the same load model, and how many of its users failed."""
+    echo_bot = telegram.add_bot(username="echo_baseline_bot")
+    output = scratch / "echo-output.log"
+    with output.open("ab") as sink:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "bench" / "aiogram_echo.py"), cwd=scratch,
+            env={
+                "PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT),
+                "BOT_TOKEN": echo_bot.token, "TELEGRAM_API_URL": telegram.url,
+                "MODE": "polling",
+            },
+            stdout=sink, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        try:
+            await wait_until(lambda: polling(telegram, echo_bot), timeout=60)
+            await echo_user(
+                telegram, echo_bot, start_at=0.0, think=lambda: 0.0,
+                messages=ECHO_WARMUP_MESSAGES,
+            )  # fmt: skip
+        except AssertionError as error:
+            log = output.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the echo bot did not answer: {error}\n{log}") from error
+        answered = len(telegram.calls("sendMessage", bot=echo_bot))
+        cpu = cpu_seconds(process.pid)
+        rng = random.Random(seed)
+        results = await asyncio.gather(
+            *(
+                echo_user(
+                    telegram,
+                    echo_bot,
+                    start_at=index / spawn_rate if spawn_rate else 0.0,
+                    think=lambda: rng.uniform(*think),
+                )
+                for index in range(users)
+            ),
+            return_exceptions=True,
+        )
+        cpu = cpu_seconds(process.pid) - cpu
+        answered = len(telegram.calls("sendMessage", bot=echo_bot)) - answered
+    finally:
+        await stop_echo_bot(process)
+    errors = sum(isinstance(result, BaseException) for result in results)
+    return cpu * 1000 / max(1, answered), errors
+
+
 async def main(
     users: int, think: tuple[float, float], spawn_rate: float, seed: int,
-    profile: Path | None = None,
+    profile: Path | None = None, baseline: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     latencies: list[float] = []
     errors = 0
+    baseline_ms: float | None = None
+    baseline_errors: int | None = None
     manager_cpu = manager_loop_cpu = generator_cpu = elapsed = 0.0
     with tempfile.TemporaryDirectory() as scratch:
         async with (
@@ -154,6 +249,8 @@ async def main(
             )  # fmt: skip
             try:
                 await wait_until(lambda: polling(telegram, manager_bot), timeout=60)
+                # Its own user and agent bot, not timed: the quota is per user anyway.
+                await one_user(telegram, manager_bot, "Warmup", [], start_at=0.0, think=lambda: 0.0)
                 manager_cpu, generator_cpu = cpu_seconds(process.pid), own_cpu_seconds()
                 manager_loop_cpu = main_thread_cpu_seconds(process.pid)
                 if profile is not None:
@@ -165,7 +262,7 @@ async def main(
                         one_user(
                             telegram,
                             manager_bot,
-                            index,
+                            f"Bench{index:04d}",
                             latencies,
                             start_at=index / spawn_rate if spawn_rate else 0.0,
                             think=lambda: rng.uniform(*think),
@@ -189,7 +286,13 @@ async def main(
                     await wait_until(dumped, timeout=30)
             finally:
                 await stop_process(process)
+            if baseline:
+                baseline_ms, baseline_errors = await measure_baseline(
+                    telegram, Path(scratch), users=users, think=think, spawn_rate=spawn_rate,
+                    seed=seed,
+                )  # fmt: skip
     latencies.sort()
+    manager_ms = manager_cpu * 1000 / max(1, len(latencies))
     return {
         "users": users,
         "think_s": list(think),
@@ -200,11 +303,14 @@ async def main(
         if latencies
         else None,
         "errors": errors,
-        "manager_cpu_ms_per_update": round(manager_cpu * 1000 / max(1, len(latencies)), 1),
+        "manager_cpu_ms_per_update": round(manager_ms, 1),
         "manager_loop_cpu_ms_per_update": round(
             manager_loop_cpu * 1000 / max(1, len(latencies)), 1
         ),
         "generator_cpu_ms_per_update": round(generator_cpu * 1000 / max(1, len(latencies)), 1),
+        "baseline_aiogram_cpu_ms_per_update": baseline_ms and round(baseline_ms, 2),
+        "baseline_errors": baseline_errors,
+        "manager_vs_baseline": round(manager_ms / baseline_ms, 1) if baseline_ms else None,
     }
 
 
@@ -219,6 +325,10 @@ if __name__ == "__main__":
         help="cProfile the manager's event loop over the run into FILE (pstats); the "
         "profiler's own cost inflates the CPU figures of that run",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-baseline", dest="baseline", action="store_false",
+        help="skip the same-run baseline (a bare aiogram echo bot under the same load)",
+    )  # fmt: skip
     arguments = parser.parse_args()
     print(
         json.dumps(
@@ -229,6 +339,7 @@ if __name__ == "__main__":
                     arguments.spawn_rate,
                     arguments.seed,
                     arguments.profile,
+                    arguments.baseline,
                 )
             )
         )
