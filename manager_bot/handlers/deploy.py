@@ -51,6 +51,7 @@ from manager_bot.services.providers import Provider, find_provider
 from manager_bot.services.telegram import AgentTokenError, BotIdentity, looks_like_token
 from manager_bot.views.errors import explain, refusal
 from manager_bot.views.live_card import send_card
+from manager_bot.views.live_edits import LiveEdits
 
 log = logging.getLogger(__name__)
 
@@ -404,12 +405,11 @@ async def deploy(query: CallbackQuery, state: FSMContext, deployer: Deployer, va
     steps = [str(step) for step in deployer.steps]
     done: list[str] = []
     progress_message = await query.message.answer(texts.progress(done, steps))
+    edits = LiveEdits(progress_message)
 
     async def report(step: DeployStep) -> None:
         done.append(str(step))
-        # A nicety: a 429 or a network error on an edit skips it (the next one catches up).
-        with contextlib.suppress(TelegramAPIError):
-            await progress_message.edit_text(texts.progress(done, steps))
+        edits.show(texts.progress(done, steps))
 
     request = NewAgent(
         owner_id=query.from_user.id,
@@ -426,7 +426,9 @@ async def deploy(query: CallbackQuery, state: FSMContext, deployer: Deployer, va
     await state.clear()
     # A deploy can take a minute (image pulls): run it beside the dispatcher, so the
     # user's other messages are not held up behind it.
-    task = asyncio.create_task(_deploy(query.message, progress_message, request, report, deployer))
+    task = asyncio.create_task(
+        _deploy(query.message, progress_message, request, report, edits, deployer)
+    )
     _running.add(task)
     task.add_done_callback(_running.discard)
 
@@ -436,12 +438,12 @@ _running: set[asyncio.Task[None]] = set()
 
 async def _deploy(
     message: Message, progress_message: Message, request: NewAgent, report: Progress,
-    deployer: Deployer,
+    edits: LiveEdits, deployer: Deployer,
 ) -> None:  # fmt: skip
     """The deploy in the background: whatever happens ends in a message (a task's
     exception would otherwise vanish, with "Deploying…" frozen on screen)."""
     try:
-        await _deploy_and_tell(message, progress_message, request, report, deployer)
+        await _deploy_and_tell(message, progress_message, request, report, edits, deployer)
     except Exception:
         reference = new_request_id()
         log.exception("deploy in the background failed ref=%s", reference)
@@ -451,10 +453,13 @@ async def _deploy(
 
 async def _deploy_and_tell(
     message: Message, progress_message: Message, request: NewAgent, report: Progress,
-    deployer: Deployer,
+    edits: LiveEdits, deployer: Deployer,
 ) -> None:  # fmt: skip
     try:
-        agent = await deployer.deploy(request, progress=report)
+        try:
+            agent = await deployer.deploy(request, progress=report)
+        finally:  # the last progress edit lands before the outcome is said
+            await edits.settled()
     except DeployFailed as failure:
         await progress_message.edit_text(
             texts.DEPLOY_FAILED.format(

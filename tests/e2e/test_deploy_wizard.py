@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from tests.e2e.conftest import PUBLIC_URL, Manager, paste_token
+from tests.e2e.conftest import PUBLIC_URL, Manager, fill_wizard, paste_token
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.openai_api import FakeOpenAI
-from tests.fakes.telegram_api import FakeTelegram
+from tests.fakes.telegram_api import FakeTelegram, JsonDict
+from tests.fakes.user import SimUser
 
 
 async def test_paste_path_ends_with_a_bot_that_answers(
@@ -191,3 +194,48 @@ async def test_a_tap_and_a_message_sent_together_are_handled_in_order(
     assert "You are quick." in summary["text"]
     hints = [m for m in user.messages() if "Please pick a model" in m["text"]]
     assert hints == []
+
+
+# -- progress edits that Telegram is slow to make ----------------------------------------
+SLOW_EDIT_S = 1.5
+
+
+def progress_message(user: SimUser) -> JsonDict:
+    """The "Deploying…" message as the user sees it now (edited as steps complete)."""
+    (progress,) = [
+        m for m in user.messages() if m["text"].startswith(("Deploying", "❌ Deploy failed"))
+    ]
+    return progress
+
+
+async def test_slow_progress_edits_are_coalesced_and_land_before_the_bot_is_live(
+    local_manager: Manager, telegram: FakeTelegram
+) -> None:
+    user = telegram.user(local_manager.fake)
+    await fill_wizard(user, telegram, "patient_bot")
+    telegram.inject_fault("editMessageText", status=None, delay=SLOW_EDIT_S, times=10)
+    await user.press("Deploy")
+    await user.wait_for(text_contains="is live", timeout=40)
+    # Read the instant "is live" arrives: a progress edit still on its way would show here.
+    progress = progress_message(user)
+    assert progress["text"].count("✅") == 4
+    edits = [
+        call
+        for call in telegram.calls("editMessageText", bot=local_manager.fake)
+        if int(call.params.get("message_id", 0)) == progress["message_id"]
+    ]
+    # Steps reported while an edit was in flight were never shown on their own.
+    assert 1 <= len(edits) < 4
+
+
+async def test_a_failure_is_never_overwritten_by_a_late_progress_edit(
+    kube_manager: Manager, telegram: FakeTelegram
+) -> None:
+    user = telegram.user(kube_manager.fake)
+    await fill_wizard(user, telegram, "unlucky_bot")
+    telegram.inject_fault("editMessageText", status=None, delay=SLOW_EDIT_S, times=10)
+    telegram.inject_fault("setWebhook", status=500, times=50)
+    await user.press("Deploy")
+    await user.wait_for(text_contains="Deploy failed", timeout=60)
+    await asyncio.sleep(SLOW_EDIT_S * 2)  # time for any edit still in flight to land
+    assert progress_message(user)["text"].startswith("❌ Deploy failed at")
