@@ -193,6 +193,11 @@ class Agents:
         query = select(Agent).where(Agent.desired_state == DesiredState.RUNNING.value)
         return (await self._session.scalars(query)).all()
 
+    async def write(self, agent_id: str, **values: object) -> None:
+        """Sets columns of one agent without loading it (nothing if it is gone): an ORM
+        load and flush cost several times this one UPDATE."""
+        await self._session.execute(update(Agent).where(Agent.id == agent_id).values(**values))
+
     async def update_many(self, rows: list[dict[str, object]]) -> None:
         """One executemany UPDATE by primary key, whatever the number of rows."""
         await self._session.execute(update(Agent), rows)

@@ -286,8 +286,12 @@ class Deployer:
         async with self.locks.hold(agent.id):
             await self._report(progress, DeployStep.SECRET)
             await self._finish_deploy(agent, actor_id=request.owner_id, progress=progress)
-        await self._finish_operation(operation, OperationStatus.DONE)
-        return await self._reload(agent.id)
+        async with self._db.session() as session:  # one transaction: done, and as it is now
+            repos = Repositories(session)
+            await repos.operations.finish(operation, OperationStatus.DONE, "")
+            deployed = await repos.agents.get(agent.id)
+        assert deployed is not None
+        return deployed
 
     async def _finish_deploy(self, agent: Agent, *, actor_id: int, progress: Progress) -> None:
         """Apply, point the webhook, wait until ready; any failure, expected or not, ends
@@ -639,9 +643,7 @@ class Deployer:
             )  # fmt: skip
             return False
         async with self._db.session() as session:
-            stored = await Repositories(session).agents.get(agent.id)
-            if stored is not None:
-                stored.profile_synced = True
+            await Repositories(session).agents.write(agent.id, profile_synced=True)
         agent.profile_synced = True
         return True
 
@@ -881,11 +883,12 @@ class Deployer:
 
     async def _store_observed(self, observed: Observed) -> None:
         async with self._db.session() as session:
-            agent = await Repositories(session).agents.get(observed.agent_id)
-            if agent is not None:
-                agent.observed_state = observed.state.value
-                agent.observed_reason = observed.reason
-                agent.observed_at = utcnow()
+            await Repositories(session).agents.write(
+                observed.agent_id,
+                observed_state=observed.state.value,
+                observed_reason=observed.reason,
+                observed_at=utcnow(),
+            )
 
     async def _identify(self, token: str) -> BotIdentity:
         try:
