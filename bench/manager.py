@@ -57,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 from manager_bot.crypto import generate_key  # noqa: E402
 from tests.e2e.conftest import (  # noqa: E402
     PUBLIC_URL,
+    interrupt,
     polling,
     start_manager_process,
     stop_process,
@@ -159,17 +160,6 @@ async def echo_user(
         await user.wait_for(text_contains=f"echo: hello {number}", timeout=60)
 
 
-async def stop_echo_bot(process: asyncio.subprocess.Process) -> None:
-    """SIGINT, which aiogram's polling takes as its cue to stop; a kill if it hangs."""
-    if process.returncode is None:
-        process.send_signal(signal.SIGINT)
-    try:
-        await asyncio.wait_for(process.wait(), timeout=20)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-
-
 async def measure_baseline(
     telegram: FakeTelegram, scratch: Path, *, users: int, think: tuple[float, float],
     spawn_rate: float, seed: int,
@@ -216,7 +206,7 @@ async def measure_baseline(
         cpu = cpu_seconds(process.pid) - cpu
         answered = len(telegram.calls("sendMessage", bot=echo_bot)) - answered
     finally:
-        await stop_echo_bot(process)
+        await interrupt(process)
     errors = sum(isinstance(result, BaseException) for result in results)
     return cpu * 1000 / max(1, answered), errors
 

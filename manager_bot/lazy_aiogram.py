@@ -5,8 +5,8 @@ aiogram.types ends with a loop that builds every one of its ~400 pydantic models
 of 3 on a quiet 2-core machine. Its models are `defer_build=True` already; the loop is
 there to give them the namespace their forward references resolve in. So
 aiogram.types runs here with that loop replaced by one that only hands each model the
-namespace, and aiogram.methods' models get the same; pydantic then builds a model the
-first time it validates or serialises one (an Update: about 0.1 s), with the same
+namespace, and aiogram.methods' models get the same (and are deferred too). Pydantic
+then builds a model the first time it validates or serialises one, with the same
 result as the eager build (tests/unit/test_lazy_aiogram.py compares every schema).
 
 Anything unexpected (an aiogram whose source no longer holds that loop, a package
@@ -61,8 +61,8 @@ class _DeferredTypesLoader(importlib.machinery.SourceFileLoader):
         source = importlib.util.decode_source(self.get_data(self.path))
         if source.count(EAGER_BUILD) != 1:
             return super().get_code(fullname)
-        deferred = source.replace(EAGER_BUILD, DEFERRED_BUILD)
-        return compile(deferred, self.path, "exec", dont_inherit=True)
+        changed = source.replace(EAGER_BUILD, DEFERRED_BUILD)
+        return compile(changed, self.path, "exec", dont_inherit=True)
 
 
 class _MethodsBaseLoader(importlib.machinery.SourceFileLoader):

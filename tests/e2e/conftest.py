@@ -286,8 +286,8 @@ async def start_manager_process(
     return process
 
 
-async def stop_process(process: asyncio.subprocess.Process) -> str:
-    """SIGINT, as Ctrl-C; everything the manager processes of this directory printed."""
+async def interrupt(process: asyncio.subprocess.Process) -> None:
+    """SIGINT, as Ctrl-C (aiogram's polling stops on it too); a kill if it hangs."""
     if process.returncode is None:
         process.send_signal(signal.SIGINT)
     try:
@@ -295,4 +295,9 @@ async def stop_process(process: asyncio.subprocess.Process) -> str:
     except TimeoutError:
         process.kill()
         await process.wait()
+
+
+async def stop_process(process: asyncio.subprocess.Process) -> str:
+    """`interrupt`; everything the manager processes of this directory printed."""
+    await interrupt(process)
     return _outputs.pop(process.pid).read_text(errors="replace")
