@@ -22,6 +22,7 @@ from manager_bot.services.health import HealthMonitor, SweepReport
 from manager_bot.services.notices import NoticeSender
 from manager_bot.services.notifications import Notifier
 from manager_bot.services.reconciler import Reconciler
+from runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 RECONCILE_INTERVAL = 600  # orphans and drift the health sweep does not cover
@@ -82,9 +83,7 @@ class Scheduler:
         if running:
             _, pending = await asyncio.wait(running, timeout=STOP_TIMEOUT)
             for task in pending:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task)
 
     async def halt(self) -> None:
         """Leadership lost: no new runs, and the ones in flight are cancelled at once, before

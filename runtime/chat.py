@@ -38,6 +38,7 @@ from runtime.media import (
 )
 from runtime.memory import Memory
 from runtime.metrics import Metrics
+from runtime.tasks import cancel_and_wait
 from runtime.telegram import BotApi, FileTooLarge, TelegramApiError
 from runtime.tools import Toolbox
 
@@ -353,9 +354,7 @@ class Conversations:
             await self._reply(chat_id, TEXTS[error.kind], message)
             return
         finally:
-            typing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await typing
+            await cancel_and_wait(typing)
         self._metrics.llm_answered(usage.seconds, usage.prompt_tokens, usage.completion_tokens)
         reply = reply.strip() or TEXTS["empty"]
         sent_at = self._clock()

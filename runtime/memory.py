@@ -27,6 +27,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from runtime.tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 Turn = dict[str, str]
@@ -199,9 +201,7 @@ class Memory:
         if self._writer is not None and not self._writer.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._writes.join(), timeout)
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+            await cancel_and_wait(self._writer)
         if self._store is not None:
             await self._store.close()
 

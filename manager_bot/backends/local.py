@@ -38,6 +38,7 @@ import aiohttp
 import runtime
 from manager_bot.backends.base import AgentSpec, Observed, ObservedState, memory_url
 from manager_bot.backends.manifests import SECRET_ENV
+from runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -224,9 +225,7 @@ class LocalBackend:
         """Stop supervising; the agents themselves keep running (they are users' bots)."""
         for agent in self._agents.values():
             if agent.supervisor is not None:
-                agent.supervisor.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await agent.supervisor
+                await cancel_and_wait(agent.supervisor)
         if self._http is not None:
             await self._http.close()
 

@@ -10,11 +10,11 @@ that gave it. One small query a second per replica; the ban check stays free.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from manager_bot.db.session import Database
 from manager_bot.services.admin import BanList
+from runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,4 @@ class BanRefresh:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)

@@ -35,6 +35,8 @@ from typing import Any
 from aiogram.types import Update
 from redis.asyncio import Redis
 
+from runtime.tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 Feed = Callable[[Update], Awaitable[Any]]
@@ -198,9 +200,7 @@ class UpdateInbox:
                 # Done with it (whoever holds the lane now, it must not come again).
                 await asyncio.shield(self._redis.zrem(self._queue(lane), taken[1]))
         finally:
-            renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
+            await cancel_and_wait(renewing)
 
     async def _keep_lock(self, lane: str, token: str) -> None:
         """Renews the lock every third of its life; returns when it was lost."""
@@ -234,9 +234,7 @@ class UpdateInbox:
         rest stay in Redis for the other replicas (locks released)."""
         self._stopping = True
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+            await cancel_and_wait(self._sweeper)
         running = [task for task in self._draining.values() if not task.done()]
         if running:
             _, late = await asyncio.wait(running, timeout=grace)

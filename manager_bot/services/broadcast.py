@@ -39,6 +39,7 @@ from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 from manager_bot.i18n import Languages, language_of, speaking_to
 from manager_bot.metrics import BROADCAST_MESSAGES, BROADCAST_REMAINING
+from runtime.tasks import cancel_and_wait, wait_out
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # transient errors (5xx, no connection) per recipient
@@ -180,8 +181,7 @@ class Broadcaster:
         for broadcast_id in ids:
             task = self._tasks.get(broadcast_id)
             if task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await wait_out(task)
         return ids
 
     async def wait(self, broadcast_id: int) -> None:
@@ -199,9 +199,7 @@ class Broadcaster:
             return
         _, pending = await asyncio.wait(running, timeout=timeout)
         for task in pending:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     # -- sending --------------------------------------------------------------------
 
@@ -245,9 +243,7 @@ class Broadcaster:
                     *(self._worker(broadcast_id, content, queue) for _ in range(self._workers))
                 )
         finally:
-            reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reporter
+            await cancel_and_wait(reporter)
         if not (self._stopping or self._pausing):  # stays "sending": resumed next time
             await self._finish(broadcast, started)
 
