@@ -500,6 +500,10 @@ async def run_manager(settings: ManagerSettings) -> None:
                 # all: under load it had stalled every chat at once for about 0.2 s.
                 gc.collect()
                 gc.freeze()
+                # A young collection every 20,000 allocations, not 700: under a burst the
+                # collector was ~5% of the CPU, mostly walking objects about to die anyway
+                # (bench/manager.py: about 6% less CPU per update, p50 a fifth lower).
+                gc.set_threshold(20_000, 20, 20)
                 status.ready = True
 
             parts.dispatcher.startup.register(on_startup)
