@@ -33,7 +33,14 @@ from manager_bot.backends.base import (
     ObservedState,
 )
 from manager_bot.crypto import Vault
-from manager_bot.db.models import Agent, DesiredState, OperationStatus, as_utc, utcnow
+from manager_bot.db.models import (
+    Agent,
+    DesiredState,
+    OperationStatus,
+    as_utc,
+    new_agent_id,
+    utcnow,
+)
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 from manager_bot.gateway.credentials import credential_hash, new_credential
@@ -191,26 +198,33 @@ class Deployer:
         """Creates and starts a new agent, reporting each step; rolls back on failure.
 
         The operation is written first, with the progress message, so a manager that dies
-        at any point (even before the agent is stored) tells the user at its next start."""
+        at any point (even before the agent is stored) tells the user at its next start.
+        The new agent's lock is held from before its row exists until the operation is
+        closed: a new leader looking for abandoned operations waits for it, then finds
+        this one closed, and never finishes it a second time (recovery.finish_abandoned)."""
         outcome = "refused"
+        agent_id = new_agent_id()
         async with self._db.session() as session:
             operation = await Repositories(session).operations.start(
                 kind="deploy", agent_id=None, actor_id=request.owner_id,
                 chat_id=request.chat_id, message_id=request.progress_message_id,
             )  # fmt: skip
-        try:
-            agent = await self._deploy(request, progress, operation)
-            outcome = "ok"
-            return agent
-        except DeployFailed as failure:
-            outcome = "failed"
-            await self._finish_operation(operation, OperationStatus.FAILED, failure.hint)
-            raise
-        except BaseException as error:
-            await self._finish_operation(operation, OperationStatus.FAILED, type(error).__name__)
-            raise
-        finally:
-            DEPLOYS.labels(outcome).inc()
+        async with self.locks.hold(agent_id):
+            try:
+                agent = await self._deploy(request, progress, operation, agent_id)
+                outcome = "ok"
+                return agent
+            except DeployFailed as failure:
+                outcome = "failed"
+                await self._finish_operation(operation, OperationStatus.FAILED, failure.hint)
+                raise
+            except BaseException as error:
+                await self._finish_operation(
+                    operation, OperationStatus.FAILED, type(error).__name__
+                )
+                raise
+            finally:
+                DEPLOYS.labels(outcome).inc()
 
     async def deploy_wait(self, owner_id: int, *, locked: Repositories | None = None) -> int:
         """Seconds until this user may start another deploy (0: now).
@@ -230,7 +244,10 @@ class Deployer:
         oldest = as_utc(recent[-self._config.deploys_per_window])
         return max(1, int((oldest + self._config.deploy_window - utcnow()).total_seconds()) + 1)
 
-    async def _deploy(self, request: NewAgent, progress: Progress, operation: int) -> Agent:
+    async def _deploy(
+        self, request: NewAgent, progress: Progress, operation: int, agent_id: str
+    ) -> Agent:
+        """The deploy itself, with `agent_id`'s lock held (`deploy`)."""
         wait = await self.deploy_wait(request.owner_id)  # refused early, before Telegram
         if wait:
             raise DeployThrottled(wait)
@@ -258,6 +275,7 @@ class Deployer:
                 raise BotAlreadyUsed(identity.username)
             agent = await repos.agents.add_live(
                 Agent(
+                    id=agent_id,
                     owner_id=request.owner_id,
                     name=identity.first_name or identity.username,
                     bot_id=identity.id,
@@ -283,9 +301,8 @@ class Deployer:
                 actor_id=request.owner_id, action="deploy", agent_id=agent.id, outcome="started"
             )
             await repos.operations.concerns(operation, agent.id)
-        async with self.locks.hold(agent.id):
-            await self._report(progress, DeployStep.SECRET)
-            await self._finish_deploy(agent, actor_id=request.owner_id, progress=progress)
+        await self._report(progress, DeployStep.SECRET)
+        await self._finish_deploy(agent, actor_id=request.owner_id, progress=progress)
         async with self._db.session() as session:  # one transaction: done, and as it is now
             repos = Repositories(session)
             await repos.operations.finish(operation, OperationStatus.DONE, "")

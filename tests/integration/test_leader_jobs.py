@@ -15,8 +15,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import pytest
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 
 from manager_bot.app import ManagerParts, assemble_manager
 from manager_bot.config import ManagerSettings
@@ -33,6 +35,7 @@ from manager_bot.db.repositories import Repositories
 from manager_bot.leader import LEASE_NAME, LeaseTiming, leader_elected
 from manager_bot.leader_jobs import elect_and_lead
 from manager_bot.services.broadcast import Content
+from manager_bot.services.deployer import NewAgent
 from runtime.settings_loading import load_settings
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.telegram_api import FakeBot, FakeTelegram
@@ -275,3 +278,41 @@ async def test_a_new_leader_finishes_only_the_operations_nobody_is_carrying_out(
 
 def bot_texts(bot: FakeBot, chat_id: int) -> list[str]:
     return [str(m.get("text", "")) for m in bot.messages_in(chat_id)]
+
+
+async def test_a_deploy_holds_its_agents_lock_from_the_moment_the_agent_exists(
+    kube: FakeKubernetes, telegram: FakeTelegram, postgres_url: str,
+    replicas: tuple[FakeBot, Callable[[str], Replica]],
+) -> None:  # fmt: skip
+    """A new leader finishes a deploy left running only if it gets the agent's lock
+    (finish_abandoned): were the lock taken after the agent's row is written, a leader
+    landing in between would finish a live deploy a second time."""
+    _, replica = replicas
+    kube.auto_ready = True
+    deployer = replica("replica-b").parts.deployer
+    agent_bot = telegram.add_bot(username="locked_bot", first_name="Locked")
+    async with replica("replica-b").parts.database.session() as session:
+        await Repositories(session).users.upsert(user_id=USERS[1], username=None, first_name="U")
+    request = NewAgent(
+        owner_id=USERS[1], bot_token=agent_bot.token, provider="openai",
+        model="gpt-4o-mini", system_prompt="You are locked.",
+    )  # fmt: skip
+    dsn = make_url(postgres_url).set(drivername="postgresql").render_as_string(False)
+    watcher = await asyncpg.connect(dsn)
+    try:
+        deploy = asyncio.create_task(deployer.deploy(request))
+        agent_id = None
+        while agent_id is None and not deploy.done():
+            agent_id = await watcher.fetchval(
+                "SELECT id FROM agents WHERE bot_id = $1", agent_bot.id
+            )
+        assert agent_id is not None, deploy
+        # The instant its row is visible, the agent's lock is someone else's.
+        taken = await watcher.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", agent_id)
+        if taken:
+            await watcher.execute("SELECT pg_advisory_unlock(hashtext($1))", agent_id)
+        assert not taken
+        agent = await deploy
+        assert agent.id == agent_id
+    finally:
+        await watcher.close()
