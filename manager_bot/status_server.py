@@ -30,6 +30,7 @@ from sqlalchemy import exc as sql_errors
 
 from manager_bot.backends.base import BackendError
 from manager_bot.metrics import set_agent_counts
+from runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 AgentCounts = Callable[[], Awaitable[dict[tuple[str, str], int]]]
@@ -219,9 +220,8 @@ class Startup:
         finally:
             stopped.cancel()
             if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                with contextlib.suppress(Exception):
+                    await cancel_and_wait(task)
         if task.cancelled() or not task.done():
             raise StartupStopped
         return task.result()

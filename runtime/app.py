@@ -28,6 +28,7 @@ from runtime.memory import GatewayMemory, Memory
 from runtime.metrics import Metrics
 from runtime.redaction import install_redaction
 from runtime.settings_loading import EXIT_BAD_CONFIG
+from runtime.tasks import wait_out
 from runtime.telegram import BotApi, TelegramApiError
 from runtime.tools import toolbox_for
 
@@ -116,8 +117,7 @@ class Runtime:
         for task in self._background:
             task.cancel()
         for task in self._background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await wait_out(task)
         await self.conversations.drain(DRAIN_SECONDS)
         if self.tools is not None:
             await self.tools.close()

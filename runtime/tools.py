@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from runtime.config import RuntimeSettings
 from runtime.llm import Llm, ToolCall, Usage
+from runtime.tasks import cancel_and_wait
 from runtime.telegram import BotApi, TelegramApiError
 
 if TYPE_CHECKING:
@@ -139,9 +140,7 @@ class ServerLink:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def call(self, name: str, arguments: JsonDict) -> Any:
         """The server's `CallToolResult`; ToolFailed when there is none."""

@@ -27,6 +27,7 @@ from manager_bot.db.session import Database
 from manager_bot.gateway.credentials import credential_hash
 from manager_bot.services.budgets import effective_budget
 from manager_bot.services.providers import CUSTOM, Provider, find_provider
+from runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 UNKNOWN_REMEMBERED = 10_000
@@ -182,9 +183,8 @@ class AccountBook:
 
     async def close(self) -> None:
         for task in list(self._reading.values()):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            with contextlib.suppress(Exception):  # a failed read: closing anyway
+                await cancel_and_wait(task)
 
     async def _read(self, key_hash: str, now: float) -> AgentAccount | None:
         day = self._today()
