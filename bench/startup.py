@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.fakes.loopback import free_port  # noqa: E402
 from tests.fakes.openai_api import FakeOpenAI  # noqa: E402
-from tests.fakes.telegram_api import FakeTelegram  # noqa: E402
+from tests.fakes.telegram_api import FakeBot, FakeTelegram  # noqa: E402
 
 TOP = 10
 OWN = {"manager_bot", "runtime"}
@@ -62,6 +62,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def manager_env(telegram: FakeTelegram, bot: FakeBot, code: Path) -> dict[str, str]:
+    return base_env(code) | {
+        "MANAGER_BOT_TOKEN": bot.token, "TELEGRAM_API_URL": telegram.url,
+        "GATEWAY_PORT": str(free_port()), "METRICS_PORT": "0",
+    }  # fmt: skip
+
+
+async def until_polling(
+    telegram: FakeTelegram, bot: FakeBot, process: asyncio.subprocess.Process
+) -> None:
+    while not telegram.calls("getUpdates", bot=bot):
+        if process.returncode is not None:
+            raise RuntimeError(f"the manager exited with {process.returncode}")
+        await asyncio.sleep(0.005)
+
+
 async def manager_ready(
     telegram: FakeTelegram, directory: Path, code: Path = ROOT
 ) -> tuple[float, float, float]:
@@ -70,20 +86,14 @@ async def manager_ready(
     bot = telegram.add_bot(username=f"startup_{len(telegram.calls())}_bot")
     user = telegram.user(bot)
     await user.send("/start")
-    env = base_env(code) | {
-        "MANAGER_BOT_TOKEN": bot.token, "TELEGRAM_API_URL": telegram.url,
-        "GATEWAY_PORT": str(free_port()), "METRICS_PORT": "0",
-    }  # fmt: skip
+    env = manager_env(telegram, bot, code)
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "manager_bot", cwd=directory, env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        while not telegram.calls("getUpdates", bot=bot):
-            if process.returncode is not None:
-                raise RuntimeError(f"the manager exited with {process.returncode}")
-            await asyncio.sleep(0.005)
+        await until_polling(telegram, bot, process)
         used = cpu_seconds(process.pid)
         await user.wait_for(timeout=60)
         answered = time.monotonic() - started
@@ -128,10 +138,7 @@ async def runtime_ready(telegram: FakeTelegram, llm: FakeOpenAI, code: Path = RO
 async def manager_imports(telegram: FakeTelegram, directory: Path) -> dict[str, float]:
     """The slowest imports of one manager start, to polling (its stderr holds -X importtime)."""
     bot = telegram.add_bot(username="startup_imports_bot")
-    env = base_env() | {
-        "MANAGER_BOT_TOKEN": bot.token, "TELEGRAM_API_URL": telegram.url,
-        "GATEWAY_PORT": str(free_port()), "METRICS_PORT": "0",
-    }  # fmt: skip
+    env = manager_env(telegram, bot, ROOT)
     log = directory / "importtime.log"
     with log.open("wb") as sink:
         process = await asyncio.create_subprocess_exec(
@@ -139,10 +146,7 @@ async def manager_imports(telegram: FakeTelegram, directory: Path) -> dict[str, 
             stdout=asyncio.subprocess.DEVNULL, stderr=sink,
         )  # fmt: skip
     try:
-        while not telegram.calls("getUpdates", bot=bot):
-            if process.returncode is not None:
-                raise RuntimeError(f"the manager exited with {process.returncode}")
-            await asyncio.sleep(0.01)
+        await until_polling(telegram, bot, process)
     finally:
         process.terminate()
         await process.wait()
