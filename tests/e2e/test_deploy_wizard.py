@@ -239,3 +239,16 @@ async def test_a_failure_is_never_overwritten_by_a_late_progress_edit(
     await user.wait_for(text_contains="Deploy failed", timeout=60)
     await asyncio.sleep(SLOW_EDIT_S * 2)  # time for any edit still in flight to land
     assert progress_message(user)["text"].startswith("❌ Deploy failed at")
+
+
+async def test_a_progress_edit_refused_with_429_is_caught_up_by_the_next(
+    local_manager: Manager, telegram: FakeTelegram
+) -> None:
+    user = telegram.user(local_manager.fake)
+    await fill_wizard(user, telegram, "throttled_edits_bot")
+    telegram.inject_fault("editMessageText", status=429, retry_after=1, times=1)
+    await user.press("Deploy")
+    await user.wait_for(text_contains="is live", timeout=40)
+    assert progress_message(user)["text"].count("✅") == 4
+    refused = [c for c in telegram.calls("editMessageText") if c.status == 429]
+    assert len(refused) == 1
