@@ -67,8 +67,7 @@ class Languages:
     async def picked(self, user_id: int) -> str | None:
         if user_id not in self._picked:
             async with self._db.reading() as session:
-                user = await Repositories(session).users.get(user_id)
-                self._picked[user_id] = user.language if user is not None else None
+                self._picked[user_id] = await Repositories(session).users.language(user_id)
         return self._picked[user_id]
 
     def forget(self, user_id: int) -> None:

@@ -11,12 +11,14 @@ from typing import Any
 
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder, StorageKey
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from manager_bot.db.models import FsmState
 from manager_bot.db.session import Database
 
+_LOAD = select(FsmState.state, FsmState.data).where(FsmState.key == bindparam("key"))
 _KEYS = DefaultKeyBuilder(with_bot_id=True, with_business_connection_id=True, with_destiny=True)
 
 
@@ -59,8 +61,8 @@ class SqlStorage(BaseStorage):
     async def _load(self, key: str) -> tuple[str | None, str]:
         cached = self._cache.get(key)
         if cached is None:
-            async with self._db.session() as session:
-                row = await session.get(FsmState, key)
+            async with self._db.connection_for_reads() as connection:
+                row = (await connection.execute(_LOAD, {"key": key})).first()
                 cached = (row.state, row.data or "{}") if row else (None, "{}")
             self._cache[key] = cached
         return cached

@@ -247,10 +247,9 @@ class Deployer:
     async def _deploy(
         self, request: NewAgent, progress: Progress, operation: int, agent_id: str
     ) -> Agent:
-        """The deploy itself, with `agent_id`'s lock held (`deploy`)."""
-        wait = await self.deploy_wait(request.owner_id)  # refused early, before Telegram
-        if wait:
-            raise DeployThrottled(wait)
+        """The deploy itself, with `agent_id`'s lock held (`deploy`). The throttle is
+        checked once, in the transaction below: the chat asked just before (`deploy_wait`),
+        and a third read here only cost every deploy a statement."""
         provider = self._check_config(
             request.provider, request.model, request.llm_api_key, request.llm_base_url
         )

@@ -122,6 +122,53 @@ async def test_repositories_respect_ownership(database_url: str) -> None:
         await database.close()
 
 
+async def test_a_user_seen_again_is_refreshed_in_one_statement(database_url: str) -> None:
+    """Users.upsert: made when first seen; seen again, their names and last visit are
+    refreshed, a blocked bot is unblocked (they wrote to us), and what Telegram left out
+    (their app's language) or they picked (/language) is kept."""
+    vault = Vault([generate_key()])
+    database = await seeded(database_url, vault)
+    try:
+        async with database.session() as session:
+            repos = Repositories(session)
+            await repos.users.upsert(
+                user_id=3, username="carol", first_name="Carol", telegram_language="de"
+            )
+            await repos.users.set_language(3, "ru")
+            await repos.users.mark_blocked(3)
+        async with database.reading() as session:
+            first = await Repositories(session).users.get(3)
+            assert first is not None and first.blocked_bot and first.language == "ru"
+            first_seen, made = first.last_seen_at, first.created_at
+        async with database.session() as session:
+            await Repositories(session).users.upsert(
+                user_id=3, username=None, first_name="Caro", telegram_language=None
+            )
+        async with database.reading() as session:
+            repos = Repositories(session)
+            again = await repos.users.get(3)
+            assert again is not None
+            assert (again.username, again.first_name) == (None, "Caro")
+            assert (again.telegram_language, again.language) == ("de", "ru")
+            assert not again.blocked_bot and not again.is_banned
+            assert again.last_seen_at >= first_seen
+            assert again.created_at == made
+            assert await repos.users.language(3) == "ru"
+            assert await repos.users.language(404) is None
+        async with database.session() as session:
+            (agent,) = await Repositories(session).agents.owned_by(1)
+            await Repositories(session).agents.write(
+                agent.id, observed_state="running", profile_synced=True
+            )
+        async with database.reading() as session:
+            written = await Repositories(session).agents.get(agent.id)
+            assert written is not None
+            assert (written.observed_state, written.profile_synced) == ("running", True)
+            assert written.name == "Helper"  # only the columns given
+    finally:
+        await database.close()
+
+
 async def test_fsm_state_survives_a_restart(sqlite_url: str) -> None:
     await upgrade(sqlite_url)
     key = StorageKey(bot_id=1, chat_id=2, user_id=2)
