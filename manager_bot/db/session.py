@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from manager_bot.db.sqlite_driver import OneTripDbapi
+from manager_bot.db.sqlite_driver import InlineDbapi
 
 READERS = 2  # SQLite connections for Database.reading()
 
@@ -42,11 +42,11 @@ def create_engine(url: str, *, read_only: bool = False) -> AsyncEngine:
         # each statement waits only for the ones ahead of it.
         # No rollback when a connection goes back to the pool: Database.session always
         # commits or rolls back itself, and that round trip was one in six of each session's.
-        # OneTripDbapi: a statement is one trip to aiosqlite's thread, not four (see there).
+        # InlineDbapi: statements run on the event loop, not on aiosqlite's thread (see there).
         engine = create_async_engine(
             url, connect_args={"timeout": 30}, pool_size=READERS if read_only else 1,
             max_overflow=0, pool_timeout=60, pool_reset_on_return=None,
-            module=OneTripDbapi(),
+            module=InlineDbapi(),
         )  # fmt: skip
 
         @event.listens_for(engine.sync_engine, "connect")

@@ -1,16 +1,21 @@
-"""The one-trip SQLite driver behaves as SQLAlchemy's own: rows, counts, ids, errors,
-commits and rollbacks, through the manager's Database on a real SQLite file."""
+"""The SQLite driver behaves as SQLAlchemy's own: rows, counts, ids, errors, commits and
+rollbacks, through the manager's Database on a real SQLite file; and a statement that
+must wait for another connection's lock waits off the event loop."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+
 import pytest
 from sqlalchemy import insert, select, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from manager_bot.db.migrate import upgrade
 from manager_bot.db.models import AuditEntry, User
 from manager_bot.db.session import Database
-from manager_bot.db.sqlite_driver import OneTripConnection
+from manager_bot.db.sqlite_driver import InlineConnection
 
 
 async def test_queries_return_their_rows_counts_and_new_ids(sqlite_url: str) -> None:
@@ -77,11 +82,50 @@ async def test_a_session_that_only_read_has_nothing_to_commit(sqlite_url: str) -
             connection = await session.connection()
             adapted = (await connection.get_raw_connection()).driver_connection
             raw = (await connection.get_raw_connection()).dbapi_connection
-            assert isinstance(raw, OneTripConnection)
+            assert isinstance(raw, InlineConnection)
             assert adapted is not None and not adapted._conn.in_transaction
             await session.execute(insert(User).values(id=8, first_name="Eight"))
             assert adapted._conn.in_transaction
         async with database.reading() as session:
             assert await session.get(User, 8) is not None  # the write was committed
     finally:
+        await database.close()
+
+
+async def test_a_write_waiting_for_another_writer_leaves_the_event_loop_free(
+    sqlite_url: str,
+) -> None:
+    """Another process's transaction holds SQLite's write lock. The manager's write waits
+    for it, but on aiosqlite's thread: the loop goes on (reads too, as WAL allows), and
+    the lock is released from the loop itself, which a write waiting on the loop would
+    never let happen. Then the write lands."""
+    await upgrade(sqlite_url)
+    database = Database(sqlite_url)
+    other = sqlite3.connect(make_url(sqlite_url).database or "", check_same_thread=False)
+    try:
+        async with database.session() as session:
+            await session.execute(insert(User).values(id=1, first_name="One"))
+        other.execute("BEGIN IMMEDIATE")  # the write lock, as another writer holds it
+        other.execute("INSERT INTO users (id, first_name, is_banned, blocked_bot, created_at, "
+                      "last_seen_at) VALUES (2, 'Two', 0, 0, '2026-01-01', '2026-01-01')")  # fmt: skip
+
+        async def write() -> None:
+            async with database.session() as session:
+                await session.execute(insert(User).values(id=3, first_name="Three"))
+
+        waiting = asyncio.create_task(write())
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # it waits for the lock (and did not fail at once)
+        async with database.reading() as session:  # readers are not held up meanwhile
+            assert (await session.scalars(select(User.id))).all() == [1]
+        other.commit()
+        await asyncio.wait_for(waiting, timeout=20)
+        async with database.reading() as session:
+            assert (await session.scalars(select(User.id).order_by(User.id))).all() == [1, 2, 3]
+        async with database.session() as session:  # statements run on the loop again
+            await session.execute(update(User).where(User.id == 3).values(username="three"))
+        async with database.reading() as session:
+            assert (await session.get(User, 3)).username == "three"  # type: ignore[union-attr]
+    finally:
+        other.close()
         await database.close()
