@@ -27,7 +27,6 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -96,8 +95,9 @@ class LeaseStore(Protocol):
 class KubeLeases:
     """The Lease through the Kubernetes backend's own client (credentials, TLS, errors).
 
-    Its calls run on a thread of their own with short timeouts: a renew must never wait
-    behind a sweep's list calls, nor outlast the renew deadline.
+    Its calls go over connections of their own (the backend's dedicated ones, closed with
+    the backend) with short timeouts: a renew must never wait behind a sweep's list
+    calls, nor outlast the renew deadline.
     """
 
     TIMEOUT = (2.0, 4.0)  # connect, read
@@ -107,10 +107,9 @@ class KubeLeases:
         self._collection = LEASES.format(namespace=namespace)
         self._namespace = namespace
         self._name = name
-        self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lease")
 
     def close(self) -> None:
-        self._threads.shutdown(wait=False)
+        """Nothing of its own to release: the connections are the backend's."""
 
     async def get(self) -> JsonDict | None:
         try:
@@ -130,7 +129,7 @@ class KubeLeases:
     async def _call(self, method: str, path: str, *, body: JsonDict | None = None) -> JsonDict:
         try:
             return await self._backend.call(
-                method, path, body=body, executor=self._threads, timeout=self.TIMEOUT
+                method, path, body=body, dedicated=True, timeout=self.TIMEOUT
             )
         except BackendError as error:
             if error.status == 409:  # AlreadyExists on create, Conflict on update

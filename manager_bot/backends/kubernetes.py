@@ -1,24 +1,28 @@
-"""KubernetesBackend: agents as Deployments, reached through the official client.
+"""KubernetesBackend: agents as Deployments, reached over HTTP with aiohttp.
 
-Only I/O lives here; objects come from `manifests`. Every call runs off the
-event loop (the client is synchronous). Writes are server-side apply with one
-field manager, so re-applying the same spec is a no-op on the API server and
-an edit is a rolling update. Reads for health cost a constant number of list
-calls whatever the number of agents.
+Only I/O lives here; objects come from `manifests`. The official `kubernetes`
+package only loads the configuration (in-cluster account or kubeconfig); the
+calls themselves are aiohttp requests on the event loop, with that
+configuration's host, credentials, TLS, proxy and timeouts: the official
+client's threads (urllib3, its serialisation, the hand-offs) cost the manager
+more CPU than the calls. Writes are server-side apply with one field manager,
+so re-applying the same spec is a no-op on the API server and an edit is a
+rolling update. Reads for health cost a constant number of list calls
+whatever the number of agents.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import ipaddress
 import json
 import logging
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import ssl
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, cast
+from urllib.parse import urlsplit
 
-import urllib3
+import aiohttp
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
@@ -44,10 +48,13 @@ from manager_bot.config import ManagerSettings
 
 log = logging.getLogger(__name__)
 JsonDict = dict[str, Any]
-T = TypeVar("T")
 
 APPLY = "application/apply-patch+yaml"
-KUBE_THREADS = 3  # observe_all's three lists at once
+# Connections to the API server at once: a sweep's three lists plus a burst of deploys'
+# applies without queueing; the server multiplexes far more.
+CONNECTIONS = 20
+LEASE_CONNECTIONS = 2  # the leader Lease's own: never behind the agents' calls
+CONNECT_RETRIES = 3  # urllib3's default, which the official client used
 MERGE = "application/merge-patch+json"
 REQUEST_TIMEOUT = (5, 30)  # connect, read
 MANAGED = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
@@ -111,14 +118,25 @@ class KubernetesBackend:
         field_manager: str = "hatchbot",
         request_timeout: tuple[float, float] = REQUEST_TIMEOUT,
     ) -> None:
-        self._api = api_client
+        self._api = api_client  # kept for its configuration and headers; never called
+        self._config: k8s.Configuration = api_client.configuration
         self._cluster = cluster
         self._manager = field_manager
         self._timeout = request_timeout
-        # The client is synchronous, so calls run in threads; a few threads, not the
-        # default pool's six: each competes with the event loop for the GIL, and past
-        # two or three they add switching, not throughput.
-        self._threads = ThreadPoolExecutor(max_workers=KUBE_THREADS, thread_name_prefix="kube")
+        self._base = self._config.host.rstrip("/")  # may carry a proxy's path prefix
+        self._proxy = _proxy_for(self._config)
+        self._proxy_headers = dict(getattr(self._config, "proxy_headers", None) or {})
+        self._server_hostname = _server_hostname(self._config)
+        self._tls: ssl.SSLContext | None = None
+        self._tls_failure = ""  # why the TLS material could not be loaded, if it could not
+        if self._base.startswith("https"):
+            try:
+                self._tls = _tls_context(self._config)
+            except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+                # Reported by every call, as the official client did: a doctor run or a
+                # start-up must be able to say the cluster is unreachable.
+                self._tls_failure = type(error).__name__
+        self._sessions: dict[bool, aiohttp.ClientSession] = {}  # by `dedicated`
 
     @classmethod
     def from_settings(cls, settings: ManagerSettings) -> KubernetesBackend:
@@ -145,14 +163,16 @@ class KubernetesBackend:
         return self._cluster
 
     async def close(self) -> None:
-        await self._run(self._api.close)
-        self._threads.shutdown(wait=False)
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
+        self._api.close()  # type: ignore[no-untyped-call]  # its pool was never used
 
     # -- Backend ---------------------------------------------------------------------
 
     async def apply(self, spec: AgentSpec) -> None:
         for manifest in agent_manifests(spec, self._cluster):
-            await self._run(self._apply_one, manifest)
+            await self._apply_one(manifest)
 
     def fingerprint(self, spec: AgentSpec) -> str | None:
         return config_hash(spec)
@@ -168,7 +188,7 @@ class KubernetesBackend:
             }
         }
         path = self._object_path("Deployment", agent_id)
-        await self._run(self._request, "PATCH", path, body=body, content_type=MERGE)
+        await self._request("PATCH", path, body=body, content_type=MERGE)
 
     async def stop(self, agent_id: str) -> None:
         """Scale to zero; a Deployment that is gone runs nothing (reconcile re-creates it
@@ -176,7 +196,7 @@ class KubernetesBackend:
         path = self._object_path("Deployment", agent_id) + "/scale"
         body = {"spec": {"replicas": 0}}
         try:
-            await self._run(self._request, "PATCH", path, body=body, content_type=MERGE)
+            await self._request("PATCH", path, body=body, content_type=MERGE)
         except KubernetesError as error:
             if error.status != 404:
                 raise
@@ -195,19 +215,17 @@ class KubernetesBackend:
         ):
             if kind in ("VirtualService", "HTTPRoute") and not self._route_kind_installed(kind):
                 continue
-            await self._run(self._delete_ignoring_missing, self._object_path(kind, agent_id))
+            await self._delete_ignoring_missing(self._object_path(kind, agent_id))
 
     async def logs(self, agent_id: str, lines: int = 100) -> str:
-        pods = await self._run(
-            self._list, "/api/v1", "pods", f"{AGENT_ID_LABEL}={agent_id},{MANAGED}"
-        )
+        pods = await self._list("/api/v1", "pods", f"{AGENT_ID_LABEL}={agent_id},{MANAGED}")
         if not pods:
             return ""
         newest = max(pods, key=lambda pod: pod["metadata"].get("creationTimestamp", ""))
         path = f"/api/v1/namespaces/{self._cluster.namespace}/pods/{newest['metadata']['name']}/log"
         try:
-            text: str = await self._run(
-                self._request, "GET", path, query=[("tailLines", str(lines))], raw=True
+            text: str = await self._request(
+                "GET", path, query=[("tailLines", str(lines))], raw=True
             )
         except KubernetesError as error:
             if error.status == 400:  # the container has not started yet: no log to show
@@ -227,9 +245,9 @@ class KubernetesBackend:
 
     async def _observe_selected(self, selector: str) -> dict[str, Observed]:
         deployments, pods, secrets = await asyncio.gather(
-            self._run(self._list, "/apis/apps/v1", "deployments", selector),
-            self._run(self._list, "/api/v1", "pods", selector),
-            self._run(self._list, "/api/v1", "secrets", selector),
+            self._list("/apis/apps/v1", "deployments", selector),
+            self._list("/api/v1", "pods", selector),
+            self._list("/api/v1", "secrets", selector),
         )
         pods_by_agent: dict[str, list[JsonDict]] = {}
         for pod in pods:
@@ -255,7 +273,7 @@ class KubernetesBackend:
     # -- preflight (python -m manager_bot doctor) ------------------------------------
 
     async def server_version(self) -> str:
-        body = await self._run(self._request, "GET", "/version")
+        body = await self._request("GET", "/version")
         return str(body.get("gitVersion", "unknown"))
 
     async def check_namespace(self) -> None:
@@ -267,7 +285,7 @@ class KubernetesBackend:
         }
         path = f"/api/v1/namespaces/{self._cluster.namespace}/secrets/hatchbot-doctor-probe"
         query = [("fieldManager", self._manager), ("dryRun", "All")]
-        await self._run(self._request, "PATCH", path, body=probe, query=query, content_type=APPLY)
+        await self._request("PATCH", path, body=probe, query=query, content_type=APPLY)
 
     async def can_i(
         self, verb: str, group: str, resource: str, *, namespace: str | None = None,
@@ -291,7 +309,7 @@ class KubernetesBackend:
             },
         }
         path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
-        answer = await self._run(self._request, "POST", path, body=review)
+        answer = await self._request("POST", path, body=review)
         return bool(answer.get("status", {}).get("allowed"))
 
     # -- the manager's own objects (leader.py's Lease) -------------------------------
@@ -302,17 +320,17 @@ class KubernetesBackend:
         path: str,
         *,
         body: JsonDict | None = None,
-        executor: ThreadPoolExecutor | None = None,
+        dedicated: bool = False,
         timeout: tuple[float, float] | None = None,
     ) -> JsonDict:
         """One API call through this client (its credentials, TLS and error mapping).
 
-        `executor`: the caller's own thread, so its calls never queue behind a sweep's
-        lists; `timeout`: (connect, read) seconds instead of the agents' calls' own.
+        `dedicated`: over connections of its own (the leader Lease's), so its calls never
+        queue behind a sweep's lists; `timeout`: (connect, read) seconds instead of the
+        agents' calls' own.
         """
-        call = functools.partial(self._request, method, path, body=body, timeout=timeout)
-        answer: JsonDict = await asyncio.get_running_loop().run_in_executor(
-            executor or self._threads, call
+        answer: JsonDict = await self._request(
+            method, path, body=body, timeout=timeout, dedicated=dedicated
         )
         return answer
 
@@ -358,32 +376,28 @@ class KubernetesBackend:
             return seen(ObservedState.CRASH_LOOPING, stuck)
         return seen(ObservedState.STARTING)
 
-    # -- I/O (sync, always called through _run) ----------------------------------------
-
-    async def _run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        call = functools.partial(function, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._threads, call)
+    # -- I/O ---------------------------------------------------------------------------
 
     def _object_path(self, kind: str, agent_id: str) -> str:
         prefix, plural = PATHS[kind]
         return f"{prefix}/namespaces/{self._cluster.namespace}/{plural}/{object_name(agent_id)}"
 
-    def _apply_one(self, manifest: JsonDict) -> None:
+    async def _apply_one(self, manifest: JsonDict) -> None:
         prefix, plural = PATHS[manifest["kind"]]
         name = manifest["metadata"]["name"]
         path = f"{prefix}/namespaces/{self._cluster.namespace}/{plural}/{name}"
         query = [("fieldManager", self._manager), ("force", "true")]
-        self._request("PATCH", path, body=manifest, query=query, content_type=APPLY)
+        await self._request("PATCH", path, body=manifest, query=query, content_type=APPLY)
 
-    def _list(self, prefix: str, plural: str, selector: str) -> list[JsonDict]:
+    async def _list(self, prefix: str, plural: str, selector: str) -> list[JsonDict]:
         path = f"{prefix}/namespaces/{self._cluster.namespace}/{plural}"
-        body = self._request("GET", path, query=[("labelSelector", selector)])
+        body = await self._request("GET", path, query=[("labelSelector", selector)])
         items: list[JsonDict] = body.get("items", [])
         return items
 
-    def _delete_ignoring_missing(self, path: str) -> None:
+    async def _delete_ignoring_missing(self, path: str) -> None:
         try:
-            self._request("DELETE", path)
+            await self._request("DELETE", path)
         except BackendError as error:
             # 404: already gone, which is what delete wants.
             if getattr(error, "status", None) != 404:
@@ -392,7 +406,7 @@ class KubernetesBackend:
     def _route_kind_installed(self, kind: str) -> bool:
         return ROUTE_KINDS.get(self._cluster.router) == kind
 
-    def _request(
+    async def _request(
         self,
         method: str,
         path: str,
@@ -402,36 +416,111 @@ class KubernetesBackend:
         content_type: str | None = None,
         raw: bool = False,
         timeout: tuple[float, float] | None = None,
+        dedicated: bool = False,
     ) -> Any:
-        headers = {"Accept": "application/json"}
-        if content_type:
-            headers["Content-Type"] = content_type
-        serialized = self._api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=query or [],
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        try:
-            response = self._api.call_api(
-                *serialized[:2],
-                header_params=serialized[2],
-                body=serialized[3],
-                _request_timeout=timeout or self._timeout,
-            )
-            response.read()  # type: ignore[no-untyped-call]
-        except k8s.ApiException as error:
-            raise _api_error(method, path, error.status or 0, error.body) from None
-        except (urllib3.exceptions.HTTPError, OSError) as error:
+        """One call on the event loop: the parsed JSON answer (`raw`: the text), an
+        error status as `_api_error`, any transport failure as status 0."""
+        if self._tls_failure:
             raise KubernetesError(
-                f"cannot reach the Kubernetes API ({type(error).__name__})", status=0
-            ) from None
-        if response.status >= 400:
-            raise _api_error(method, path, response.status, response.data)
-        text = response.data.decode() if isinstance(response.data, bytes) else str(response.data)
+                f"cannot reach the Kubernetes API ({self._tls_failure})", status=0
+            )
+        query = list(query or [])
+        headers = self._headers(query)
+        proxy_headers = None
+        if self._proxy and self._proxy_headers:
+            if not self._base.startswith("https"):  # plain HTTP: the headers ride along
+                headers.update(self._proxy_headers)
+            else:  # HTTPS is tunnelled: they go with the CONNECT
+                proxy_headers = self._proxy_headers
+        payload = None
+        if body is not None:
+            # apply-patch+yaml takes JSON too: JSON is YAML.
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = content_type or "application/json"
+        connect, read = timeout or self._timeout
+        # sock_read bounds each wait for bytes, as urllib3's read timeout did; the total
+        # bounds a response that trickles in, and the wait for a free connection.
+        limits = aiohttp.ClientTimeout(
+            total=connect + 2 * read, sock_connect=connect, sock_read=read
+        )
+        session = self._session(dedicated=dedicated)
+        retries = _connect_retries(self._config)
+        while True:
+            try:
+                async with session.request(
+                    method,
+                    self._base + path,
+                    params=query or None,
+                    data=payload,
+                    headers=headers,
+                    timeout=limits,
+                    proxy=self._proxy,
+                    proxy_headers=proxy_headers,
+                    server_hostname=self._server_hostname,
+                ) as response:
+                    status, data = response.status, await response.read()
+                break
+            except aiohttp.ClientConnectorError as error:
+                # The request was never sent: try again, as urllib3 did (not for TLS
+                # failures, which a retry does not change).
+                if retries > 0 and not isinstance(error, aiohttp.ClientSSLError):
+                    retries -= 1
+                    continue
+                raise _unreachable(error) from None
+            except (aiohttp.ClientError, OSError, TimeoutError) as error:
+                raise _unreachable(error) from None
+        if status >= 400:
+            raise _api_error(method, path, status, data)
+        text = data.decode()
         return text if raw else json.loads(text or "{}")
+
+    def _headers(self, query: list[tuple[str, str]]) -> dict[str, str]:
+        """The official client's headers: its defaults (User-Agent), then the credentials
+        from `auth_settings()`, asked for on every call: the refresh hook there re-reads a
+        rotated service-account token or runs a kubeconfig's `exec` plugin."""
+        headers = {key: str(value) for key, value in self._api.default_headers.items()}
+        headers["Accept"] = "application/json"
+        cookies = [self._api.cookie] if self._api.cookie else []
+        settings = cast(dict[str, dict[str, Any]], self._config.auth_settings())
+        for setting in settings.values():
+            value = setting.get("value")
+            if value is None:
+                continue
+            where, key = setting.get("in"), str(setting.get("key"))
+            if where == "header":
+                headers[key] = str(value)
+            elif where == "query":
+                query.append((key, str(value)))
+            elif where == "cookie":
+                cookies.append(f"{key}={value}")
+        if "authorization" not in {key.lower() for key in headers}:
+            username, password = self._config.username, self._config.password
+            if username or password:
+                headers["Authorization"] = aiohttp.BasicAuth(
+                    username or "", password or ""
+                ).encode()
+        if cookies:
+            headers["Cookie"] = "; ".join(cookies)
+        return headers
+
+    def _session(self, *, dedicated: bool) -> aiohttp.ClientSession:
+        """Made on first use, on the running loop; `dedicated` ones for the Lease."""
+        session = self._sessions.get(dedicated)
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=LEASE_CONNECTIONS if dedicated else CONNECTIONS,
+                ssl=self._tls if self._tls is not None else True,
+            )
+            # trust_env off: the configuration already resolved the proxy environment.
+            # No Accept-Encoding, as the official client sent none: decompressing lists
+            # would cost the event loop what the cluster network saves.
+            session = aiohttp.ClientSession(
+                connector=connector,
+                trust_env=False,
+                skip_auto_headers=("Accept-Encoding",),
+            )
+            self._sessions[dedicated] = session
+        return session
 
 
 class KubernetesError(BackendError):
@@ -454,6 +543,94 @@ def _api_error(method: str, path: str, status: int, body: Any) -> KubernetesErro
     return KubernetesError(
         f"Kubernetes API answered {status} {reason} to {method} {kind}".strip(), status=status
     )
+
+
+def _unreachable(error: BaseException) -> KubernetesError:
+    """Only the exception's type: its text may name the URL with its query."""
+    return KubernetesError(f"cannot reach the Kubernetes API ({type(error).__name__})", status=0)
+
+
+def _tls_context(config: k8s.Configuration) -> ssl.SSLContext:
+    """What urllib3 built from the configuration: its CA (file or data) or the system's,
+    the client certificate, and verification unless `verify_ssl` is off."""
+    context = ssl.create_default_context(
+        cafile=config.ssl_ca_cert or None,
+        cadata=getattr(config, "ca_cert_data", None) or None,
+    )
+    if not config.verify_ssl:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif getattr(config, "assert_hostname", None) is False:
+        context.check_hostname = False
+    if config.cert_file:
+        context.load_cert_chain(config.cert_file, config.key_file or None)
+    return context
+
+
+def _server_hostname(config: k8s.Configuration) -> str | None:
+    """The name the server's certificate is checked against (and sent as SNI), when it
+    is not the host's: kubeconfig's tls-server-name, or an `assert_hostname` string."""
+    name = getattr(config, "tls_server_name", None)
+    asserted = getattr(config, "assert_hostname", None)
+    if not name and isinstance(asserted, str):
+        name = asserted
+    return name or None
+
+
+def _proxy_for(config: k8s.Configuration) -> str | None:
+    proxy: str | None = getattr(config, "proxy", None) or None
+    if proxy is None or _bypasses_proxy(config.host, getattr(config, "no_proxy", None) or ""):
+        return None
+    if urlsplit(proxy).scheme.lower() not in ("http", "https"):
+        # SOCKS needs a connector aiohttp does not have; going direct would be a surprise.
+        raise ValueError(f"unsupported proxy scheme: {urlsplit(proxy).scheme}")
+    return proxy
+
+
+def _bypasses_proxy(url: str, no_proxy: str) -> bool:
+    """The official client's `no_proxy` rules: `*`, a host or domain suffix (with or
+    without its port), or a network an IP host is in."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if not host:
+        return True
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    netloc = parts.netloc.lower().rpartition("@")[2]
+    for entry in (item.strip().lower() for item in no_proxy.split(",")):
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        if address is not None:
+            try:
+                if address in ipaddress.ip_network(entry, strict=False):
+                    return True
+            except ValueError:
+                pass
+        entry = entry.lstrip(".")
+        if any(name == entry or name.endswith("." + entry) for name in (host, netloc)):
+            return True
+    return False
+
+
+def _connect_retries(config: k8s.Configuration) -> int:
+    """`retries` as urllib3 read it for connection failures: a count, a `Retry`, or
+    None for its default."""
+    retries = getattr(config, "retries", None)
+    if retries is None:
+        return CONNECT_RETRIES
+    if isinstance(retries, bool):
+        return CONNECT_RETRIES if retries else 0
+    if isinstance(retries, int):
+        return max(0, retries)
+    for field in ("connect", "total"):
+        value = getattr(retries, field, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return max(0, value)
+    return CONNECT_RETRIES
 
 
 def _rolled_out(deployment: JsonDict) -> bool:

@@ -4,16 +4,24 @@ Serves the subset Hatchbot uses (see kube_resources.RESOURCES) with the real
 server's semantics (see kube_store), discovery complete enough for `kubectl
 get` and `kubectl apply --server-side`, a request log, fault injection, RBAC
 denials, and a kubelet that tests play: mark a Deployment ready, crash-looping,
-OOMKilled or failing to pull its image, and give its pod a log.
+OOMKilled or failing to pull its image, and give its pod a log. Optionally it
+serves HTTPS (a CA made at start; client certificates may be required) and
+checks the bearer token, which a test may rotate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import copy
+import datetime
 import hashlib
+import ipaddress
 import json
 import secrets
+import ssl
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +31,10 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.fakes.kube_resources import (
     Resource,
@@ -110,21 +122,109 @@ class _Route:
     subresource: str | None
 
 
+@dataclass(frozen=True)
+class Certificate:
+    """A PEM certificate and its PEM private key."""
+
+    cert_pem: bytes
+    key_pem: bytes
+
+
+class CertificateAuthority:
+    """A throwaway CA: a server certificate for 127.0.0.1, client certificates."""
+
+    def __init__(self, name: str = "fake-kubernetes-ca") -> None:
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        self._name = subject
+        self.cert = (
+            self._builder(subject, self._key.public_key())
+            .issuer_name(subject)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, key_cert_sign=True, crl_sign=True,
+                    content_commitment=False, key_encipherment=False, data_encipherment=False,
+                    key_agreement=False, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(self._key, hashes.SHA256())
+        )  # fmt: skip
+        self.cert_pem = self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def issue(self, common_name: str, *, server: bool) -> Certificate:
+        """A server certificate (SAN IP 127.0.0.1 and localhost) or a client one."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = (
+            self._builder(subject, key.public_key())
+            .issuer_name(self._name)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        )
+        if server:
+            names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        cert = builder.sign(self._key, hashes.SHA256())
+        return Certificate(
+            cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+
+    @staticmethod
+    def _builder(
+        subject: x509.Name, public_key: ec.EllipticCurvePublicKey
+    ) -> x509.CertificateBuilder:
+        moment = datetime.datetime.now(datetime.UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(moment - datetime.timedelta(hours=1))
+            .not_valid_after(moment + datetime.timedelta(days=1))
+        )
+
+
 class FakeKubernetes:
     """The fake API server. Use as `async with FakeKubernetes() as kube:` or `with ...`.
 
     It runs its own event loop in a thread: the real client is synchronous, and
     a test (or a benchmark) may call it without blocking the server. A lock
     keeps the store consistent between the server and test-facing calls.
+
+    `tls`: HTTPS with a certificate from `self.authority` (made at start), which
+    `write_kubeconfig` names; `client_certificates`: only clients with a certificate
+    that CA signed are served (implies `tls`); `require_token`: every request must
+    carry `Authorization: Bearer <self.token>`, else 401 (`rotate_token` changes it).
     """
 
-    def __init__(self, *, auto_ready: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        auto_ready: bool = False,
+        tls: bool = False,
+        client_certificates: bool = False,
+        require_token: bool = False,
+    ) -> None:
         self.url = ""
         self.auto_ready = auto_ready
+        self.tls = tls or client_certificates
+        self.client_certificates = client_certificates
+        self.require_token = require_token
+        self.authority: CertificateAuthority | None = None
+        self.client_certificate: Certificate | None = None  # what write_kubeconfig gives
         self.store = Store()
         self.requests: list[KubeRequest] = []
         self.token = secrets.token_hex(16)
         self._faults: list[_Fault] = []
+        self._delays_over = asyncio.Event()  # made again on the server's loop at start
         self._denied: set[tuple[str, str, str]] = set()
         # With Roles granted, RBAC is enforced: only what a rule allows passes.
         self._roles: list[JsonDict] = []
@@ -165,9 +265,36 @@ class FakeKubernetes:
             loop.close()
 
     async def _start_site(self) -> None:
+        self._delays_over = asyncio.Event()
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner, self.url = await serve_on_loopback(app)
+        if not self.tls:
+            self._runner, self.url = await serve_on_loopback(app)
+            return
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._server_tls())
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"https://127.0.0.1:{port}"
+
+    def _server_tls(self) -> ssl.SSLContext:
+        self.authority = CertificateAuthority()
+        served = self.authority.issue("kube-apiserver", server=True)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        with _pem_files(served) as (cert_file, key_file):
+            context.load_cert_chain(cert_file, key_file)
+        if self.client_certificates:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(cadata=self.authority.cert_pem.decode())
+            self.client_certificate = self.authority.issue("hatchbot", server=False)
+        return context
+
+    def rotate_token(self) -> str:
+        """Accept a new bearer token, and no longer the old one (as a rotated
+        service-account token or an exec plugin's next credential)."""
+        self.token = secrets.token_hex(16)
+        return self.token
 
     async def start(self) -> None:
         await asyncio.to_thread(self.start_in_thread)
@@ -191,11 +318,18 @@ class FakeKubernetes:
 
     def write_kubeconfig(self, path: Path) -> Path:
         """A kubeconfig for the real client and for `kubectl --kubeconfig`."""
+        cluster: JsonDict = {"server": self.url}
+        user: JsonDict = {"token": self.token}
+        if self.authority is not None:
+            cluster["certificate-authority-data"] = _base64(self.authority.cert_pem)
+        if self.client_certificate is not None:
+            user["client-certificate-data"] = _base64(self.client_certificate.cert_pem)
+            user["client-key-data"] = _base64(self.client_certificate.key_pem)
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "hatchbot", "user": {"token": self.token}}],
+            "clusters": [{"name": "fake", "cluster": cluster}],
+            "users": [{"name": "hatchbot", "user": user}],
             "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "hatchbot"}}],
             "current-context": "fake",
         }
@@ -264,6 +398,15 @@ class FakeKubernetes:
 
     def clear_faults(self) -> None:
         self._faults.clear()
+
+    def release_delayed(self) -> None:
+        """End the delays of injected faults now: requests held by one go on at once."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._release_delayed)
+
+    def _release_delayed(self) -> None:
+        self._delays_over.set()
+        self._delays_over = asyncio.Event()  # later delays wait again
 
     def deny(self, *, verb: str, resource: str, group: str = "") -> None:
         """RBAC says no: 403 for that verb and resource, and SelfSubjectAccessReview agrees."""
@@ -353,6 +496,10 @@ class FakeKubernetes:
     # -- HTTP ----------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.require_token and request.headers.get("Authorization") != f"Bearer {self.token}":
+            # As the real server: authentication fails before anything else is looked at.
+            error = ApiError(401, "Unauthorized", "Unauthorized")
+            return web.json_response(error.status(), status=401)
         path = request.path.rstrip("/") or "/"
         discovery = self._discovery(path)
         if discovery is not None:
@@ -423,7 +570,8 @@ class FakeKubernetes:
                 continue
             fault.times -= 1
             if fault.delay:
-                await asyncio.sleep(fault.delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._delays_over.wait(), fault.delay)
             if fault.status is not None:
                 raise ApiError(fault.status, _reason(fault.status), fault.message)
             return
@@ -896,6 +1044,20 @@ def _verb(request: web.Request, route: _Route) -> str:
     if method == "DELETE":
         return "delete" if route.name else "deletecollection"
     return method.lower()
+
+
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@contextlib.contextmanager
+def _pem_files(certificate: Certificate) -> Iterator[tuple[str, str]]:
+    """`ssl` loads a certificate chain from files only."""
+    with tempfile.TemporaryDirectory() as scratch:
+        cert_file, key_file = Path(scratch, "tls.crt"), Path(scratch, "tls.key")
+        cert_file.write_bytes(certificate.cert_pem)
+        key_file.write_bytes(certificate.key_pem)
+        yield str(cert_file), str(key_file)
 
 
 def _json_body(raw: bytes, *, allow_list: bool = False) -> Any:
