@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, TypeVar
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
-from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramBadRequest
 from aiogram.fsm.storage.base import BaseStorage
@@ -67,6 +66,7 @@ from manager_bot.services.reconciler import Reconciler
 from manager_bot.services.recovery import Recovery
 from manager_bot.services.telegram import AgentTelegram
 from manager_bot.status_server import Startup, StartupStopped, StatusServer, StepPostponed
+from manager_bot.telegram_session import JsonSession
 
 if TYPE_CHECKING:
     from manager_bot.gateway.server import Gateway
@@ -78,7 +78,7 @@ T = TypeVar("T")
 
 def build_bot(settings: ManagerSettings) -> Bot:
     """A Bot that talks to `TELEGRAM_API_URL` (the real Bot API or a fake one)."""
-    session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+    session = JsonSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
     session.middleware(TelegramErrorMetrics())
     session.middleware(KeepResponseModels())
     return Bot(

@@ -185,10 +185,11 @@ class Doctor:
         """Telegram's Bot Management Mode (getMe's can_manage_bots): without it /deploy
         cannot offer "Create a new bot", and users must paste a BotFather token."""
         from aiogram import Bot
-        from aiogram.client.session.aiohttp import AiohttpSession
         from aiogram.client.telegram import TelegramAPIServer
 
-        session = AiohttpSession(api=TelegramAPIServer.from_base(self._settings.telegram_api_url))
+        from manager_bot.telegram_session import JsonSession
+
+        session = JsonSession(api=TelegramAPIServer.from_base(self._settings.telegram_api_url))
         bot = Bot(self._settings.manager_bot_token.get_secret_value(), session=session)
         try:
             me = await bot.me()

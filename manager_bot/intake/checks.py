@@ -35,13 +35,14 @@ async def _webhook(settings: ManagerSettings) -> Check:
     """getWebhookInfo names the URL Telegram posts to; the secret it cannot show, so
     the check is that the URL's path is the one derived from MANAGER_WEBHOOK_SECRET."""
     from aiogram import Bot
-    from aiogram.client.session.aiohttp import AiohttpSession
     from aiogram.client.telegram import TelegramAPIServer
+
+    from manager_bot.telegram_session import JsonSession
 
     secret, public_url = settings.manager_webhook_secret, settings.public_url
     assert secret is not None and public_url is not None  # the settings require both
     expected = webhook_url(public_url, secret)
-    session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+    session = JsonSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
     bot = Bot(settings.manager_bot_token.get_secret_value(), session=session)
     try:
         info = await bot.get_webhook_info()

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from aiogram import Bot
-from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import (
     TelegramAPIError,
@@ -29,6 +28,7 @@ from pydantic import SecretStr
 
 from manager_bot.metrics import TelegramErrorMetrics
 from manager_bot.response_models import KeepResponseModels
+from manager_bot.telegram_session import JsonSession
 
 # Telegram tokens are `<bot id>:<35 url-safe characters>`.
 TOKEN_SHAPE = re.compile(r"^\d{5,15}:[A-Za-z0-9_-]{35}$")
@@ -81,7 +81,7 @@ class AgentTelegram:
     """Bot API calls on behalf of agents, sharing one HTTP session for all tokens."""
 
     def __init__(self, *, api_url: str, manager_token: SecretStr | None = None) -> None:
-        self._session = AiohttpSession(api=TelegramAPIServer.from_base(api_url))
+        self._session = JsonSession(api=TelegramAPIServer.from_base(api_url))
         self._session.middleware(TelegramErrorMetrics())
         self._session.middleware(KeepResponseModels())
         # For what only the manager bot may ask about the bots it manages.

@@ -17,6 +17,9 @@ async def deploy_one(user: SimUser, telegram: FakeTelegram, username: str) -> No
     await fill_wizard(user, telegram, username)
     await user.press("Deploy")
     await user.wait_for(text_contains=f"@{username} is live", timeout=40)
+    # The card the deploy sends after it: a /status sent before it lands would take it
+    # for its own answer.
+    await user.wait_for(text_contains="State: running", timeout=40)
 
 
 async def test_card_actions_stop_resume_edit_revert_logs_delete(

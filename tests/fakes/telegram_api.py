@@ -111,6 +111,8 @@ class ApiCall:
     params: JsonDict
     at: float
     status: int = 200
+    # The request's media type: form data and multipart from aiogram, JSON from others.
+    content_type: str = ""
 
 
 @dataclass
@@ -386,7 +388,13 @@ class FakeTelegram:
         method = request.match_info["method"]
         bot = self._bots.get(token)
         params = await _read_params(request)
-        call = ApiCall(method=method, bot=bot, params=params, at=time.monotonic())
+        call = ApiCall(
+            method=method,
+            bot=bot,
+            params=params,
+            at=time.monotonic(),
+            content_type=request.content_type,
+        )
         self._calls.append(call)
         try:
             if bot is None:

@@ -1,0 +1,107 @@
+"""An aiogram session that posts Bot API calls as one JSON body.
+
+aiogram's `AiohttpSession` sends every call as form data: `prepare_value`
+JSON-encodes each nested field into a string, the fields are urlencoded, and
+aiohttp's `FormData` makes (and drops) a multipart writer with a random boundary
+on every call. The Bot API accepts `application/json` bodies as well
+(https://core.telegram.org/bots/api#making-requests), and one `json_dumps` of the
+whole call costs less (measured: see `JsonSession`).
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.exceptions import TelegramNetworkError
+from aiogram.methods.base import TelegramType
+from aiohttp import ClientError, ClientTimeout
+
+if TYPE_CHECKING:
+    from aiogram import Bot
+    from aiogram.methods import TelegramMethod
+    from aiogram.types import InputFile
+
+JSON_HEADERS: Final = {"Content-Type": "application/json"}
+
+
+class JsonSession(AiohttpSession):
+    """`AiohttpSession` that sends calls without a file to upload as `application/json`.
+
+    Calls that upload a file (an `InputFile` anywhere in their fields: sendPhoto with a
+    `BufferedInputFile`, sendDocument, an `InputMedia`) go through aiogram's own
+    multipart form, unchanged. Everything else (timeouts, `TelegramNetworkError` on
+    connection errors and timeouts, `check_response`'s error mapping, request
+    middlewares, `json_dumps`/`json_loads`) is the parent's.
+
+    Why: the manager spent ~25% of its CPU per update in Bot API calls. Measured in the
+    calling process against the fake Telegram (3000 calls, 4 alternating rounds, median),
+    sendMessage with a 4-button inline keyboard went from ~465 to ~395 µs of CPU per
+    call and editMessageText from ~500 to ~435 µs (about 14% less); building the body
+    alone, from ~70 to ~39 µs.
+    """
+
+    async def make_request(
+        self,
+        bot: Bot,
+        method: TelegramMethod[TelegramType],
+        timeout: int | None = None,
+    ) -> TelegramType:
+        body = self.build_json_body(bot=bot, method=method)
+        if body is None:  # a file to upload: only multipart can carry it
+            return await super().make_request(bot, method, timeout)
+
+        session = await self.create_session()
+        url = self.api.api_url(token=bot.token, method=method.__api_method__)
+        # The same timeout and error mapping as AiohttpSession.make_request. aiogram
+        # passes the number and aiohttp makes it ClientTimeout(total=...); done here
+        # so that the call type-checks.
+        total = self.timeout if timeout is None else timeout
+        try:
+            async with session.post(
+                url, data=body, headers=JSON_HEADERS, timeout=ClientTimeout(total=total)
+            ) as resp:
+                raw_result = await resp.text()
+        except TimeoutError as e:
+            raise TelegramNetworkError(method=method, message="Request timeout error") from e
+        except ClientError as e:
+            raise TelegramNetworkError(method=method, message=f"{type(e).__name__}: {e}") from e
+        response = self.check_response(
+            bot=bot,
+            method=method,
+            status_code=resp.status,
+            content=raw_result,
+        )
+        return cast(TelegramType, response.result)
+
+    def build_json_body(self, *, bot: Bot, method: TelegramMethod[TelegramType]) -> bytes | None:
+        """The call as one JSON object, or None when it uploads a file.
+
+        The fields are those `build_form_data` sends: the same `model_dump` (so the same
+        names), and each value through aiogram's own `prepare_value`, which resolves
+        `Default(...)` from `bot.default`, turns enums, datetimes and timedeltas into
+        what Telegram reads, drops None inside objects and lists, and records every
+        `InputFile` it meets in `files`. Only `_dumps_json=False` differs: nested objects
+        stay objects instead of JSON strings (for the form, a value inside them is
+        prepared with `_dumps_json=False` too, so their contents are the same).
+        """
+        files: dict[str, InputFile] = {}
+        fields: dict[str, Any] = {}
+        for key, value in method.model_dump(warnings=False).items():
+            prepared = self.prepare_value(value, bot=bot, files=files, _dumps_json=False)
+            # build_form_data skips `if not value`, but on values prepare_value has
+            # already JSON-encoded: False is "false", 0 is "0", [] is "[]", {} is "{}",
+            # all sent. What it skips is None (unset, or a Default that resolves to None)
+            # and the empty string, so exactly those are left out here: a falsy check
+            # on our unencoded values would wrongly drop False and 0.
+            if prepared is None or prepared == "":
+                continue
+            if isinstance(value, datetime.datetime | datetime.timedelta):
+                # prepare_value gives the Unix time as a string (all a form field can
+                # be); the Bot API types it Integer, and as JSON it is sent as one.
+                prepared = int(prepared)
+            fields[key] = prepared
+        if files:
+            return None
+        return self.json_dumps(fields).encode()
