@@ -56,6 +56,16 @@ _AUDIT_TIMES = (
     )
     .order_by(AuditEntry.at)
 )
+# Rows written on every deploy: one INSERT each, without the ORM's unit of work (a flush
+# of one new object cost several times the statement).
+_AUDIT_INSERT = insert(AuditEntry)
+_REVISION_INSERT = insert(AgentRevision)
+_OPERATION_INSERT = insert(Operation).returning(Operation.id)  # SQLite 3.35+ and PostgreSQL
+_OPERATION_CONCERNS = (
+    update(Operation)
+    .where(Operation.id == bindparam("operation_id"))
+    .values(agent_id=bindparam("agent_id"))
+)
 _OPERATION_FINISH = (
     update(Operation)
     .where(Operation.id == bindparam("operation_id"))
@@ -279,21 +289,21 @@ class Revisions:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def record(self, agent: Agent, *, created_by: int | None) -> AgentRevision:
+    async def record(self, agent: Agent, *, created_by: int | None) -> None:
         """Snapshot the agent's current prompt/model/key as revision `agent.revision`."""
-        revision = AgentRevision(
-            agent_id=agent.id,
-            number=agent.revision,
-            provider=agent.provider,
-            model=agent.model,
-            system_prompt=agent.system_prompt,
-            llm_api_key_encrypted=agent.llm_api_key_encrypted,
-            llm_base_url=agent.llm_base_url,
-            created_by=created_by,
+        await self._session.execute(
+            _REVISION_INSERT,
+            {
+                "agent_id": agent.id,
+                "number": agent.revision,
+                "provider": agent.provider,
+                "model": agent.model,
+                "system_prompt": agent.system_prompt,
+                "llm_api_key_encrypted": agent.llm_api_key_encrypted,
+                "llm_base_url": agent.llm_base_url,
+                "created_by": created_by,
+            },
         )
-        self._session.add(revision)
-        await self._session.flush()
-        return revision
 
     async def get(self, agent_id: str, number: int) -> AgentRevision | None:
         query = select(AgentRevision).where(
@@ -326,16 +336,16 @@ class Audit:
         agent_id: str | None = None,
         detail: str | None = None,
     ) -> None:
-        self._session.add(
-            AuditEntry(
-                actor_id=actor_id,
-                action=action,
-                agent_id=agent_id,
-                outcome=outcome,
-                detail=detail[:512] if detail else None,
-            )
+        await self._session.execute(
+            _AUDIT_INSERT,
+            {
+                "actor_id": actor_id,
+                "action": action,
+                "agent_id": agent_id,
+                "outcome": outcome,
+                "detail": detail[:512] if detail else None,
+            },
         )
-        await self._session.flush()
 
     async def times(
         self, *, actor_id: int, action: str, outcome: str, since: datetime
@@ -599,13 +609,15 @@ class Operations:
         self, *, kind: str, agent_id: str | None, actor_id: int | None,
         chat_id: int | None = None, message_id: int | None = None,
     ) -> int:  # fmt: skip
-        operation = Operation(
-            kind=kind, agent_id=agent_id, actor_id=actor_id, chat_id=chat_id,
-            message_id=message_id, status=OperationStatus.RUNNING.value, started_at=utcnow(),
+        result = await self._session.execute(
+            _OPERATION_INSERT,
+            {
+                "kind": kind, "agent_id": agent_id, "actor_id": actor_id, "chat_id": chat_id,
+                "message_id": message_id, "status": OperationStatus.RUNNING.value,
+                "started_at": utcnow(),
+            },
         )  # fmt: skip
-        self._session.add(operation)
-        await self._session.flush()
-        return operation.id
+        return int(result.scalar_one())
 
     async def finish(self, operation_id: int, status: OperationStatus, detail: str = "") -> None:
         await self._session.execute(
@@ -621,7 +633,7 @@ class Operations:
     async def concerns(self, operation_id: int, agent_id: str) -> None:
         """The operation's agent, once it exists (a deploy's is made midway)."""
         await self._session.execute(
-            update(Operation).where(Operation.id == operation_id).values(agent_id=agent_id)
+            _OPERATION_CONCERNS, {"operation_id": operation_id, "agent_id": agent_id}
         )
 
     async def unfinished(self) -> Sequence[Operation]:
