@@ -18,6 +18,7 @@ import ipaddress
 import json
 import logging
 import ssl
+import time
 from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -55,6 +56,9 @@ APPLY = "application/apply-patch+yaml"
 CONNECTIONS = 20
 LEASE_CONNECTIONS = 2  # the leader Lease's own: never behind the agents' calls
 CONNECT_RETRIES = 3  # urllib3's default, which the official client used
+# How long credentials are reused before the configuration is asked again (and at once
+# when the API answers 401): the refresh hook may run a kubeconfig `exec` plugin.
+CREDENTIALS_FRESH_FOR = 10.0
 MERGE = "application/merge-patch+json"
 REQUEST_TIMEOUT = (5, 30)  # connect, read
 MANAGED = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
@@ -137,6 +141,9 @@ class KubernetesBackend:
                 # start-up must be able to say the cluster is unreachable.
                 self._tls_failure = type(error).__name__
         self._sessions: dict[bool, aiohttp.ClientSession] = {}  # by `dedicated`
+        self._credentials: dict[str, dict[str, Any]] = {}  # auth_settings(), as last asked
+        self._credentials_at = -CREDENTIALS_FRESH_FOR  # monotonic; none asked yet
+        self._credentials_renewal = asyncio.Lock()
 
     @classmethod
     def from_settings(cls, settings: ManagerSettings) -> KubernetesBackend:
@@ -424,8 +431,28 @@ class KubernetesBackend:
             raise KubernetesError(
                 f"cannot reach the Kubernetes API ({self._tls_failure})", status=0
             )
+        renewed = False
+        while True:
+            status, data = await self._send(
+                method, path, body=body, query=query, content_type=content_type,
+                timeout=timeout, dedicated=dedicated, renew=renewed,
+            )  # fmt: skip
+            if status != 401 or renewed:
+                break
+            renewed = True  # a token rotated or expired since asked: ask again, once
+        if status >= 400:
+            raise _api_error(method, path, status, data)
+        text = data.decode()
+        return text if raw else json.loads(text or "{}")
+
+    async def _send(
+        self, method: str, path: str, *, body: Any, query: list[tuple[str, str]] | None,
+        content_type: str | None, timeout: tuple[float, float] | None, dedicated: bool,
+        renew: bool,
+    ) -> tuple[int, bytes]:  # fmt: skip
+        """One HTTP exchange: the status and the body; a transport failure as status 0."""
         query = list(query or [])
-        headers = self._headers(query)
+        headers = self._headers(query, await self._auth_settings(renew=renew))
         proxy_headers = None
         if self._proxy and self._proxy_headers:
             if not self._base.startswith("https"):  # plain HTTP: the headers ride along
@@ -458,8 +485,7 @@ class KubernetesBackend:
                     proxy_headers=proxy_headers,
                     server_hostname=self._server_hostname,
                 ) as response:
-                    status, data = response.status, await response.read()
-                break
+                    return response.status, await response.read()
             except aiohttp.ClientConnectorError as error:
                 # The request was never sent: try again, as urllib3 did (not for TLS
                 # failures, which a retry does not change).
@@ -469,19 +495,29 @@ class KubernetesBackend:
                 raise _unreachable(error) from None
             except (aiohttp.ClientError, OSError, TimeoutError) as error:
                 raise _unreachable(error) from None
-        if status >= 400:
-            raise _api_error(method, path, status, data)
-        text = data.decode()
-        return text if raw else json.loads(text or "{}")
 
-    def _headers(self, query: list[tuple[str, str]]) -> dict[str, str]:
+    async def _auth_settings(self, *, renew: bool = False) -> dict[str, dict[str, Any]]:
+        """The configuration's `auth_settings()`, asked again every CREDENTIALS_FRESH_FOR
+        seconds or when `renew`. Asked on a thread: its refresh hook re-reads a rotated
+        service-account token, or runs a kubeconfig's `exec` plugin (a cloud CLI's
+        login, which can take seconds) once the token has expired."""
+        async with self._credentials_renewal:
+            age = time.monotonic() - self._credentials_at
+            if renew or age >= CREDENTIALS_FRESH_FOR:
+                asked = time.monotonic()
+                settings = await asyncio.to_thread(self._config.auth_settings)
+                self._credentials = cast(dict[str, dict[str, Any]], settings)
+                self._credentials_at = asked
+            return self._credentials
+
+    def _headers(
+        self, query: list[tuple[str, str]], settings: dict[str, dict[str, Any]]
+    ) -> dict[str, str]:
         """The official client's headers: its defaults (User-Agent), then the credentials
-        from `auth_settings()`, asked for on every call: the refresh hook there re-reads a
-        rotated service-account token or runs a kubeconfig's `exec` plugin."""
+        `settings` from `auth_settings()`."""
         headers = {key: str(value) for key, value in self._api.default_headers.items()}
         headers["Accept"] = "application/json"
         cookies = [self._api.cookie] if self._api.cookie else []
-        settings = cast(dict[str, dict[str, Any]], self._config.auth_settings())
         for setting in settings.values():
             value = setting.get("value")
             if value is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -125,11 +126,12 @@ async def test_a_server_signed_by_another_ca_is_unreachable_and_nothing_secret_i
     assert secure_kube.requests == []  # nothing got past the handshake
 
 
-async def test_the_token_is_asked_for_on_every_call(
+async def test_a_rotated_token_is_read_again_when_the_old_one_is_refused(
     secure_kube: FakeKubernetes, tmp_path: Path, backends: list[KubernetesBackend]
 ) -> None:
     # As the in-cluster loader does with the service account's token file, which the
-    # kubelet rewrites: the configuration's refresh hook reads the token again.
+    # kubelet rewrites: the configuration's refresh hook reads the token again. The
+    # backend reuses what it was given for a few seconds, and asks again on a 401.
     token_file = tmp_path / "token"
     token_file.write_text(secure_kube.token)
     configuration = configuration_from(secure_kube.write_kubeconfig(tmp_path / "kubeconfig"))
@@ -293,3 +295,31 @@ async def test_the_configured_proxy_is_used_with_its_headers_unless_no_proxy_say
         backends.append(direct)
         assert AGENT in await direct.observe_all()
         assert proxy.seen == []
+
+
+async def test_a_slow_credential_refresh_runs_off_the_event_loop(
+    secure_kube: FakeKubernetes, tmp_path: Path, backends: list[KubernetesBackend]
+) -> None:
+    """A kubeconfig `exec` plugin (a cloud CLI's login) can take seconds. The refresh hook
+    here only returns once the event loop has done something else meanwhile, which it
+    could not if the hook ran on it; the call then goes through with the new token."""
+    configuration = configuration_from(secure_kube.write_kubeconfig(tmp_path / "kubeconfig"))
+    loop_ran = threading.Event()
+    waited: list[bool] = []
+
+    def slow_login(configuration: Any) -> None:
+        waited.append(loop_ran.wait(timeout=10))
+        configuration.api_key["BearerToken"] = f"Bearer {secure_kube.token}"
+
+    configuration.refresh_api_key_hook = slow_login
+    backend = backend_for(configuration)
+    backends.append(backend)
+
+    async def meanwhile() -> None:
+        await asyncio.sleep(0.05)
+        loop_ran.set()
+
+    secure_kube.rotate_token()  # the kubeconfig's token is no longer good
+    await asyncio.gather(backend.apply(spec()), meanwhile())
+    assert waited and all(waited)
+    assert secure_kube.objects("secrets", "agents")
