@@ -394,7 +394,8 @@ class KubernetesBackend:
         name = manifest["metadata"]["name"]
         path = f"{prefix}/namespaces/{self._cluster.namespace}/{plural}/{name}"
         query = [("fieldManager", self._manager), ("force", "true")]
-        await self._request("PATCH", path, body=manifest, query=query, content_type=APPLY)
+        # raw: the answer (the whole object as applied) is not read, so not parsed either.
+        await self._request("PATCH", path, body=manifest, query=query, content_type=APPLY, raw=True)
 
     async def _list(self, prefix: str, plural: str, selector: str) -> list[JsonDict]:
         path = f"{prefix}/namespaces/{self._cluster.namespace}/{plural}"
