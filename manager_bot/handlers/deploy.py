@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiogram import Bot, F, Router
 from aiogram.dispatcher.event.bases import SkipHandler
@@ -50,6 +51,7 @@ from manager_bot.services.llm_keys import KeyCheck, check_key
 from manager_bot.services.providers import Provider, find_provider
 from manager_bot.services.telegram import AgentTokenError, BotIdentity, looks_like_token
 from manager_bot.views.errors import explain, refusal
+from manager_bot.views.flood import despite_flood_control
 from manager_bot.views.live_card import send_card
 from manager_bot.views.live_edits import LiveEdits
 
@@ -461,27 +463,33 @@ async def _deploy_and_tell(
         finally:  # the last progress edit lands before the outcome is said
             await edits.settled()
     except DeployFailed as failure:
-        await progress_message.edit_text(
+        await _say(
+            progress_message.edit_text,
             texts.DEPLOY_FAILED.format(
                 step=texts.STEP_LABELS.get(failure.step, failure.step), reason=explain(failure)
-            )
+            ),
         )
         return
     except (InvalidBotToken, InvalidAgentConfig) as error:
-        await progress_message.edit_text(texts.ACTION_REFUSED.format(reason=refusal(error)))
+        await _say(progress_message.edit_text, texts.ACTION_REFUSED.format(reason=refusal(error)))
         return
     except BotAlreadyUsed as error:
-        await progress_message.edit_text(texts.BOT_IN_USE.format(username=str(error)))
+        await _say(progress_message.edit_text, texts.BOT_IN_USE.format(username=str(error)))
         return
     except QuotaReached as error:
-        await progress_message.edit_text(texts.QUOTA.format(limit=error.limit))
+        await _say(progress_message.edit_text, texts.QUOTA.format(limit=error.limit))
         return
     except DeployThrottled as error:
         minutes = -(-error.retry_in // 60)
-        await progress_message.edit_text(texts.DEPLOY_THROTTLED.format(minutes=minutes))
+        await _say(progress_message.edit_text, texts.DEPLOY_THROTTLED.format(minutes=minutes))
         return
-    await message.answer(texts.DEPLOYED.format(username=agent.bot_username))
-    await send_card(message, agent, budgets=None)
+    await _say(message.answer, texts.DEPLOYED.format(username=agent.bot_username))
+    await despite_flood_control(lambda: send_card(message, agent, budgets=None))
+
+
+async def _say(send: Callable[[str], Awaitable[object]], text: str) -> None:
+    """A deploy's outcome: it must reach the user, flood control or not."""
+    await despite_flood_control(lambda: send(text))
 
 
 async def confirm_step_hint(message: Message) -> None:

@@ -252,3 +252,22 @@ async def test_a_progress_edit_refused_with_429_is_caught_up_by_the_next(
     assert progress_message(user)["text"].count("✅") == 4
     refused = [c for c in telegram.calls("editMessageText") if c.status == 429]
     assert len(refused) == 1
+
+
+async def test_is_live_refused_with_429_is_sent_once_flood_control_allows(
+    local_manager: Manager, telegram: FakeTelegram
+) -> None:
+    """Telegram's flood control refuses the "is live" message (a fast deploy says a lot
+    in one chat at once): it is sent again after the wait Telegram asks for, and the
+    user is not told that something went wrong."""
+    user = telegram.user(local_manager.fake)
+    await fill_wizard(user, telegram, "flooded_bot")
+    await user.press("Deploy")
+    await user.wait_for(text_contains="Deploying")
+    telegram.inject_fault("sendMessage", status=429, retry_after=1, times=1, chat_id=user.chat_id)
+    await user.wait_for(text_contains="@flooded_bot is live", timeout=40)
+    await user.wait_for(text_contains="State: running", timeout=10)  # and its card
+    refused = [c for c in telegram.calls("sendMessage") if c.status == 429]
+    assert len(refused) == 1 and "is live" in refused[0].params["text"]
+    texts_seen = [m.get("text", "") for m in user.bot.messages_in(user.chat_id)]
+    assert not any("went wrong" in text or "ref=" in text for text in texts_seen)
