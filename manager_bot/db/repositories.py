@@ -43,7 +43,7 @@ _USER_LANGUAGE = select(User.language).where(User.id == bindparam("user_id"))
 _COUNT_ACTIVE = select(func.count()).where(
     Agent.owner_id == bindparam("owner_id"), Agent.desired_state.in_(ACTIVE)
 )
-_BY_BOT_ID = select(Agent).where(
+_LIVE_ON_BOT = select(Agent.id).where(
     Agent.bot_id == bindparam("bot_id"), Agent.desired_state.in_(ACTIVE)
 )
 _AUDIT_TIMES = (
@@ -205,9 +205,11 @@ class Agents:
     async def count_active(self, owner_id: int) -> int:
         return int(await self._session.scalar(_COUNT_ACTIVE, {"owner_id": owner_id}) or 0)
 
-    async def by_bot_id(self, bot_id: int) -> Agent | None:
-        """The live agent running this Telegram bot, if any (one bot, one agent)."""
-        return (await self._session.scalars(_BY_BOT_ID, {"bot_id": bot_id})).first()
+    async def bot_in_use(self, bot_id: int) -> bool:
+        """Whether a live agent runs this Telegram bot (one bot, one agent); its id only,
+        as loading the whole agent cost more than the query."""
+        found = await self._session.scalars(_LIVE_ON_BOT, {"bot_id": bot_id})
+        return found.first() is not None
 
     async def all_active(self) -> Sequence[Agent]:
         query = select(Agent).where(Agent.desired_state.in_(ACTIVE))

@@ -190,7 +190,7 @@ class Deployer:
         """getMe, plus: not already running as someone's agent."""
         identity = await self._identify(token)
         async with self._db.reading() as session:
-            if await Repositories(session).agents.by_bot_id(identity.id) is not None:
+            if await Repositories(session).agents.bot_in_use(identity.id):
                 raise BotAlreadyUsed(identity.username)
         return identity
 
@@ -270,7 +270,7 @@ class Deployer:
                 >= self._config.max_agents_per_user
             ):
                 raise QuotaReached(self._config.max_agents_per_user)
-            if await repos.agents.by_bot_id(identity.id) is not None:
+            if await repos.agents.bot_in_use(identity.id):
                 raise BotAlreadyUsed(identity.username)
             agent = await repos.agents.add_live(
                 Agent(

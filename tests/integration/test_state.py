@@ -109,12 +109,12 @@ async def test_repositories_respect_ownership(database_url: str) -> None:
             assert await repos.agents.get_owned(2, agent.id) is None  # someone else's
             assert await repos.agents.get_owned(1, "forged") is None
             assert await repos.agents.count_active(1) == 1
-            assert (await repos.agents.by_bot_id(555)) is not None
+            assert await repos.agents.bot_in_use(555)
             agent.desired_state = DesiredState.DELETED.value
         async with database.session() as session:
             repos = Repositories(session)
             assert await repos.agents.get_owned(1, agent.id) is None
-            assert await repos.agents.by_bot_id(555) is None
+            assert not await repos.agents.bot_in_use(555)
             assert await repos.agents.count_active(1) == 0
             assert [e.action for e in await repos.audit.recent()] == ["deploy"]
             assert [r.number for r in await repos.revisions.of(agent.id)] == [1]
