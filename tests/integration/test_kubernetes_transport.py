@@ -16,28 +16,16 @@ import pytest
 import yaml
 from aiohttp import web
 from kubernetes import client, config
-from pydantic import SecretStr
 
-from manager_bot.backends.base import AgentSecrets, AgentSpec, ObservedState
+from manager_bot.backends.base import ObservedState
 from manager_bot.backends.kubernetes import CONNECTIONS, KubernetesBackend, KubernetesError
-from manager_bot.backends.manifests import ClusterConfig
 from manager_bot.leader import KubeLeases
 from tests.fakes.kubernetes_api import CertificateAuthority, FakeKubernetes
 from tests.fakes.loopback import serve_on_loopback
 from tests.fakes.waiting import until
+from tests.integration.test_kubernetes_backend import cluster, spec
 
-AGENT = "a1b2c3d4e5"
-BOT_TOKEN = "7000000001:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
-
-
-def spec() -> AgentSpec:
-    return AgentSpec(
-        agent_id=AGENT,
-        secrets=AgentSecrets(bot_token=SecretStr(BOT_TOKEN), webhook_secret=SecretStr("hook")),
-        llm_model="gpt-4o-mini",
-        system_prompt="Be brief.",
-        llm_base_url="https://api.openai.com/v1",
-    )
+AGENT = "a1b2c3d4e5"  # the agent of `spec()`
 
 
 def configuration_from(kubeconfig: Path) -> Any:
@@ -47,9 +35,7 @@ def configuration_from(kubeconfig: Path) -> Any:
 
 
 def backend_for(configuration: Any) -> KubernetesBackend:
-    cluster = ClusterConfig(namespace="agents", image="hatchbot:test", router="istio",
-                            public_url="https://bots.example.com/tg")  # fmt: skip
-    return KubernetesBackend(api_client=client.ApiClient(configuration), cluster=cluster)
+    return KubernetesBackend(api_client=client.ApiClient(configuration), cluster=cluster())
 
 
 def edited(kubeconfig: Path, target: Path, *, cluster: dict[str, Any] | None = None,
