@@ -14,6 +14,7 @@ whatever the number of agents.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import logging
@@ -432,15 +433,13 @@ class KubernetesBackend:
             raise KubernetesError(
                 f"cannot reach the Kubernetes API ({self._tls_failure})", status=0
             )
-        renewed = False
-        while True:
-            status, data = await self._send(
-                method, path, body=body, query=query, content_type=content_type,
-                timeout=timeout, dedicated=dedicated, renew=renewed,
-            )  # fmt: skip
-            if status != 401 or renewed:
-                break
-            renewed = True  # a token rotated or expired since asked: ask again, once
+        exchange = functools.partial(
+            self._send, method, path, body=body, query=query, content_type=content_type,
+            timeout=timeout, dedicated=dedicated,
+        )  # fmt: skip
+        status, data = await exchange(renew=False)
+        if status == 401:  # a token rotated or expired since it was asked for: ask again
+            status, data = await exchange(renew=True)
         if status >= 400:
             raise _api_error(method, path, status, data)
         text = data.decode()
