@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 
 from aiogram import Bot, F, Router
 from aiogram.dispatcher.event.bases import SkipHandler
@@ -463,33 +462,24 @@ async def _deploy_and_tell(
         finally:  # the last progress edit lands before the outcome is said
             await edits.settled()
     except DeployFailed as failure:
-        await _say(
-            progress_message.edit_text,
-            texts.DEPLOY_FAILED.format(
-                step=texts.STEP_LABELS.get(failure.step, failure.step), reason=explain(failure)
-            ),
+        ending = texts.DEPLOY_FAILED.format(
+            step=texts.STEP_LABELS.get(failure.step, failure.step), reason=explain(failure)
         )
-        return
     except (InvalidBotToken, InvalidAgentConfig) as error:
-        await _say(progress_message.edit_text, texts.ACTION_REFUSED.format(reason=refusal(error)))
-        return
+        ending = texts.ACTION_REFUSED.format(reason=refusal(error))
     except BotAlreadyUsed as error:
-        await _say(progress_message.edit_text, texts.BOT_IN_USE.format(username=str(error)))
-        return
+        ending = texts.BOT_IN_USE.format(username=str(error))
     except QuotaReached as error:
-        await _say(progress_message.edit_text, texts.QUOTA.format(limit=error.limit))
-        return
+        ending = texts.QUOTA.format(limit=error.limit)
     except DeployThrottled as error:
-        minutes = -(-error.retry_in // 60)
-        await _say(progress_message.edit_text, texts.DEPLOY_THROTTLED.format(minutes=minutes))
+        ending = texts.DEPLOY_THROTTLED.format(minutes=-(-error.retry_in // 60))
+    else:
+        live = texts.DEPLOYED.format(username=agent.bot_username)
+        await despite_flood_control(lambda: message.answer(live))
+        await despite_flood_control(lambda: send_card(message, agent, budgets=None))
         return
-    await _say(message.answer, texts.DEPLOYED.format(username=agent.bot_username))
-    await despite_flood_control(lambda: send_card(message, agent, budgets=None))
-
-
-async def _say(send: Callable[[str], Awaitable[object]], text: str) -> None:
-    """A deploy's outcome: it must reach the user, flood control or not."""
-    await despite_flood_control(lambda: send(text))
+    # The outcome must reach the user, flood control or not (views/flood.py).
+    await despite_flood_control(lambda: progress_message.edit_text(ending))
 
 
 async def confirm_step_hint(message: Message) -> None:
