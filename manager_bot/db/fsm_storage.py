@@ -7,18 +7,20 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder, StorageKey
-from sqlalchemy import bindparam, select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from manager_bot.db.models import FsmState
 from manager_bot.db.session import Database
 
-_LOAD = select(FsmState.state, FsmState.data).where(FsmState.key == bindparam("key"))
+# On the table, not the ORM class: these only move values (see db/repositories.py).
+_TABLE = cast(Table, FsmState.__table__)
+_LOAD = select(_TABLE.c.state, _TABLE.c.data).where(_TABLE.c.key == bindparam("key"))
 _KEYS = DefaultKeyBuilder(with_bot_id=True, with_business_connection_id=True, with_destiny=True)
 
 
@@ -52,9 +54,9 @@ class SqlStorage(BaseStorage):
         insert = (
             postgresql_insert if database.engine.dialect.name == "postgresql" else sqlite_insert
         )
-        upsert = insert(FsmState)
+        upsert = insert(_TABLE)
         self._upsert = upsert.on_conflict_do_update(
-            index_elements=[FsmState.key],
+            index_elements=[_TABLE.c.key],
             set_={"state": upsert.excluded.state, "data": upsert.excluded.data},
         )
 
