@@ -769,14 +769,25 @@ def _in_language(value: Any) -> Any:
     return value
 
 
+# (constant, language) -> the constant in that language. A table such as CARD_BUTTONS
+# was translated whole, entry by entry, on every read: once per button of a card.
+_translations: dict[tuple[str, str | None], Any] = {}
+
+
 class _Translated(ModuleType):
-    """This module, with its UPPER_CASE constants read in the current language."""
+    """This module, with its UPPER_CASE constants read in the current language (shared,
+    translated once per language: read them, never change them)."""
 
     def __getattribute__(self, name: str) -> Any:
         value = super().__getattribute__(name)
-        if name.isupper():
-            return _in_language(value)
-        return value
+        if not name.isupper():
+            return value
+        i18n = I18n.get_current(no_error=True)
+        key = (name, None if i18n is None else i18n.current_locale)
+        read = _translations.get(key, _translations)
+        if read is _translations:
+            read = _translations[key] = _in_language(value)
+        return read
 
 
 sys.modules[__name__].__class__ = _Translated
