@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from manager_bot.config import ManagerSettings, PlatformSettings
+from manager_bot.event_loop import run
 from runtime.settings_loading import (
     ConfigError,
     exit_with_config_error,
@@ -53,14 +54,14 @@ def _run(settings: ManagerSettings) -> int:
         from manager_bot.app import run_manager
     finally:
         gc.enable()
-    asyncio.run(run_manager(settings))
+    run(run_manager(settings), loop=settings.event_loop)
     return 0
 
 
 def _gateway(settings: PlatformSettings) -> int:
     from manager_bot.gateway.process import run_gateway
 
-    asyncio.run(run_gateway(settings))
+    run(run_gateway(settings), loop=settings.event_loop)
     return 0
 
 

@@ -27,6 +27,7 @@ from manager_bot.db.fsm_storage import SqlStorage, build_fsm_storage
 from manager_bot.db.migrate import upgrade
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
+from manager_bot.event_loop import running_loop_name
 from manager_bot.gateway.endpoints import EndpointGuard, EndpointPolicy
 from manager_bot.handlers import admin, agent_tools, agents, common, deploy, language, start
 from manager_bot.i18n import (
@@ -443,6 +444,7 @@ async def run_manager(settings: ManagerSettings) -> None:
     SIGINT and SIGTERM stop a start-up that is waiting at once.
     """
     configure_logging(settings.log_format, settings.secret_values(), level=settings.log_level)
+    log.info("manager starting on the %s event loop", running_loop_name())
     status = StatusServer()
     startup = Startup(status=status)
     startup.handle_signals()

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from manager_bot.event_loop import EventLoop
+
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///data/hatchbot.db"
 DEFAULT_AGENT_IMAGE = "ghcr.io/hatchbot/hatchbot:latest"
 GATEWAY_SERVICE = "hatchbot-llm-gateway"  # k8s/base/llm-gateway.yaml
@@ -69,6 +71,11 @@ class PlatformSettings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="least severe level logged: DEBUG, INFO, WARNING or ERROR"
+    )
+    event_loop: EventLoop = Field(
+        default="uvloop",
+        description="event loop of the manager and the gateway: uvloop (asyncio's own where "
+        "uvloop is not installed), or asyncio",
     )
     gateway_host: str = Field(
         default="127.0.0.1", description="address the LLM gateway listens on (0.0.0.0 in a pod)"

@@ -66,9 +66,11 @@ async def run_gateway(
     settings: PlatformSettings, *, stop: asyncio.Event | None = None, data_dir: Path = Path("data")
 ) -> None:
     """Serve until SIGTERM/SIGINT; counted usage is written before exit."""
+    from manager_bot.event_loop import running_loop_name
     from manager_bot.logs import configure_logging
 
     configure_logging(settings.log_format, settings.secret_values(), level=settings.log_level)
+    log.info("gateway starting on the %s event loop", running_loop_name())
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -35,6 +35,7 @@ def test_manager_defaults_are_the_embedded_ones() -> None:
     assert settings.health_interval == 30
     assert settings.max_agents_per_user == 3
     assert settings.admin_ids == []
+    assert settings.event_loop == "uvloop"
 
 
 def test_comma_separated_lists() -> None:
@@ -52,6 +53,7 @@ def test_comma_separated_lists() -> None:
         ({}, "MANAGER_BOT_TOKEN"),
         ({"MANAGER_BOT_TOKEN": SECRET, "HEALTH_INTERVAL": "soon"}, "HEALTH_INTERVAL"),
         ({"MANAGER_BOT_TOKEN": SECRET, "BACKEND": "docker"}, "BACKEND"),
+        ({"MANAGER_BOT_TOKEN": SECRET, "EVENT_LOOP": "trio"}, "EVENT_LOOP"),
         ({"MANAGER_BOT_TOKEN": SECRET, "BACKEND": "kubernetes"}, "PUBLIC_URL"),
         ({"MANAGER_BOT_TOKEN": SECRET, "ADMIN_IDS": "1,me"}, "ADMIN_IDS"),
         ({"MANAGER_BOT_TOKEN": SECRET, "DATABASE_URL": "postgresql://u:pw@h/db"}, "DATABASE_URL"),
