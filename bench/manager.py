@@ -28,8 +28,8 @@ wizard and deploy before the clock and the CPU counters start; it counts nowhere
 Baseline: these machines differ twofold from day to day, so the same run then measures
 a bare aiogram bot (bench/aiogram_echo.py, polling the same fake Telegram) that answers
 each message with one sendMessage (on asyncio's own event loop, as aiogram's examples
-run; the manager runs on uvloop, its default EVENT_LOOP): after a warm-up, as many users as above each send it
-5 messages in the same load model. "manager_vs_baseline" (the manager's CPU per update
+run; the manager runs on uvloop, its default EVENT_LOOP): after a warm-up, as many
+users as above each send it 5 messages in the same load model. "manager_vs_baseline" (the manager's CPU per update
 in times the bare bot's) is the figure that holds across machines; --no-baseline skips it.
 Usage: python bench/manager.py [--users 200] [--think 1 5] [--spawn-rate 10] [--seed 1]
                                [--profile FILE]  (cProfile of the manager's event loop)
