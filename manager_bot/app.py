@@ -28,6 +28,7 @@ from manager_bot.db.migrate import upgrade
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 from manager_bot.event_loop import running_loop_name
+from manager_bot.flood_control import FloodControlRetry
 from manager_bot.gateway.endpoints import EndpointGuard, EndpointPolicy
 from manager_bot.handlers import admin, agent_tools, agents, common, deploy, language, start
 from manager_bot.i18n import (
@@ -80,6 +81,7 @@ T = TypeVar("T")
 def build_bot(settings: ManagerSettings) -> Bot:
     """A Bot that talks to `TELEGRAM_API_URL` (the real Bot API or a fake one)."""
     session = JsonSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+    session.middleware(FloodControlRetry())  # outermost: the metrics count each 429
     session.middleware(TelegramErrorMetrics())
     session.middleware(KeepResponseModels())
     return Bot(

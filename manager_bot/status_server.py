@@ -29,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import exc as sql_errors
 
 from manager_bot.backends.base import BackendError
+from manager_bot.flood_control import paced_by_caller
 from manager_bot.metrics import set_agent_counts
 from runtime.tasks import cancel_and_wait
 
@@ -184,7 +185,8 @@ class Startup:
         while True:
             attempt += 1
             try:
-                result = await self._unless_stopped(action())
+                with paced_by_caller():  # a 429 is waited out here, with the patience
+                    result = await self._unless_stopped(action())
             except StartupStopped:
                 raise
             except Exception as error:

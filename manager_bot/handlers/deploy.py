@@ -50,7 +50,6 @@ from manager_bot.services.llm_keys import KeyCheck, check_key
 from manager_bot.services.providers import Provider, find_provider
 from manager_bot.services.telegram import AgentTokenError, BotIdentity, looks_like_token
 from manager_bot.views.errors import explain, refusal
-from manager_bot.views.flood import despite_flood_control
 from manager_bot.views.live_card import send_card
 from manager_bot.views.live_edits import LiveEdits
 
@@ -474,12 +473,12 @@ async def _deploy_and_tell(
     except DeployThrottled as error:
         ending = texts.DEPLOY_THROTTLED.format(minutes=-(-error.retry_in // 60))
     else:
-        live = texts.DEPLOYED.format(username=agent.bot_username)
-        await despite_flood_control(lambda: message.answer(live))
-        await despite_flood_control(lambda: send_card(message, agent, budgets=None))
+        # Through flood control, like every reply (manager_bot/flood_control.py): a fast
+        # deploy says a lot in one chat at once.
+        await message.answer(texts.DEPLOYED.format(username=agent.bot_username))
+        await send_card(message, agent, budgets=None)
         return
-    # The outcome must reach the user, flood control or not (views/flood.py).
-    await despite_flood_control(lambda: progress_message.edit_text(ending))
+    await progress_message.edit_text(ending)
 
 
 async def confirm_step_hint(message: Message) -> None:

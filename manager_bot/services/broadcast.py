@@ -37,6 +37,7 @@ from manager_bot import texts
 from manager_bot.db.models import Broadcast, utcnow
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
+from manager_bot.flood_control import paced_by_caller
 from manager_bot.i18n import Languages, language_of, speaking_to
 from manager_bot.metrics import BROADCAST_MESSAGES, BROADCAST_REMAINING
 from runtime.tasks import cancel_and_wait, wait_out
@@ -309,12 +310,13 @@ class Broadcaster:
 
     async def _send(self, user_id: int, content: Content) -> None:
         timeout = self._send_timeout
-        if content.photo_file_id:
-            await self._bot.send_photo(
-                user_id, content.photo_file_id, caption=content.html, request_timeout=timeout
-            )
-        else:
-            await self._bot.send_message(user_id, content.html, request_timeout=timeout)
+        with paced_by_caller():  # a 429 pauses every send (_deliver), at once
+            if content.photo_file_id:
+                await self._bot.send_photo(
+                    user_id, content.photo_file_id, caption=content.html, request_timeout=timeout
+                )
+            else:
+                await self._bot.send_message(user_id, content.html, request_timeout=timeout)
 
     async def _record(
         self, broadcast_id: int, user_id: int, status: str, *, error: str | None = None,

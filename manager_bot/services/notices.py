@@ -33,6 +33,7 @@ from manager_bot import keyboards, texts
 from manager_bot.db.models import Agent
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
+from manager_bot.flood_control import paced_by_caller
 from manager_bot.i18n import Languages, language_of, speaking_to
 from manager_bot.metrics import HEALTH_NOTIFICATIONS
 from manager_bot.services.health import Health
@@ -168,9 +169,10 @@ class NoticeSender:
         outcome = _Outcome.SENT if message is not None else _Outcome.MOOT
         try:
             if message is not None:
-                await self._bot.send_message(
-                    notice.user_id, message.text, reply_markup=message.markup
-                )
+                with paced_by_caller():  # a 429 holds the whole outbox (below), at once
+                    await self._bot.send_message(
+                        notice.user_id, message.text, reply_markup=message.markup
+                    )
         except TelegramRetryAfter as error:  # flood control: nothing more until it passes
             self._hold_until = time.monotonic() + error.retry_after
             log.warning("notice %s delayed %ss by flood control", notice.key, error.retry_after)

@@ -11,6 +11,7 @@ from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram, JsonDict
 from tests.fakes.user import SimUser
+from tests.fakes.waiting import until
 
 
 async def test_paste_path_ends_with_a_bot_that_answers(
@@ -254,6 +255,44 @@ async def test_a_progress_edit_refused_with_429_is_caught_up_by_the_next(
     assert len(refused) == 1
 
 
+def apologies(user: SimUser) -> list[str]:
+    """What the manager said in this chat that reads as its error path."""
+    texts_seen = [m.get("text", "") for m in user.bot.messages_in(user.chat_id)]
+    return [text for text in texts_seen if "went wrong" in text or "ref=" in text]
+
+
+async def test_a_reply_refused_with_429_is_sent_once_flood_control_allows(
+    local_manager: Manager, telegram: FakeTelegram
+) -> None:
+    """Any reply, not only a deploy's outcome: the wizard's first step refused by flood
+    control still reaches the user, after the wait Telegram asked for."""
+    user = telegram.user(local_manager.fake)
+    telegram.inject_fault("sendMessage", status=429, retry_after=1, times=1, chat_id=user.chat_id)
+    await user.send("/deploy")
+    await user.wait_for(text_contains="Let's make your AI bot", timeout=15)
+    refused = [c for c in telegram.calls("sendMessage") if c.status == 429]
+    assert len(refused) == 1 and "Let's make your AI bot" in refused[0].params["text"]
+    assert not apologies(user)
+
+
+async def test_a_failed_deploy_is_told_through_flood_control(
+    kube_manager: Manager, telegram: FakeTelegram
+) -> None:
+    """The edit that tells the failure is refused by flood control, twice: it still ends
+    up on the progress message, and no apology is said."""
+    user = telegram.user(kube_manager.fake)
+    await fill_wizard(user, telegram, "flooded_failure_bot")
+    # The webhook step fails, slowly enough to refuse the next edit: the failure's.
+    telegram.inject_fault("setWebhook", status=500, delay=2.0, times=50)
+    await user.press("Deploy")
+    await until(lambda: any("✅ Route created" in m["text"] for m in user.messages()), timeout=30)
+    telegram.inject_fault("editMessageText", status=429, retry_after=1, times=2)
+    await user.wait_for(text_contains="Deploy failed", timeout=60)
+    assert progress_message(user)["text"].startswith("❌ Deploy failed at")
+    assert len([c for c in telegram.calls("editMessageText") if c.status == 429]) == 2
+    assert not apologies(user)
+
+
 async def test_is_live_refused_with_429_is_sent_once_flood_control_allows(
     local_manager: Manager, telegram: FakeTelegram
 ) -> None:
@@ -269,5 +308,4 @@ async def test_is_live_refused_with_429_is_sent_once_flood_control_allows(
     await user.wait_for(text_contains="State: running", timeout=10)  # and its card
     refused = [c for c in telegram.calls("sendMessage") if c.status == 429]
     assert len(refused) == 1 and "is live" in refused[0].params["text"]
-    texts_seen = [m.get("text", "") for m in user.bot.messages_in(user.chat_id)]
-    assert not any("went wrong" in text or "ref=" in text for text in texts_seen)
+    assert not apologies(user)
