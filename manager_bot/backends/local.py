@@ -131,6 +131,52 @@ def _alive(pid: int | None, start_time: str | None) -> bool:
     return state != "Z"
 
 
+def _strays(directories: set[Path], known: set[int]) -> dict[int, Path]:
+    """Runtime processes (`python -m runtime`) working in an agent's directory whose pid
+    no state.json names, and the directory of each. A manager killed between starting a
+    process and recording its pid leaves one running (agents outlive their manager), and
+    the next manager would start a second beside it: two processes serving one bot.
+    Read from Linux's /proc; elsewhere none is found."""
+    found: dict[int, Path] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit() or int(entry) in known:
+            continue
+        try:
+            cwd = Path(os.readlink(f"/proc/{entry}/cwd"))
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if cwd in directories and argv[1:3] == [b"-m", b"runtime"]:
+            found[int(entry)] = cwd
+    return found
+
+
+async def _end_process(
+    pid: int, start_time: str | None, process: asyncio.subprocess.Process | None = None
+) -> None:
+    """SIGTERM (the runtime drains its replies), then SIGKILL after the grace period.
+    `process`: our child's handle, if we started it (then reaped here)."""
+    if not _alive(pid, start_time):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while time.monotonic() < deadline:
+        if process is not None and process.returncode is not None:
+            return
+        if process is None and not _alive(pid, start_time):
+            return
+        await asyncio.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    if process is not None:
+        await process.wait()
+
+
 @dataclass
 class _Agent:
     """What the backend knows of one agent, mirrored to state.json (all but its secrets)."""
@@ -220,6 +266,14 @@ class LocalBackend:
                 self._supervise(agent)  # readiness; a death is then reported missing
             elif agent.running:
                 log.info("agent %s has no process: it starts when it is applied", agent.agent_id)
+        known = {agent.pid for agent in self._agents.values() if agent.pid is not None}
+        resolved = {directory.resolve() for directory in directories}
+        for pid, directory in (await asyncio.to_thread(_strays, resolved, known)).items():
+            log.warning(
+                "stopping a stray process of agent %s (pid %s): its manager died before "
+                "recording it", directory.name, pid,
+            )  # fmt: skip
+            await _end_process(pid, _process_start_time(pid))
 
     async def close(self) -> None:
         """Stop supervising; the agents themselves keep running (they are users' bots)."""
@@ -448,24 +502,10 @@ class LocalBackend:
         await asyncio.to_thread(self._save, agent)
 
     async def _terminate(self, agent: _Agent) -> None:
-        """SIGTERM (the runtime drains its replies), then SIGKILL after the grace period."""
         pid, process = agent.pid, agent.process
         agent.pid, agent.ready, agent.process = None, False, None
-        if pid is None or not _alive(pid, agent.start_time):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        while time.monotonic() < deadline:
-            if process is not None and process.returncode is not None:
-                return
-            if process is None and not _alive(pid, agent.start_time):
-                return
-            await asyncio.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        if process is not None:
-            await process.wait()
+        if pid is not None:
+            await _end_process(pid, agent.start_time, process)
 
     # -- files (blocking: always through asyncio.to_thread) --------------------------
 

@@ -10,6 +10,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -257,6 +258,43 @@ async def test_a_new_manager_adopts_a_live_agent_and_leaves_a_dead_one_to_apply(
         assert "localagent" not in await third.observe_all()
     finally:
         await third.shutdown_agents()
+        await second.shutdown_agents()
+
+
+async def test_a_process_its_manager_died_before_recording_is_stopped_on_adopt(
+    tmp_path: Path, telegram: FakeTelegram, openai_server: FakeOpenAI
+) -> None:
+    """The manager is killed between starting an agent's process and writing its pid:
+    the process runs on, named by no state.json. The next manager stops it when it
+    adopts, so the apply after (reconcile's) leaves one process serving the bot, not
+    two. Another program working in the directory is left alone."""
+    bot = telegram.add_bot(username="stray_bot")
+    agent_spec = spec(bot, telegram, openai_server)
+    directory = tmp_path / "agents" / "localagent"
+    first = LocalBackend(data_dir=tmp_path)
+    await first.apply(agent_spec)
+    await until_state(first, ObservedState.RUNNING)
+    stray = pid_of(tmp_path)
+    await first.close()
+    state = state_file(tmp_path)  # as apply left it, before the spawn recorded its pid
+    (directory / "state.json").write_text(json.dumps({**state, "pid": None, "start_time": None}))
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], cwd=directory
+    )
+    second = LocalBackend(data_dir=tmp_path, restart_backoff=(0.1,))
+    try:
+        await second.adopt()
+        assert runtimes_in(directory) == []
+        assert bystander.poll() is None
+        await second.apply(agent_spec)
+        await until_state(second, ObservedState.RUNNING)
+        assert runtimes_in(directory) == [pid_of(tmp_path)] != [stray]
+        user = telegram.user(bot)
+        await user.send("one of me")
+        await user.wait_for(text_contains="echo: one of me", timeout=15)
+    finally:
+        bystander.kill()
+        bystander.wait()
         await second.shutdown_agents()
 
 
