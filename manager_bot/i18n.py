@@ -21,6 +21,7 @@ from babel.messages.pofile import read_po
 
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
+from manager_bot.recent import Recent
 
 LOCALES_DIR = Path(__file__).parent / "locales"
 DEFAULT_LANGUAGE = "en"
@@ -62,7 +63,7 @@ class Languages:
     def __init__(self, *, database: Database, i18n: I18n) -> None:
         self._db = database
         self.i18n = i18n
-        self._picked: dict[int, str | None] = {}
+        self._picked: Recent[int, str | None] = Recent()
 
     async def picked(self, user_id: int) -> str | None:
         if user_id not in self._picked:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +17,7 @@ from manager_bot.db.fsm_storage import SqlStorage
 from manager_bot.db.repositories import Repositories
 from manager_bot.db.session import Database
 from manager_bot.logs import REQUEST_ID, new_request_id
+from manager_bot.recent import Recent
 from manager_bot.services.admin import BanList
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class UserMiddleware(BaseMiddleware):
 
     def __init__(self, database: Database) -> None:
         self._db = database
-        self._written: dict[int, tuple[str | None, str, str | None, float]] = {}
+        self._written: Recent[int, tuple[str | None, str, str | None, float]] = Recent()
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         try:
@@ -110,15 +111,17 @@ class ThrottleMiddleware(BaseMiddleware):
     def __init__(self, *, limit: int = 30, window: float = 10.0) -> None:
         self._limit = limit
         self._window = window
-        self._seen: dict[int, deque[float]] = defaultdict(deque)
-        self._warned: dict[int, float] = {}
+        self._seen: Recent[int, deque[float]] = Recent()
+        self._warned: Recent[int, float] = Recent()
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         sender = getattr(event, "from_user", None)
         if sender is None:
             return await handler(event, data)
         now = time.monotonic()
-        recent = self._seen[sender.id]
+        recent = self._seen.get(sender.id)
+        if recent is None:
+            recent = self._seen[sender.id] = deque()
         while recent and now - recent[0] > self._window:
             recent.popleft()
         if len(recent) >= self._limit:

@@ -17,18 +17,23 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from manager_bot.db.models import FsmState
 from manager_bot.db.session import Database
+from manager_bot.recent import Recent
 
 # On the table, not the ORM class: these only move values (see db/repositories.py).
 _TABLE = cast(Table, FsmState.__table__)
 _LOAD = select(_TABLE.c.state, _TABLE.c.data).where(_TABLE.c.key == bindparam("key"))
+# Rows kept in memory: a wizard's data holds a prompt of up to 4,000 characters.
+CACHED_ROWS = 10_000
 _KEYS = DefaultKeyBuilder(with_bot_id=True, with_business_connection_id=True, with_destiny=True)
 
 
 @dataclass
 class _Batch:
-    """Keys changed inside one `SqlStorage.batch()`; closed once written."""
+    """What changed inside one `SqlStorage.batch()`, by key; closed once written. Kept
+    here, not read back from the cache, which may have forgotten it meanwhile."""
 
-    keys: set[str] = field(default_factory=set)
+    storage: SqlStorage
+    rows: dict[str, tuple[str | None, str]] = field(default_factory=dict)
     open: bool = True
 
 
@@ -48,9 +53,10 @@ class SqlStorage(BaseStorage):
     to share wizard state between several).
     """
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, cached_rows: int = CACHED_ROWS) -> None:
         self._db = database
-        self._cache: dict[str, tuple[str | None, str]] = {}
+        # The most recently used rows (a user who comes back later is read anew).
+        self._cache: Recent[str, tuple[str | None, str]] = Recent(cached_rows)
         insert = (
             postgresql_insert if database.engine.dialect.name == "postgresql" else sqlite_insert
         )
@@ -61,6 +67,9 @@ class SqlStorage(BaseStorage):
         )
 
     async def _load(self, key: str) -> tuple[str | None, str]:
+        batch = self._open_batch()
+        if batch is not None and key in batch.rows:  # not written yet
+            return batch.rows[key]
         cached = self._cache.get(key)
         if cached is None:
             async with self._db.connection_for_reads() as connection:
@@ -72,10 +81,9 @@ class SqlStorage(BaseStorage):
     async def _store(self, key: str, state: str | None, data: str) -> None:
         if await self._load(key) == (state, data):
             return
-        batch = _BATCH.get()
-        if batch is not None and batch.open:
-            self._cache[key] = (state, data)
-            batch.keys.add(key)
+        batch = self._open_batch()
+        if batch is not None:
+            self._cache[key] = batch.rows[key] = (state, data)
             return
         await self._write({key: (state, data)})
         self._cache[key] = (state, data)
@@ -98,19 +106,23 @@ class SqlStorage(BaseStorage):
         halves the writes on the database's single writer. The in-memory copy is current
         throughout, so reads inside and outside the batch see every change at once.
         """
-        outer = _BATCH.get()
-        if outer is not None and outer.open:
+        if self._open_batch() is not None:
             yield  # nested: the outer batch writes
             return
-        batch = _Batch()
+        batch = _Batch(self)
         token = _BATCH.set(batch)
         try:
             yield
         finally:
             batch.open = False
             _BATCH.reset(token)
-            if batch.keys:
-                await self._write({key: self._cache[key] for key in batch.keys})
+            if batch.rows:
+                await self._write(batch.rows)
+
+    def _open_batch(self) -> _Batch | None:
+        """This storage's batch the current task is inside, if any."""
+        batch = _BATCH.get()
+        return batch if batch is not None and batch.open and batch.storage is self else None
 
     async def set_state(self, key: StorageKey, state: str | State | None = None) -> None:
         value = state.state if isinstance(state, State) else state

@@ -278,14 +278,14 @@ async def test_a_process_its_manager_died_before_recording_is_stopped_on_adopt(
     await first.close()
     state = state_file(tmp_path)  # as apply left it, before the spawn recorded its pid
     (directory / "state.json").write_text(json.dumps({**state, "pid": None, "start_time": None}))
-    bystander = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)"], cwd=directory
+    bystander = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(60)", cwd=directory
     )
     second = LocalBackend(data_dir=tmp_path, restart_backoff=(0.1,))
     try:
         await second.adopt()
         assert runtimes_in(directory) == []
-        assert bystander.poll() is None
+        assert bystander.returncode is None
         await second.apply(agent_spec)
         await until_state(second, ObservedState.RUNNING)
         assert runtimes_in(directory) == [pid_of(tmp_path)] != [stray]
@@ -294,7 +294,7 @@ async def test_a_process_its_manager_died_before_recording_is_stopped_on_adopt(
         await user.wait_for(text_contains="echo: one of me", timeout=15)
     finally:
         bystander.kill()
-        bystander.wait()
+        await bystander.wait()
         await second.shutdown_agents()
 
 

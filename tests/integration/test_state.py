@@ -291,3 +291,35 @@ async def test_sqlite_enforces_foreign_keys(sqlite_url: str) -> None:
                 )
     finally:
         await database.close()
+
+
+async def test_fsm_rows_forgotten_by_a_full_cache_are_read_back_even_mid_batch(
+    database_url: str,
+) -> None:
+    """The in-memory copy keeps only the newest rows (it would otherwise hold every user
+    ever seen): a forgotten row is read from the database, and a change inside a batch,
+    not yet written, is never lost or read stale when the cache forgets it."""
+    await upgrade(database_url)
+    keys = [StorageKey(bot_id=1, chat_id=100 + n, user_id=100 + n) for n in range(5)]
+    database, elsewhere = Database(database_url), Database(database_url)
+    storage = SqlStorage(database, cached_rows=2)
+    try:
+        for number, key in enumerate(keys):
+            await storage.set_state(key, f"Deploy:step{number}")
+        assert [await storage.get_state(key) for key in keys] == [
+            f"Deploy:step{number}" for number in range(5)
+        ]
+        async with storage.batch():
+            await storage.set_state(keys[0], "Deploy:confirm")
+            await storage.update_data(keys[0], {"username": "kept_bot"})
+            for other in keys[1:]:  # the batch's row leaves the two-row cache
+                await storage.get_state(other)
+            assert await storage.get_state(keys[0]) == "Deploy:confirm"
+            assert await storage.get_data(keys[0]) == {"username": "kept_bot"}
+            assert await SqlStorage(elsewhere).get_state(keys[0]) == "Deploy:step0"
+        stored = SqlStorage(elsewhere)
+        assert await stored.get_state(keys[0]) == "Deploy:confirm"
+        assert await stored.get_data(keys[0]) == {"username": "kept_bot"}
+    finally:
+        await database.close()
+        await elsewhere.close()
