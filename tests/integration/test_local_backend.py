@@ -98,6 +98,16 @@ def runtimes_in(directory: Path) -> list[int]:
     return found
 
 
+def running(pid: int) -> bool:
+    """Whether the process runs (not gone, not a zombie): read from /proc, not from a
+    return code asyncio's child watcher may not have set yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def listening_addresses(port: int) -> set[str]:
     """Local addresses of the sockets listening on `port`, as /proc/net/tcp* spells them."""
     found = set()
@@ -285,7 +295,7 @@ async def test_a_process_its_manager_died_before_recording_is_stopped_on_adopt(
     try:
         await second.adopt()
         assert runtimes_in(directory) == []
-        assert bystander.returncode is None
+        assert running(bystander.pid)
         await second.apply(agent_spec)
         await until_state(second, ObservedState.RUNNING)
         assert runtimes_in(directory) == [pid_of(tmp_path)] != [stray]
