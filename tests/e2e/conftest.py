@@ -38,6 +38,7 @@ from tests.fakes.loopback import free_port
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeBot, FakeTelegram
 from tests.fakes.user import SimUser
+from tests.fakes.waiting import wait_until
 
 PUBLIC_URL = "https://bots.example.com"
 REPO = Path(__file__).resolve().parents[2]
@@ -301,3 +302,18 @@ async def stop_process(process: asyncio.subprocess.Process) -> str:
     """`interrupt`; everything the manager processes of this directory printed."""
     await interrupt(process)
     return _outputs.pop(process.pid).read_text(errors="replace")
+
+
+async def answer_start_once(telegram: FakeTelegram, cwd: Path, **env: str) -> str:
+    """The manager as a process, with `env`: once polling, one user's /start is answered;
+    then it is stopped. Everything it printed."""
+    manager = telegram.add_bot(username="hatchbot_manager_bot")
+    process = await start_manager_process(telegram, manager, cwd, **env)
+    try:
+        await wait_until(lambda: polling(telegram, manager), timeout=60)
+        user = telegram.user(manager)
+        await user.send("/start")
+        await user.wait_for(text_contains="Hatchbot", timeout=15)
+    finally:
+        output = await stop_process(process)
+    return output

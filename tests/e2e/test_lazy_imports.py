@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.e2e.conftest import polling, start_manager_process, stop_process
+from tests.e2e.conftest import answer_start_once
 from tests.fakes.telegram_api import FakeTelegram
-from tests.fakes.waiting import wait_until
 
 # "import time: self [us] | cumulative | imported package", one line per module imported.
 IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", re.MULTILINE)
@@ -16,18 +15,10 @@ IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", re.MULTILINE)
 async def test_a_local_manager_serves_without_kubernetes_redis_or_openai(
     telegram: FakeTelegram, tmp_path: Path
 ) -> None:
-    manager = telegram.add_bot(username="hatchbot_manager_bot")
     # PYTHONPROFILEIMPORTTIME: the interpreter reports every module it imports on stderr.
-    process = await start_manager_process(
-        telegram, manager, tmp_path, PYTHONPROFILEIMPORTTIME="1", METRICS_PORT="0"
+    output = await answer_start_once(
+        telegram, tmp_path, PYTHONPROFILEIMPORTTIME="1", METRICS_PORT="0"
     )
-    try:
-        await wait_until(lambda: polling(telegram, manager), timeout=60)
-        user = telegram.user(manager)
-        await user.send("/start")
-        await user.wait_for(text_contains="Hatchbot", timeout=15)
-    finally:
-        output = await stop_process(process)
     packages = {module.split(".")[0] for module in IMPORTED.findall(output)}
     assert {"aiogram", "manager_bot", "sqlalchemy"} <= packages  # the report is there
     # BACKEND=local, no REDIS_URL, no key checked yet: none of their clients was needed.

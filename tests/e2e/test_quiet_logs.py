@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import polling, start_manager_process, stop_process
+from tests.e2e.conftest import answer_start_once, polling, start_manager_process, stop_process
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.waiting import until, wait_until
 
@@ -50,17 +50,9 @@ async def test_sweeps_that_change_nothing_leave_no_line_at_info(
 async def test_log_level_warning_keeps_only_warnings_and_errors(
     telegram: FakeTelegram, tmp_path: Path
 ) -> None:
-    manager = telegram.add_bot(username="hatchbot_manager_bot")
-    process = await start_manager_process(
-        telegram, manager, tmp_path, LOG_LEVEL="WARNING", LOG_FORMAT="json", METRICS_PORT="0"
+    output = await answer_start_once(
+        telegram, tmp_path, LOG_LEVEL="WARNING", LOG_FORMAT="json", METRICS_PORT="0"
     )
-    try:
-        await wait_until(lambda: polling(telegram, manager), timeout=60)
-        user = telegram.user(manager)
-        await user.send("/start")
-        await user.wait_for(text_contains="Hatchbot", timeout=15)
-    finally:
-        output = await stop_process(process)
     logged = entries(output)
     assert {e["level"] for e in logged} <= {"WARNING", "ERROR"}
     # The one warning of a first start: the generated key (ENCRYPTION_KEYS unset).
