@@ -75,6 +75,17 @@ def pid_of(tmp_path: Path) -> int:
     return pid
 
 
+async def started_by_a_manager_gone_since(tmp_path: Path, agent_spec: AgentSpec) -> int:
+    """The agent applied and running under one LocalBackend, which then goes away (the
+    agent stays, as it does when the manager stops); its pid."""
+    first = LocalBackend(data_dir=tmp_path)
+    await first.apply(agent_spec)
+    await until_state(first, ObservedState.RUNNING)
+    pid = pid_of(tmp_path)
+    await first.close()
+    return pid
+
+
 def files_holding_secrets(tmp_path: Path, bot: FakeBot) -> list[str]:
     """Every file under data/agents/ whose bytes contain a secret of the agent."""
     secrets = [bot.token.encode(), WEBHOOK_SECRET.encode(), GATEWAY_KEY.encode()]
@@ -229,11 +240,7 @@ async def test_a_new_manager_adopts_a_live_agent_and_leaves_a_dead_one_to_apply(
     bot = telegram.add_bot(username="local_bot")
     agent_spec = spec(bot, telegram, openai_server)
     directory = tmp_path / "agents" / "localagent"
-    first = LocalBackend(data_dir=tmp_path)
-    await first.apply(agent_spec)
-    await until_state(first, ObservedState.RUNNING)
-    pid = pid_of(tmp_path)
-    await first.close()  # the manager goes away; the agent stays
+    pid = await started_by_a_manager_gone_since(tmp_path, agent_spec)
 
     second = LocalBackend(data_dir=tmp_path, restart_backoff=(0.1,))
     third = LocalBackend(data_dir=tmp_path, restart_backoff=(0.1,))
@@ -281,11 +288,7 @@ async def test_a_process_its_manager_died_before_recording_is_stopped_on_adopt(
     bot = telegram.add_bot(username="stray_bot")
     agent_spec = spec(bot, telegram, openai_server)
     directory = tmp_path / "agents" / "localagent"
-    first = LocalBackend(data_dir=tmp_path)
-    await first.apply(agent_spec)
-    await until_state(first, ObservedState.RUNNING)
-    stray = pid_of(tmp_path)
-    await first.close()
+    stray = await started_by_a_manager_gone_since(tmp_path, agent_spec)
     state = state_file(tmp_path)  # as apply left it, before the spawn recorded its pid
     (directory / "state.json").write_text(json.dumps({**state, "pid": None, "start_time": None}))
     bystander = await asyncio.create_subprocess_exec(
@@ -314,11 +317,7 @@ async def test_restarting_an_adopted_agent_stops_it_until_it_is_applied(
     bot = telegram.add_bot(username="local_bot")
     agent_spec = spec(bot, telegram, openai_server)
     directory = tmp_path / "agents" / "localagent"
-    first = LocalBackend(data_dir=tmp_path)
-    await first.apply(agent_spec)
-    await until_state(first, ObservedState.RUNNING)
-    pid = pid_of(tmp_path)
-    await first.close()
+    pid = await started_by_a_manager_gone_since(tmp_path, agent_spec)
 
     second = LocalBackend(data_dir=tmp_path)
     try:
