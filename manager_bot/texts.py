@@ -784,10 +784,9 @@ class _Translated(ModuleType):
             return value
         i18n = I18n.get_current(no_error=True)
         key = (name, None if i18n is None else i18n.current_locale)
-        read = _translations.get(key, _translations)
-        if read is _translations:
-            read = _translations[key] = _in_language(value)
-        return read
+        if key not in _translations:
+            _translations[key] = _in_language(value)
+        return _translations[key]
 
 
 sys.modules[__name__].__class__ = _Translated
