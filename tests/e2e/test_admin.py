@@ -140,6 +140,37 @@ async def test_a_429_and_a_502_mid_broadcast_are_retried_and_nobody_gets_two(
     assert copies(telegram, local_manager.fake, admin.id, "Flood test") == 2  # and the preview
 
 
+async def test_a_429_mid_broadcast_holds_every_sender_for_the_wait_telegram_asks(
+    local_manager: Manager, telegram: FakeTelegram
+) -> None:
+    """Telegram's flood control is for the whole bot: after a 429 the broadcast stops
+    sending to everyone (not only to the refused recipient) until retry_after is over,
+    then goes on. The manager's own retry of a refused call must not take this 429 in
+    its place (flood_control.paced_by_caller)."""
+    admin = await join(local_manager, telegram, "Admin", user_id=ADMIN)
+    users = [await join(local_manager, telegram, f"P{i}") for i in range(12)]
+    fake = local_manager.fake
+    await admin.send("/broadcast")
+    await admin.send("Paced test")
+    await admin.press("All users (13)")
+    telegram.inject_fault("sendMessage", status=429, retry_after=3, times=1, bot=fake,
+                          chat_id=users[0].id)  # fmt: skip
+    await admin.press("Send")
+    await admin.wait_for(text_contains="sent 13, failed 0, blocked 0", timeout=40)
+    sends = [
+        call
+        for call in telegram.calls("sendMessage", bot=fake)
+        if call.params.get("text") == "Paced test"
+    ]
+    (refused,) = [call for call in sends if call.status == 429]
+    # Only what the other three senders had already sent may arrive in the pause.
+    in_the_pause = [c for c in sends if refused.at < c.at < refused.at + 2.0]
+    assert len(in_the_pause) <= 3, len(in_the_pause)
+    assert len([c for c in sends if c.at > refused.at]) > 3  # it did go on after
+    for user in users:
+        assert copies(telegram, fake, user.id, "Paced test") == 1
+
+
 async def test_audiences_stats_users_ban_unban_and_audit(
     kube_manager: Manager, telegram: FakeTelegram, kube: FakeKubernetes
 ) -> None:
