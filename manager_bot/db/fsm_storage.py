@@ -15,6 +15,7 @@ from sqlalchemy import Table, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from manager_bot.db.group_commit import GroupCommit
 from manager_bot.db.models import FsmState
 from manager_bot.db.session import Database
 from manager_bot.recent import Recent
@@ -46,7 +47,8 @@ class SqlStorage(BaseStorage):
     """One row per (bot, chat, user, thread, destiny): state and JSON data.
 
     Write-through with an in-memory copy: every change is committed before the
-    handler goes on (so a wizard survives a restart), but reads come from memory
+    handler goes on (so a wizard survives a restart; the steps of users that end
+    while another commit runs share the next one), but reads come from memory
     and writes that change nothing are skipped. Most updates only read, and the
     database has one writer (SQLite), so this is the difference between handling
     users side by side and in a queue. One manager per database (use REDIS_URL
@@ -61,6 +63,7 @@ class SqlStorage(BaseStorage):
             postgresql_insert if database.engine.dialect.name == "postgresql" else sqlite_insert
         )
         upsert = insert(_TABLE)
+        self._commits: GroupCommit[str, tuple[str | None, str]] = GroupCommit(self._commit)
         self._upsert = upsert.on_conflict_do_update(
             index_elements=[_TABLE.c.key],
             set_={"state": upsert.excluded.state, "data": upsert.excluded.data},
@@ -89,6 +92,10 @@ class SqlStorage(BaseStorage):
         self._cache[key] = (state, data)
 
     async def _write(self, rows: Mapping[str, tuple[str | None, str]]) -> None:
+        # Committed together with other users' steps that end meanwhile (group_commit.py).
+        await self._commits.write(rows)
+
+    async def _commit(self, rows: Mapping[str, tuple[str | None, str]]) -> None:
         # One upsert, built once, on a bare connection: no ORM session, as this runs on
         # most wizard steps (the session's own work was a third of a step's CPU).
         parameters = [
@@ -145,7 +152,7 @@ class SqlStorage(BaseStorage):
         return decoded
 
     async def close(self) -> None:
-        return None
+        await self._commits.drained()
 
 
 def build_fsm_storage(*, database: Database, redis_url: str | None) -> BaseStorage:

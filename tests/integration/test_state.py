@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from aiogram.fsm.storage.base import StorageKey
-from sqlalchemy import inspect, text
+from sqlalchemy import event, inspect, text
 
 from manager_bot.crypto import Vault, generate_key
 from manager_bot.db.fsm_storage import SqlStorage, build_fsm_storage
@@ -321,5 +321,42 @@ async def test_fsm_rows_forgotten_by_a_full_cache_are_read_back_even_mid_batch(
         assert await stored.get_state(keys[0]) == "Deploy:confirm"
         assert await stored.get_data(keys[0]) == {"username": "kept_bot"}
     finally:
+        await database.close()
+        await elsewhere.close()
+
+
+async def test_wizard_steps_ending_together_share_a_commit_and_all_are_stored(
+    database_url: str,
+) -> None:
+    """Many users' steps ending at once: each user's write is stored before their step
+    returns, and the steps that ended while a commit ran share the next one."""
+    await upgrade(database_url)
+    keys = [StorageKey(bot_id=1, chat_id=200 + n, user_id=200 + n) for n in range(40)]
+    database, elsewhere = Database(database_url), Database(database_url)
+    storage = SqlStorage(database)
+    commits = 0
+
+    def counted(*_: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    event.listen(database.engine.sync_engine, "commit", counted)
+
+    async def step(number: int, key: StorageKey) -> None:
+        async with storage.batch():
+            await storage.set_state(key, "Deploy:prompt")
+            await storage.update_data(key, {"step": number})
+        stored = SqlStorage(elsewhere)  # another process, reading the database
+        assert await stored.get_data(key) == {"step": number}
+
+    try:
+        await asyncio.gather(*(step(number, key) for number, key in enumerate(keys)))
+        assert 1 < commits < len(keys)
+        stored = SqlStorage(elsewhere)
+        for number, key in enumerate(keys):
+            assert await stored.get_state(key) == "Deploy:prompt"
+            assert await stored.get_data(key) == {"step": number}
+    finally:
+        await storage.close()
         await database.close()
         await elsewhere.close()
