@@ -11,6 +11,9 @@ result as the eager build (tests/unit/test_lazy_aiogram.py compares every schema
 
 Anything unexpected (an aiogram whose source no longer holds that loop, a package
 without source) imports aiogram unchanged: slower to start, never different.
+
+The same hook hands aiogram.client.context_controller's BotContextController to
+bot_binding.py as it is defined, before any model: see there.
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ from types import CodeType, ModuleType
 
 from pydantic import BaseModel
 
+from manager_bot.bot_binding import bind_in_one_step
+
 TYPES = "aiogram.types"
 METHODS = "aiogram.methods"
 METHODS_BASE = "aiogram.methods.base"
+CONTEXT_CONTROLLER = "aiogram.client.context_controller"
 
 # The end of aiogram/types/__init__.py, verbatim, and what runs instead.
 EAGER_BUILD = """for _entity_name in __all__:
@@ -92,10 +98,21 @@ class _MethodsLoader(importlib.machinery.SourceFileLoader):
                 model.__pydantic_parent_namespace__ = namespace
 
 
+class _ContextControllerLoader(importlib.machinery.SourceFileLoader):
+    """aiogram's BotContextController, handed to bot_binding before any model uses it."""
+
+    def exec_module(self, module: ModuleType) -> None:
+        super().exec_module(module)
+        controller = getattr(module, "BotContextController", None)
+        if isinstance(controller, type):
+            bind_in_one_step(controller)
+
+
 _LOADERS: dict[str, type[importlib.machinery.SourceFileLoader]] = {
     TYPES: _DeferredTypesLoader,
     METHODS: _MethodsLoader,
     METHODS_BASE: _MethodsBaseLoader,
+    CONTEXT_CONTROLLER: _ContextControllerLoader,
 }
 
 
@@ -117,7 +134,8 @@ _FINDER = _Finder()
 
 
 def install() -> None:
-    """Defer aiogram's model builds, if aiogram is not imported yet (idempotent)."""
+    """Defer aiogram's model builds, and bind the Bot to its models in one step, if
+    aiogram is not imported yet (idempotent)."""
     if TYPES not in sys.modules and _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)
 
