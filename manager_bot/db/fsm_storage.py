@@ -75,8 +75,8 @@ class SqlStorage(BaseStorage):
             return batch.rows[key]
         cached = self._cache.get(key)
         if cached is None:
-            async with self._db.connection_for_reads() as connection:
-                row = (await connection.execute(_LOAD, {"key": key})).first()
+            async with self._db.reading() as session:
+                row = (await session.execute(_LOAD, {"key": key})).first()
                 cached = (row.state, row.data or "{}") if row else (None, "{}")
             self._cache[key] = cached
         return cached
@@ -102,8 +102,8 @@ class SqlStorage(BaseStorage):
             {"key": key, "state": state, "data": data}
             for key, (state, data) in sorted(rows.items())
         ]
-        async with self._db.engine.begin() as connection:
-            await connection.execute(self._upsert, parameters)
+        async with self._db.session() as session:
+            await session.execute(self._upsert, parameters)
 
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[None]:

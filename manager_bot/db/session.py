@@ -1,25 +1,38 @@
-"""Engine and sessions: one AsyncSession per unit of work."""
+"""Engine and sessions: one session per unit of work.
+
+PostgreSQL: SQLAlchemy's AsyncSession on asyncpg. SQLite: the sync ORM on the event
+loop (inline_session.py), with one writer connection, handed out by a lock, and
+READERS reader connections (WAL lets them read beside the writer), handed out by a
+semaphore, so that the sync pools never wait. `engine` is an async engine on either,
+for what is not a unit of work: migrations, `current_revision`, tests.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import create_async_engine as create_engine
+from sqlalchemy.orm import Session
 
-from manager_bot.db.sqlite_driver import InlineDbapi
+from manager_bot.db.inline_session import InlineSession, create_inline_engine, while_busy
 
 READERS = 2  # SQLite connections for Database.reading()
+LOCK_WAIT_SECONDS = 30.0  # SQLite: how long a write waits for another process's lock
+
+# The Database whose SQLite write session the current task is inside, and the task: a
+# second one inside the first would wait for ever for the writer connection it holds.
+# (A task started inside inherits the variable, but is another task: it may wait.)
+_WRITING: ContextVar[tuple[Database, asyncio.Task[Any] | None] | None] = ContextVar(
+    "writing", default=None
+)
 
 
 def is_sqlite(url: str) -> bool:
@@ -33,54 +46,46 @@ def ensure_sqlite_directory(url: str) -> None:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
-def create_engine(url: str, *, read_only: bool = False) -> AsyncEngine:
-    if is_sqlite(url):
-        ensure_sqlite_directory(url)
-        # One connection: SQLite has one writer, and writers racing on several
-        # connections meet SQLITE_BUSY, whose retry sleeps (up to 100 ms a time)
-        # were most of the manager's latency under load. Queued on one connection,
-        # each statement waits only for the ones ahead of it.
-        # No rollback when a connection goes back to the pool: Database.session always
-        # commits or rolls back itself, and that round trip was one in six of each session's.
-        # InlineDbapi: statements run on the event loop, not on aiosqlite's thread (see there).
-        engine = create_async_engine(
-            url, connect_args={"timeout": 30}, pool_size=READERS if read_only else 1,
-            max_overflow=0, pool_timeout=60, pool_reset_on_return=None,
-            module=InlineDbapi(),
-        )  # fmt: skip
+def create_async_engine(url: str) -> AsyncEngine:
+    if not is_sqlite(url):
+        return create_engine(url, pool_pre_ping=True)
+    ensure_sqlite_directory(url)
+    engine = create_engine(url, connect_args={"timeout": LOCK_WAIT_SECONDS})
 
-        @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(connection: Any, _record: Any) -> None:
-            # Foreign keys are off by default in SQLite; WAL lets readers and a writer coexist.
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA journal_mode=WAL")
-            # With WAL, NORMAL never corrupts; it only skips an fsync per commit.
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            if read_only:
-                cursor.execute("PRAGMA query_only=ON")
-            cursor.close()
+    @event.listens_for(engine.sync_engine, "connect")
+    def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")  # off by default in SQLite
+        cursor.close()
 
-        return engine
-    return create_async_engine(url, pool_pre_ping=True)
+    return engine
 
 
 class Database:
-    """The engine and its session factory; `async with db.session() as s:` commits on success."""
+    """Sessions for units of work: `async with db.session() as s:` commits on success,
+    `async with db.reading() as s:` only reads."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = create_engine(url)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        # SQLite: reads get connections of their own (WAL lets them run beside the one
-        # writer), so a check made before an answer does not queue behind a deploy's
-        # writes. Other databases pool connections already.
-        self._read_engine = create_engine(url, read_only=True) if is_sqlite(url) else self.engine
-        self._read_sessions = async_sessionmaker(self._read_engine, expire_on_commit=False)
+        self.engine = create_async_engine(url)
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._writer: Engine | None = None
+        self._readers: Engine | None = None
+        if is_sqlite(url):
+            self._writer = create_inline_engine(url, connections=1, read_only=False)
+            self._readers = create_inline_engine(url, connections=READERS, read_only=True)
+        self._writing = asyncio.Lock()
+        self._reading = asyncio.Semaphore(READERS)
+        self.lock_wait_seconds = LOCK_WAIT_SECONDS
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        async with self.sessions() as session:
+        if self._writer is not None:
+            with self._not_nested():
+                async with self._writing, self._inline(self._writer, writes=True) as inline:
+                    yield inline
+            return
+        async with self._sessions() as session:
             try:
                 yield session
                 await session.commit()
@@ -91,24 +96,54 @@ class Database:
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncSession]:
         """A session for queries only (SQLite refuses writes in it); sees what is committed."""
-        async with self._read_sessions() as session:
+        if self._readers is not None:
+            async with self._reading, self._inline(self._readers, writes=False) as inline:
+                yield inline
+            return
+        async with self._sessions() as session:
             try:
                 yield session
             finally:
                 await session.rollback()  # ends the read: a held snapshot would go stale
 
+    @contextmanager
+    def _not_nested(self) -> Iterator[None]:
+        here = (self, asyncio.current_task())
+        if _WRITING.get() == here:
+            raise RuntimeError("a write session inside another would wait for itself")
+        token = _WRITING.set(here)
+        try:
+            yield
+        finally:
+            _WRITING.reset(token)
+
     @asynccontextmanager
-    async def connection_for_reads(self) -> AsyncIterator[AsyncConnection]:
-        """A bare connection for a prebuilt query on a hot path: no ORM session around it,
-        which costs about as much as the query itself. Sees what is committed."""
-        async with self._read_engine.connect() as connection:
-            yield connection
+    async def _inline(self, engine: Engine, *, writes: bool) -> AsyncIterator[AsyncSession]:
+        def begin() -> Session:
+            session = Session(engine, expire_on_commit=False)
+            try:
+                session.connection()  # a writer's BEGIN IMMEDIATE: the write lock, or BUSY
+            except BaseException:
+                session.close()
+                raise
+            return session
+
+        sync = await while_busy(begin, wait_seconds=self.lock_wait_seconds)
+        try:
+            yield InlineSession(sync, busy_wait_seconds=None if writes else self.lock_wait_seconds)
+            if writes:
+                sync.commit()
+        finally:
+            sync.rollback()  # after a commit, nothing to do
+            sync.close()
 
     async def ping(self) -> None:
         """One round trip; raises the driver's error if the database cannot be reached."""
-        async with self.engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+        async with self.reading() as session:
+            await session.execute(text("SELECT 1"))
 
     async def close(self) -> None:
         await self.engine.dispose()
-        await self._read_engine.dispose()
+        for engine in (self._writer, self._readers):
+            if engine is not None:
+                engine.dispose()

@@ -1,6 +1,7 @@
-"""The SQLite driver behaves as SQLAlchemy's own: rows, counts, ids, errors, commits and
-rollbacks, through the manager's Database on a real SQLite file; and a statement that
-must wait for another connection's lock waits off the event loop."""
+"""SQLite sessions on the event loop (manager_bot/db/inline_session.py) behave as
+SQLAlchemy's AsyncSession: rows, counts, ids, errors, commits and rollbacks, through the
+manager's Database on a real SQLite file. A write holds the write lock from its start,
+and one that must wait for another process's lock waits without holding up the loop."""
 
 from __future__ import annotations
 
@@ -10,12 +11,11 @@ import sqlite3
 import pytest
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from manager_bot.db.migrate import upgrade
 from manager_bot.db.models import AuditEntry, User
 from manager_bot.db.session import Database
-from manager_bot.db.sqlite_driver import InlineConnection
 
 
 async def test_queries_return_their_rows_counts_and_new_ids(sqlite_url: str) -> None:
@@ -71,23 +71,85 @@ async def test_a_failed_unit_of_work_leaves_nothing_and_the_connection_works_on(
         await database.close()
 
 
-async def test_a_session_that_only_read_has_nothing_to_commit(sqlite_url: str) -> None:
-    """sqlite3 opens a transaction only before a write: reads leave none open (which is
-    why the driver may skip their commit and rollback)."""
+def other_process(url: str) -> sqlite3.Connection:
+    """Another program's connection to the same file (timeout 0: refused at once)."""
+    return sqlite3.connect(make_url(url).database or "", timeout=0, check_same_thread=False)
+
+
+async def test_a_write_session_holds_the_write_lock_from_its_start_and_a_read_does_not(
+    sqlite_url: str,
+) -> None:
+    """BEGIN IMMEDIATE: what a write session checks before it writes (a quota, a throttle)
+    holds until it commits, against another process too, which sqlite3's own deferred
+    BEGIN (taken at the first write) did not promise."""
+    await upgrade(sqlite_url)
+    database = Database(sqlite_url)
+    other = other_process(sqlite_url)
+    try:
+        async with database.reading() as session:
+            await session.execute(select(User.id))
+            other.execute("BEGIN IMMEDIATE")  # a reader leaves the write lock free
+            other.rollback()
+        async with database.session() as session:
+            await session.execute(select(User.id))  # only read so far
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+            await session.execute(insert(User).values(id=8, first_name="Eight"))
+        other.execute("BEGIN IMMEDIATE")  # released by the commit
+        other.rollback()
+        async with database.reading() as session:
+            assert await session.get(User, 8) is not None  # the write was committed
+    finally:
+        other.close()
+        await database.close()
+
+
+async def test_a_write_that_waits_too_long_for_the_lock_fails_and_leaves_nothing(
+    sqlite_url: str,
+) -> None:
+    await upgrade(sqlite_url)
+    database = Database(sqlite_url)
+    database.lock_wait_seconds = 0.3
+    other = other_process(sqlite_url)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(OperationalError, match="database is locked"):
+            async with database.session() as session:
+                await session.execute(insert(User).values(id=9, first_name="Nine"))
+        other.rollback()
+        async with database.session() as session:  # the writer connection works on
+            await session.execute(insert(User).values(id=10, first_name="Ten"))
+        async with database.reading() as session:
+            assert (await session.scalars(select(User.id))).all() == [10]
+    finally:
+        other.close()
+        await database.close()
+
+
+async def test_a_write_session_inside_another_fails_at_once_instead_of_waiting_for_ever(
+    sqlite_url: str,
+) -> None:
     await upgrade(sqlite_url)
     database = Database(sqlite_url)
     try:
+        with pytest.raises(RuntimeError, match="wait for itself"):
+            async with database.session() as outer:
+                await outer.execute(insert(User).values(id=11, first_name="Eleven"))
+                async with database.session():
+                    pass
         async with database.session() as session:
-            await session.execute(select(User.id))
-            connection = await session.connection()
-            adapted = (await connection.get_raw_connection()).driver_connection
-            raw = (await connection.get_raw_connection()).dbapi_connection
-            assert isinstance(raw, InlineConnection)
-            assert adapted is not None and not adapted._conn.in_transaction
-            await session.execute(insert(User).values(id=8, first_name="Eight"))
-            assert adapted._conn.in_transaction
+
+            async def beside() -> None:  # another task may wait its turn, and gets it
+                async with database.session() as other:
+                    await other.execute(insert(User).values(id=12, first_name="Twelve"))
+
+            waiting = asyncio.create_task(beside())
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            await session.execute(insert(User).values(id=13, first_name="Thirteen"))
+        await asyncio.wait_for(waiting, timeout=10)
         async with database.reading() as session:
-            assert await session.get(User, 8) is not None  # the write was committed
+            assert (await session.scalars(select(User.id).order_by(User.id))).all() == [12, 13]
     finally:
         await database.close()
 
@@ -96,12 +158,12 @@ async def test_a_write_waiting_for_another_writer_leaves_the_event_loop_free(
     sqlite_url: str,
 ) -> None:
     """Another process's transaction holds SQLite's write lock. The manager's write waits
-    for it, but on aiosqlite's thread: the loop goes on (reads too, as WAL allows), and
+    for it, but asleep between tries: the loop goes on (reads too, as WAL allows), and
     the lock is released from the loop itself, which a write waiting on the loop would
     never let happen. Then the write lands."""
     await upgrade(sqlite_url)
     database = Database(sqlite_url)
-    other = sqlite3.connect(make_url(sqlite_url).database or "", check_same_thread=False)
+    other = other_process(sqlite_url)
     try:
         async with database.session() as session:
             await session.execute(insert(User).values(id=1, first_name="One"))
@@ -122,10 +184,37 @@ async def test_a_write_waiting_for_another_writer_leaves_the_event_loop_free(
         await asyncio.wait_for(waiting, timeout=20)
         async with database.reading() as session:
             assert (await session.scalars(select(User.id).order_by(User.id))).all() == [1, 2, 3]
-        async with database.session() as session:  # statements run on the loop again
+        async with database.session() as session:  # and the writer works on
             await session.execute(update(User).where(User.id == 3).values(username="three"))
         async with database.reading() as session:
             assert (await session.get(User, 3)).username == "three"  # type: ignore[union-attr]
+    finally:
+        other.close()
+        await database.close()
+
+
+async def test_a_read_refused_while_another_process_holds_the_file_waits_and_then_reads(
+    sqlite_url: str,
+) -> None:
+    await upgrade(sqlite_url)
+    database = Database(sqlite_url)
+    other = other_process(sqlite_url)
+    try:
+        other.execute("PRAGMA locking_mode=EXCLUSIVE")  # held until it closes
+        other.execute("BEGIN EXCLUSIVE")
+        other.execute("INSERT INTO users (id, first_name, is_banned, blocked_bot, created_at, "
+                      "last_seen_at) VALUES (2, 'Two', 0, 0, '2026-01-01', '2026-01-01')")  # fmt: skip
+        other.commit()
+
+        async def read() -> list[int]:
+            async with database.reading() as session:
+                return list((await session.scalars(select(User.id))).all())
+
+        reading = asyncio.create_task(read())
+        await asyncio.sleep(0.3)
+        assert not reading.done()  # refused (SQLITE_BUSY), and trying again
+        other.close()
+        assert await asyncio.wait_for(reading, timeout=10) == [2]
     finally:
         other.close()
         await database.close()

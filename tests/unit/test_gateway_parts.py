@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import SecretStr
+from sqlalchemy.engine import make_url
 
 from manager_bot.backends.base import AgentSecrets, AgentSpec
 from manager_bot.backends.local import runtime_settings
@@ -77,10 +79,16 @@ async def test_the_ledger_keeps_counting_what_it_is_writing(sqlite_url: str) -> 
         assert ledger.admit(agent, prompt_bound=10, max_tokens=20) is Admission.ADMITTED
         ledger.settle(agent, reserved=30, prompt_tokens=50, completion_tokens=20)
         assert ledger.used(agent) == 70
+        # Another process holds the write lock: the flush has taken the counts out and
+        # waits on the database.
+        other = sqlite3.connect(make_url(sqlite_url).database or "", timeout=0)
+        other.execute("BEGIN IMMEDIATE")
         writing = asyncio.create_task(ledger.flush())
-        await asyncio.sleep(0)  # the flush has started its write and waits on the database
+        await asyncio.sleep(0.05)
         assert not writing.done() and ledger.used(agent) == 70
         assert ledger.admit(agent, prompt_bound=40, max_tokens=20) is Admission.EXHAUSTED
+        other.rollback()
+        other.close()
         await writing
         assert ledger.used(agent) == 70
         # Room left, but held by a request in flight: try again, not "exhausted".
