@@ -242,21 +242,29 @@ class KubernetesBackend:
         return text
 
     async def observe(self, agent_id: str) -> Observed | None:
-        """The same mapping for one agent, with lists narrowed to its label."""
-        return (await self._observe_selected(f"{MANAGED},{AGENT_ID_LABEL}={agent_id}")).get(
-            agent_id
-        )
+        """The same mapping for one agent, with lists narrowed to its label. Its Secrets
+        are listed only when it has no Deployment (what they would tell): one call fewer
+        for every wait until a deploy is ready."""
+        selector = f"{MANAGED},{AGENT_ID_LABEL}={agent_id}"
+        return (await self._observe_selected(selector, secrets_if_missing=True)).get(agent_id)
 
     async def observe_all(self) -> dict[str, Observed]:
         """Three list calls (Deployments, Pods, Secrets), whatever the number of agents."""
         return await self._observe_selected(MANAGED)
 
-    async def _observe_selected(self, selector: str) -> dict[str, Observed]:
-        deployments, pods, secrets = await asyncio.gather(
+    async def _observe_selected(
+        self, selector: str, *, secrets_if_missing: bool = False
+    ) -> dict[str, Observed]:
+        lists = [
             self._list("/apis/apps/v1", "deployments", selector),
             self._list("/api/v1", "pods", selector),
-            self._list("/api/v1", "secrets", selector),
-        )
+        ]
+        if not secrets_if_missing:
+            lists.append(self._list("/api/v1", "secrets", selector))
+        deployments, pods, *listed = await asyncio.gather(*lists)
+        secrets = listed[0] if listed else []
+        if secrets_if_missing and not deployments:
+            secrets = await self._list("/api/v1", "secrets", selector)
         pods_by_agent: dict[str, list[JsonDict]] = {}
         for pod in pods:
             agent_id = pod["metadata"].get("labels", {}).get(AGENT_ID_LABEL)

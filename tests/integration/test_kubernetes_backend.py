@@ -227,6 +227,24 @@ async def test_observe_all_maps_states_at_a_constant_cost(
     assert len(kube.requests) == calls_for_six == 3
 
 
+async def test_observing_one_agent_lists_its_secrets_only_when_its_deployment_is_gone(
+    kube: FakeKubernetes, backend: KubernetesBackend
+) -> None:
+    for agent_id in ("agent00000", "agent00001"):
+        await backend.apply(spec(agent_id))
+    kube.mark_ready("agents", "agent-agent00000")
+    kube.delete_object("deployments", "agents", "agent-agent00001")
+    kube.clear_requests()
+    running = await backend.observe("agent00000")
+    assert running is not None and running.state is ObservedState.RUNNING
+    assert sorted(r.resource for r in kube.requests) == ["deployments", "pods"]
+    kube.clear_requests()
+    missing = await backend.observe("agent00001")
+    assert missing is not None and missing.state is ObservedState.MISSING
+    assert sorted(r.resource for r in kube.requests) == ["deployments", "pods", "secrets"]
+    assert await backend.observe("never00000") is None
+
+
 @pytest.mark.parametrize("status", [500, 409])
 async def test_a_cluster_error_mid_apply_is_retryable_and_reapply_completes(
     kube: FakeKubernetes, backend: KubernetesBackend, status: int
