@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
+from manager_bot.views.live_edits import PACE_SECONDS
 from tests.e2e.conftest import PUBLIC_URL, Manager, fill_wizard, paste_token
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.openai_api import FakeOpenAI
-from tests.fakes.telegram_api import FakeTelegram, JsonDict
+from tests.fakes.telegram_api import ApiCall, FakeTelegram, JsonDict
 from tests.fakes.user import SimUser
 from tests.fakes.waiting import until
 
@@ -227,6 +229,48 @@ async def test_slow_progress_edits_are_coalesced_and_land_before_the_bot_is_live
     ]
     # Steps reported while an edit was in flight were never shown on their own.
     assert 1 <= len(edits) < 4
+
+
+def progress_edits(telegram: FakeTelegram, manager: Manager, user: SimUser) -> list[ApiCall]:
+    """The edits of the progress message Telegram accepted, in order."""
+    message_id = progress_message(user)["message_id"]
+    return [
+        call
+        for call in telegram.calls("editMessageText", bot=manager.fake)
+        if int(call.params.get("message_id", 0)) == message_id and call.status == 200
+    ]
+
+
+async def test_a_quick_deploy_shows_its_start_and_its_end_in_two_edits(
+    kube_manager: Manager, telegram: FakeTelegram
+) -> None:
+    """Telegram asks for about one message a second in a chat: the steps of a deploy
+    that takes less than that are not each shown, only the first and the last."""
+    user = telegram.user(kube_manager.fake)
+    await fill_wizard(user, telegram, "quick_bot")
+    await user.press("Deploy")
+    await user.wait_for(text_contains="is live", timeout=40)
+    first, last = (edit.params["text"] for edit in progress_edits(telegram, kube_manager, user))
+    assert first.count("✅") == 1 and "⏳" not in last
+    assert progress_message(user)["text"] == last
+
+
+async def test_a_slow_step_is_shown_while_it_runs_and_edits_keep_telegrams_pace(
+    kube_manager: Manager, telegram: FakeTelegram
+) -> None:
+    user = telegram.user(kube_manager.fake)
+    await fill_wizard(user, telegram, "steady_bot")
+    telegram.inject_fault("setWebhook", status=None, delay=2.5, times=1)
+    await user.press("Deploy")
+    await user.wait_for(text_contains="is live", timeout=40)
+    edits = progress_edits(telegram, kube_manager, user)
+    shown = [edit.params["text"] for edit in edits]
+    # While Telegram took its time over the webhook, the steps before it were on screen.
+    assert any("✅ Route created" in text and "⏳ Webhook set" in text for text in shown)
+    assert "⏳" not in shown[-1]
+    # Each edit but the last (said at once when the deploy ends) a second after the one before.
+    gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(edits[:-1])]
+    assert all(gap >= PACE_SECONDS * 0.9 for gap in gaps), gaps
 
 
 async def test_a_failure_is_never_overwritten_by_a_late_progress_edit(
