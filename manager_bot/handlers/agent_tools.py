@@ -200,9 +200,12 @@ async def expired(message: Message, state: FSMContext, raw_state: str | None) ->
 
 
 async def leaves_on_command(message: Message, state: FSMContext, raw_state: str | None) -> bool:
-    """Router filter: a command leaves a pending add and is handled as if none were."""
+    """Router filter: only a pending add's answers go in (every message handler here
+    wants one), and a command leaves a pending add and is handled as if none were."""
+    if raw_state not in ToolsEdit:
+        return False
     forwarded = message.forward_origin is not None
-    if raw_state in ToolsEdit and not forwarded and (message.text or "").startswith("/"):
+    if not forwarded and (message.text or "").startswith("/"):
         await state.clear()
         return False
     return True

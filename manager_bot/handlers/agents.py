@@ -482,10 +482,14 @@ def _leaves_edit(data: str | None) -> bool:
 async def leaves_edit_on_command(
     message: Message, state: FSMContext, raw_state: str | None
 ) -> bool:
-    """Router filter: a command leaves a pending edit and is handled as if none were
-    pending (so /agents lists the agents instead of becoming the new prompt)."""
+    """Router filter: only a pending edit's answers go in (every handler here wants one:
+    the others skip the Router in one check instead of one per handler), and a command
+    leaves a pending edit and is handled as if none were pending (so /agents lists the
+    agents instead of becoming the new prompt)."""
+    if not _is_edit(raw_state):
+        return False
     forwarded = message.forward_origin is not None  # someone else's words, not a command
-    if _is_edit(raw_state) and not forwarded and (message.text or "").startswith("/"):
+    if not forwarded and (message.text or "").startswith("/"):
         await state.clear()
         return False
     return True
@@ -494,8 +498,11 @@ async def leaves_edit_on_command(
 async def leaves_edit_on_card_button(
     query: CallbackQuery, state: FSMContext, raw_state: str | None
 ) -> bool:
-    """Router filter: a card button (its Back included) leaves a pending edit."""
-    if _is_edit(raw_state) and _leaves_edit(query.data):
+    """Router filter: only presses during a pending edit go in (as for messages), and a
+    card button (its Back included) leaves the edit."""
+    if not _is_edit(raw_state):
+        return False
+    if _leaves_edit(query.data):
         await state.clear()
         return False
     return True
