@@ -78,7 +78,7 @@ def cpu_seconds(pid: int) -> float:
 
 def main_thread_cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process's main thread (its event loop) so far; the
-    rest of `cpu_seconds` is its worker threads (aiosqlite's, the Kubernetes client's)."""
+    rest of `cpu_seconds` is its worker threads (none on the hot path any more)."""
     fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
