@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Hashable
 from enum import StrEnum
+from typing import TypeVar
 
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import (
@@ -12,6 +15,7 @@ from aiogram.types import (
     KeyboardButtonRequestManagedBot,
     ReplyKeyboardMarkup,
 )
+from aiogram.utils.i18n import I18n
 
 from manager_bot import texts
 from manager_bot.db.models import Agent
@@ -20,6 +24,25 @@ from manager_bot.db.models import Agent
 from manager_bot.keyboard_builder import RowsBuilder as InlineKeyboardBuilder
 from manager_bot.services.agent_profile import AccessMode
 from manager_bot.services.providers import Provider
+
+_Markup = TypeVar("_Markup", InlineKeyboardMarkup, ReplyKeyboardMarkup)
+
+
+def _per_language(build: Callable[..., _Markup]) -> Callable[..., _Markup]:
+    """A keyboard that depends only on its (hashable) arguments and the language, built
+    once per both and then shared: nothing changes a keyboard once made (aiogram only
+    serialises it), and the wizard's were built anew for every step of every user."""
+    built: dict[tuple[Hashable, ...], _Markup] = {}
+
+    @functools.wraps(build)
+    def shared(*args: Hashable) -> _Markup:
+        i18n = I18n.get_current(no_error=True)
+        key = (*args, None if i18n is None else i18n.current_locale)
+        if key not in built:
+            built[key] = build(*args)
+        return built[key]
+
+    return shared
 
 
 class CardAction(StrEnum):
@@ -150,19 +173,23 @@ def _with_back(markup: InlineKeyboardMarkup, step: WizardStep) -> InlineKeyboard
     return InlineKeyboardMarkup(inline_keyboard=[*rows, _back_and_cancel(step)])
 
 
+@_per_language
 def wizard_step(step: WizardStep) -> InlineKeyboardMarkup:
     """Under a wizard question answered by typing: Back and Cancel."""
     return InlineKeyboardMarkup(inline_keyboard=[_back_and_cancel(step)])
 
 
+@_per_language
 def wizard_models(providers: tuple[Provider, ...]) -> InlineKeyboardMarkup:
     return _with_back(models(providers), WizardStep.MODEL)
 
 
+@_per_language
 def wizard_no_key() -> InlineKeyboardMarkup:
     return _with_back(no_key(), WizardStep.KEY)
 
 
+@_per_language
 def cancel_only() -> InlineKeyboardMarkup:
     builder = InlineKeyboardBuilder()
     builder.button(text=texts.CANCEL_BUTTON, callback_data=WizardAction(action="cancel"))
@@ -200,6 +227,7 @@ def no_key() -> InlineKeyboardMarkup:
     return builder.as_markup()
 
 
+@_per_language
 def presets() -> InlineKeyboardMarkup:
     builder = InlineKeyboardBuilder()
     for index, (label, _) in enumerate(texts.PRESETS):
@@ -209,6 +237,7 @@ def presets() -> InlineKeyboardMarkup:
     return builder.as_markup()
 
 
+@_per_language
 def confirm_deploy() -> InlineKeyboardMarkup:
     builder = InlineKeyboardBuilder()
     builder.button(text=texts.DEPLOY_BUTTON, callback_data=WizardAction(action="deploy"))
