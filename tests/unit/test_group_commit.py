@@ -44,6 +44,13 @@ async def held_first(store: Store, group: GroupCommit[str, int]) -> asyncio.Task
     return first
 
 
+async def under_way() -> tuple[Store, GroupCommit[str, int], asyncio.Task[None]]:
+    """A store, its group commit, and a first write held mid-commit."""
+    store = Store()
+    group = GroupCommit(store.commit)
+    return store, group, await held_first(store, group)
+
+
 async def test_a_write_alone_is_committed_at_once() -> None:
     store = Store()
     group = GroupCommit(store.commit)
@@ -52,9 +59,7 @@ async def test_a_write_alone_is_committed_at_once() -> None:
 
 
 async def test_writes_made_during_a_commit_share_the_next_one() -> None:
-    store = Store()
-    group = GroupCommit(store.commit)
-    first = await held_first(store, group)
+    store, group, first = await under_way()
     others = [
         asyncio.create_task(group.write(rows))
         for rows in ({"bob": 1}, {"carol": 1}, {"bob": 2})  # bob's later value wins
@@ -68,9 +73,7 @@ async def test_writes_made_during_a_commit_share_the_next_one() -> None:
 
 
 async def test_a_writer_returns_only_once_its_own_rows_are_committed() -> None:
-    store = Store()
-    group = GroupCommit(store.commit)
-    first = await held_first(store, group)
+    store, group, first = await under_way()
     second = asyncio.create_task(group.write({"bob": 1}))
     store.after_commit = lambda: store.waiting.append(second.done())
     store.hold.set()
@@ -105,9 +108,7 @@ async def test_a_failed_commit_fails_each_of_its_writers_and_not_the_next_group(
 
 
 async def test_a_writer_cancelled_while_waiting_still_has_its_rows_written() -> None:
-    store = Store()
-    group = GroupCommit(store.commit)
-    first = await held_first(store, group)
+    store, group, first = await under_way()
     impatient = asyncio.create_task(group.write({"bob": 1}))
     await asyncio.sleep(0)
     impatient.cancel()
@@ -142,9 +143,7 @@ async def test_an_error_nobody_waits_for_any_more_is_not_logged_as_unretrieved()
 
 
 async def test_drained_waits_for_rows_still_on_their_way() -> None:
-    store = Store()
-    group = GroupCommit(store.commit)
-    first = await held_first(store, group)
+    store, group, first = await under_way()
     first.cancel()  # nobody waits for these rows any more
     drained = asyncio.create_task(group.drained())
     await asyncio.sleep(0.01)
