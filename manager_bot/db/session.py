@@ -26,6 +26,10 @@ from manager_bot.db.inline_session import InlineSession, create_inline_engine, w
 
 READERS = 2  # SQLite connections for Database.reading()
 LOCK_WAIT_SECONDS = 30.0  # SQLite: how long a write waits for another process's lock
+# SQLite: how long a session waits for a connection of this process's (the old pool's
+# timeout): a wait that cannot end (a task holding the writer waits for one that asks
+# for it) ends in an error instead of a hang.
+CONNECTION_WAIT_SECONDS = 60.0
 
 # The Database whose SQLite write session the current task is inside, and the task: a
 # second one inside the first would wait for ever for the writer connection it holds.
@@ -77,12 +81,16 @@ class Database:
         self._writing = asyncio.Lock()
         self._reading = asyncio.Semaphore(READERS)
         self.lock_wait_seconds = LOCK_WAIT_SECONDS
+        self.connection_wait_seconds = CONNECTION_WAIT_SECONDS
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         if self._writer is not None:
             with self._not_nested():
-                async with self._writing, self._inline(self._writer, writes=True) as inline:
+                async with (
+                    self._turn(self._writing),
+                    self._inline(self._writer, writes=True) as inline,
+                ):
                     yield inline
             return
         async with self._sessions() as session:
@@ -97,7 +105,10 @@ class Database:
     async def reading(self) -> AsyncIterator[AsyncSession]:
         """A session for queries only (SQLite refuses writes in it); sees what is committed."""
         if self._readers is not None:
-            async with self._reading, self._inline(self._readers, writes=False) as inline:
+            async with (
+                self._turn(self._reading),
+                self._inline(self._readers, writes=False) as inline,
+            ):
                 yield inline
             return
         async with self._sessions() as session:
@@ -105,6 +116,22 @@ class Database:
                 yield session
             finally:
                 await session.rollback()  # ends the read: a held snapshot would go stale
+
+    @asynccontextmanager
+    async def _turn(self, gate: asyncio.Lock | asyncio.Semaphore) -> AsyncIterator[None]:
+        if gate.locked():
+            try:
+                await asyncio.wait_for(gate.acquire(), self.connection_wait_seconds)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"no database connection free after {self.connection_wait_seconds:g} s"
+                ) from None
+        else:
+            await gate.acquire()
+        try:
+            yield
+        finally:
+            gate.release()
 
     @contextmanager
     def _not_nested(self) -> Iterator[None]:

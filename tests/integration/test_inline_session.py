@@ -190,3 +190,25 @@ async def test_a_read_refused_while_another_process_holds_the_file_waits_and_the
     assert not reading.done()  # refused (SQLITE_BUSY), and trying again
     other.close()
     assert await asyncio.wait_for(reading, timeout=10) == [2]
+
+
+async def test_a_session_that_can_never_get_the_writer_fails_instead_of_hanging(
+    database: Database,
+) -> None:
+    """A task holding the writer and waiting for another task that asks for it: the
+    second gives up after the connection wait (the old pool's timeout) with an error
+    the first can see, and the writer works on."""
+    database.connection_wait_seconds = 0.3
+
+    async def inner() -> None:
+        async with database.session() as session:
+            await session.execute(insert(User).values(id=21, first_name="Never"))
+
+    with pytest.raises(TimeoutError, match=r"no database connection free after 0\.3 s"):
+        async with database.session() as outer:
+            await outer.execute(insert(User).values(id=20, first_name="Outer"))
+            await asyncio.wait_for(asyncio.create_task(inner()), timeout=10)
+    async with database.session() as session:
+        await session.execute(insert(User).values(id=22, first_name="After"))
+    async with database.reading() as session:
+        assert (await session.scalars(select(User.id))).all() == [22]
