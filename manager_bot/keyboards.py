@@ -15,7 +15,6 @@ from aiogram.types import (
     KeyboardButtonRequestManagedBot,
     ReplyKeyboardMarkup,
 )
-from aiogram.utils.i18n import I18n
 
 from manager_bot import texts
 from manager_bot.db.models import Agent
@@ -36,8 +35,7 @@ def _per_language(build: Callable[..., _Markup]) -> Callable[..., _Markup]:
 
     @functools.wraps(build)
     def shared(*args: Hashable) -> _Markup:
-        i18n = I18n.get_current(no_error=True)
-        key = (*args, None if i18n is None else i18n.current_locale)
+        key = (*args, texts.current_language())
         if key not in built:
             built[key] = build(*args)
         return built[key]

@@ -33,6 +33,12 @@ def translate(message: str) -> str:
     return message if i18n is None else i18n.gettext(message)
 
 
+def current_language() -> str | None:
+    """The current update's language (None outside an i18n context: English)."""
+    i18n = I18n.get_current(no_error=True)
+    return None if i18n is None else i18n.current_locale
+
+
 def lazy(message: str) -> LazyProxy:
     """`message` translated when compared: for filters made at import time, such as
     `F.text == texts.lazy(texts.CANCEL_BUTTON)` for a reply keyboard's button."""
@@ -782,8 +788,7 @@ class _Translated(ModuleType):
         value = super().__getattribute__(name)
         if not name.isupper():
             return value
-        i18n = I18n.get_current(no_error=True)
-        key = (name, None if i18n is None else i18n.current_locale)
+        key = (name, current_language())
         if key not in _translations:
             _translations[key] = _in_language(value)
         return _translations[key]

@@ -110,15 +110,17 @@ class InlineSession(AsyncSession):
         super().__init__(sync_session_class=cast(type[Session], lambda **_: sync_session))
         self._busy_wait_seconds = busy_wait_seconds
 
+    async def _run(self, call: Callable[[], _T]) -> _T:
+        """`call()`; a reader's made again while SQLite answers SQLITE_BUSY."""
+        if self._busy_wait_seconds is None:
+            return call()
+        return await while_busy(call, wait_seconds=self._busy_wait_seconds)
+
     async def execute(self, statement: Any, params: Any = None, **kw: Any) -> Any:
         options = kw.pop("execution_options", None)
         options = {**options, **_PREBUFFERED} if options else _PREBUFFERED
-        execute = self.sync_session.execute
-        if self._busy_wait_seconds is None:
-            return execute(statement, params, execution_options=options, **kw)
-        return await while_busy(
-            lambda: execute(statement, params, execution_options=options, **kw),
-            wait_seconds=self._busy_wait_seconds,
+        return await self._run(
+            lambda: self.sync_session.execute(statement, params, execution_options=options, **kw)
         )
 
     async def scalar(self, statement: Any, params: Any = None, **kw: Any) -> Any:
@@ -128,12 +130,7 @@ class InlineSession(AsyncSession):
         return (await self.execute(statement, params, **kw)).scalars()
 
     async def get(self, entity: Any, ident: Any, **kw: Any) -> Any:
-        get = self.sync_session.get
-        if self._busy_wait_seconds is None:
-            return get(entity, ident, **kw)
-        return await while_busy(
-            lambda: get(entity, ident, **kw), wait_seconds=self._busy_wait_seconds
-        )
+        return await self._run(lambda: self.sync_session.get(entity, ident, **kw))
 
     async def flush(self, objects: Any = None) -> None:
         self.sync_session.flush(objects)

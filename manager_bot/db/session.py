@@ -87,10 +87,7 @@ class Database:
     async def session(self) -> AsyncIterator[AsyncSession]:
         if self._writer is not None:
             with self._not_nested():
-                async with (
-                    self._turn(self._writing),
-                    self._inline(self._writer, writes=True) as inline,
-                ):
+                async with self._inline(self._writer, self._writing, writes=True) as inline:
                     yield inline
             return
         async with self._sessions() as session:
@@ -105,10 +102,7 @@ class Database:
     async def reading(self) -> AsyncIterator[AsyncSession]:
         """A session for queries only (SQLite refuses writes in it); sees what is committed."""
         if self._readers is not None:
-            async with (
-                self._turn(self._reading),
-                self._inline(self._readers, writes=False) as inline,
-            ):
+            async with self._inline(self._readers, self._reading, writes=False) as inline:
                 yield inline
             return
         async with self._sessions() as session:
@@ -145,7 +139,15 @@ class Database:
             _WRITING.reset(token)
 
     @asynccontextmanager
-    async def _inline(self, engine: Engine, *, writes: bool) -> AsyncIterator[AsyncSession]:
+    async def _inline(
+        self, engine: Engine, gate: asyncio.Lock | asyncio.Semaphore, *, writes: bool
+    ) -> AsyncIterator[AsyncSession]:
+        """A session on one of `engine`'s connections, handed out by `gate`."""
+        async with self._turn(gate), self._begun(engine, writes=writes) as session:
+            yield session
+
+    @asynccontextmanager
+    async def _begun(self, engine: Engine, *, writes: bool) -> AsyncIterator[AsyncSession]:
         def begin() -> Session:
             session = Session(engine, expire_on_commit=False)
             try:

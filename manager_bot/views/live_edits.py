@@ -19,7 +19,7 @@ PACE_SECONDS = 1.0
 class LiveEdits:
     """Edits one message to the newest text, one edit in flight at a time.
 
-    Texts that arrive while an edit is in flight, or less than `pace` seconds after
+    Texts that arrive while an edit is in flight, or less than PACE_SECONDS after
     the last one, replace each other and only the newest is sent: the others would
     have been on screen for less than Telegram's pace. The first text goes at once
     (the user sees that it started), and `settled` sends the newest at once (the end
@@ -29,9 +29,8 @@ class LiveEdits:
     up): progress is a nicety, and what follows it is said after `settled`.
     """
 
-    def __init__(self, message: Message, *, pace: float = PACE_SECONDS) -> None:
+    def __init__(self, message: Message) -> None:
         self._message = message
-        self._pace = pace
         self._newest: str | None = None
         self._sending: asyncio.Task[None] | None = None
         self._last_sent: float | None = None  # loop time of the last edit's start
@@ -53,7 +52,7 @@ class LiveEdits:
         loop = asyncio.get_running_loop()
         while self._newest is not None:
             if self._last_sent is not None and not self._hurry.is_set():
-                wait = self._last_sent + self._pace - loop.time()
+                wait = self._last_sent + PACE_SECONDS - loop.time()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._hurry.wait(), wait)
             text, self._newest = self._newest, None

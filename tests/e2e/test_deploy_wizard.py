@@ -211,6 +211,16 @@ def progress_message(user: SimUser) -> JsonDict:
     return progress
 
 
+def progress_edits(telegram: FakeTelegram, manager: Manager, user: SimUser) -> list[ApiCall]:
+    """The edits of the progress message Telegram accepted, in order."""
+    message_id = progress_message(user)["message_id"]
+    return [
+        call
+        for call in telegram.calls("editMessageText", bot=manager.fake)
+        if int(call.params.get("message_id", 0)) == message_id and call.status == 200
+    ]
+
+
 async def test_slow_progress_edits_are_coalesced_and_land_before_the_bot_is_live(
     local_manager: Manager, telegram: FakeTelegram
 ) -> None:
@@ -222,23 +232,9 @@ async def test_slow_progress_edits_are_coalesced_and_land_before_the_bot_is_live
     # Read the instant "is live" arrives: a progress edit still on its way would show here.
     progress = progress_message(user)
     assert progress["text"].count("✅") == 4
-    edits = [
-        call
-        for call in telegram.calls("editMessageText", bot=local_manager.fake)
-        if int(call.params.get("message_id", 0)) == progress["message_id"]
-    ]
+    edits = progress_edits(telegram, local_manager, user)
     # Steps reported while an edit was in flight were never shown on their own.
     assert 1 <= len(edits) < 4
-
-
-def progress_edits(telegram: FakeTelegram, manager: Manager, user: SimUser) -> list[ApiCall]:
-    """The edits of the progress message Telegram accepted, in order."""
-    message_id = progress_message(user)["message_id"]
-    return [
-        call
-        for call in telegram.calls("editMessageText", bot=manager.fake)
-        if int(call.params.get("message_id", 0)) == message_id and call.status == 200
-    ]
 
 
 async def test_a_quick_deploy_shows_its_start_and_its_end_in_two_edits(
