@@ -13,17 +13,19 @@ from __future__ import annotations
 import datetime
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from aiogram.__meta__ import __version__ as aiogram_version
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.exceptions import TelegramNetworkError
 from aiogram.methods.base import TelegramType
-from aiohttp import ClientError, ClientTimeout
+
+from manager_bot.http_keepalive import KeepAliveClient, TransportError
 
 if TYPE_CHECKING:
     from aiogram import Bot
     from aiogram.methods import TelegramMethod
     from aiogram.types import InputFile
 
-JSON_HEADERS: Final = {"Content-Type": "application/json"}
+JSON: Final = "application/json"
 
 
 class JsonSession(AiohttpSession):
@@ -33,7 +35,10 @@ class JsonSession(AiohttpSession):
     `BufferedInputFile`, sendDocument, an `InputMedia`) go through aiogram's own
     multipart form, unchanged. Everything else (timeouts, `TelegramNetworkError` on
     connection errors and timeouts, `check_response`'s error mapping, request
-    middlewares, `json_dumps`/`json_loads`) is the parent's.
+    middlewares, `json_dumps`/`json_loads`) is the parent's. The JSON calls go over
+    `KeepAliveClient` (manager_bot/http_keepalive.py) instead of aiohttp's ClientSession:
+    less than half the CPU per call; the same TelegramNetworkError on a timeout or a
+    connection that fails.
 
     Why: the manager spent ~25% of its CPU per update in Bot API calls. Measured in the
     calling process against the fake Telegram (3000 calls, 4 alternating rounds, median),
@@ -41,6 +46,10 @@ class JsonSession(AiohttpSession):
     call and editMessageText from ~500 to ~435 µs (about 14% less); building the body
     alone, from ~70 to ~39 µs.
     """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._keep_alive: KeepAliveClient | None = None
 
     async def make_request(
         self,
@@ -52,28 +61,36 @@ class JsonSession(AiohttpSession):
         if body is None:  # a file to upload: only multipart can carry it
             return await super().make_request(bot, method, timeout)
 
-        session = await self.create_session()
         url = self.api.api_url(token=bot.token, method=method.__api_method__)
-        # The same timeout and error mapping as AiohttpSession.make_request. aiogram
-        # passes the number and aiohttp makes it ClientTimeout(total=...); done here
-        # so that the call type-checks.
+        # The same timeout (for the whole call) and error mapping as
+        # AiohttpSession.make_request.
         total = self.timeout if timeout is None else timeout
         try:
-            async with session.post(
-                url, data=body, headers=JSON_HEADERS, timeout=ClientTimeout(total=total)
-            ) as resp:
-                raw_result = await resp.text()
+            status, raw = await self._transport.request(
+                "POST", url, body=body, content_type=JSON, timeout=total
+            )
         except TimeoutError as e:
             raise TelegramNetworkError(method=method, message="Request timeout error") from e
-        except ClientError as e:
+        except TransportError as e:
             raise TelegramNetworkError(method=method, message=f"{type(e).__name__}: {e}") from e
-        response = self.check_response(
-            bot=bot,
-            method=method,
-            status_code=resp.status,
-            content=raw_result,
-        )
+        # A proxy's error page need not be UTF-8: check_response then reports it as
+        # not JSON rather than this failing to decode it.
+        content = raw.decode(errors="replace")
+        response = self.check_response(bot=bot, method=method, status_code=status, content=content)
         return cast(TelegramType, response.result)
+
+    @property
+    def _transport(self) -> KeepAliveClient:
+        # Made again after close(), as aiogram's session makes its ClientSession again.
+        if self._keep_alive is None:
+            self._keep_alive = KeepAliveClient(user_agent=f"aiogram/{aiogram_version} hatchbot")
+        return self._keep_alive
+
+    async def close(self) -> None:
+        transport, self._keep_alive = self._keep_alive, None
+        if transport is not None:
+            await transport.close()
+        await super().close()
 
     def build_json_body(self, *, bot: Bot, method: TelegramMethod[TelegramType]) -> bytes | None:
         """The call as one JSON object, or None when it uploads a file.
