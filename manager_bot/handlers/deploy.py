@@ -25,6 +25,7 @@ from aiogram.types import CallbackQuery, Message, ReplyKeyboardRemove
 
 from manager_bot import texts
 from manager_bot.crypto import Vault
+from manager_bot.db.models import Agent
 from manager_bot.gateway.endpoints import EndpointGuard, EndpointRefused
 from manager_bot.handlers import deploy_steps
 from manager_bot.handlers.message_filters import HoldsSecret, TypedCommand
@@ -455,10 +456,19 @@ async def _deploy_and_tell(
     message: Message, progress_message: Message, request: NewAgent, report: Progress,
     edits: LiveEdits, deployer: Deployer,
 ) -> None:  # fmt: skip
+
+    async def announce(agent: Agent) -> None:
+        # Through flood control, like every reply (manager_bot/flood_control.py): a fast
+        # deploy says a lot in one chat at once. The deploy is closed only once this is
+        # said: a manager killed before says it at its next start.
+        await edits.settled()  # the last progress edit lands before the outcome is said
+        await message.answer(texts.DEPLOYED.format(username=agent.bot_username))
+        await send_card(message, agent, budgets=None)
+
     try:
         try:
-            agent = await deployer.deploy(request, progress=report)
-        finally:  # the last progress edit lands before the outcome is said
+            await deployer.deploy(request, progress=report, announce=announce)
+        finally:
             await edits.settled()
     except DeployFailed as failure:
         ending = texts.DEPLOY_FAILED.format(
@@ -473,10 +483,6 @@ async def _deploy_and_tell(
     except DeployThrottled as error:
         ending = texts.DEPLOY_THROTTLED.format(minutes=-(-error.retry_in // 60))
     else:
-        # Through flood control, like every reply (manager_bot/flood_control.py): a fast
-        # deploy says a lot in one chat at once.
-        await message.answer(texts.DEPLOYED.format(username=agent.bot_username))
-        await send_card(message, agent, budgets=None)
         return
     await progress_message.edit_text(ending)
 

@@ -97,6 +97,9 @@ class DeployStep(enum.StrEnum):
 Progress = Callable[[DeployStep], Awaitable[None]]
 
 
+Announce = Callable[[Agent], Awaitable[None]]
+
+
 async def no_progress(step: DeployStep) -> None:
     return None
 
@@ -194,11 +197,19 @@ class Deployer:
                 raise BotAlreadyUsed(identity.username)
         return identity
 
-    async def deploy(self, request: NewAgent, *, progress: Progress = no_progress) -> Agent:
+    async def deploy(
+        self,
+        request: NewAgent,
+        *,
+        progress: Progress = no_progress,
+        announce: Announce | None = None,
+    ) -> Agent:
         """Creates and starts a new agent, reporting each step; rolls back on failure.
 
         The operation is written first, with the progress message, so a manager that dies
         at any point (even before the agent is stored) tells the user at its next start.
+        `announce` tells the user the agent is live; the operation is closed only after
+        it, so a manager that dies before it has told them tells them at its next start.
         The new agent's lock is held from before its row exists until the operation is
         closed: a new leader looking for abandoned operations waits for it, then finds
         this one closed, and never finishes it a second time (recovery.finish_abandoned)."""
@@ -211,7 +222,7 @@ class Deployer:
             )  # fmt: skip
         async with self.locks.hold(agent_id):
             try:
-                agent = await self._deploy(request, progress, operation, agent_id)
+                agent = await self._deploy(request, progress, operation, agent_id, announce)
                 outcome = "ok"
                 return agent
             except DeployFailed as failure:
@@ -245,8 +256,9 @@ class Deployer:
         return max(1, int((oldest + self._config.deploy_window - utcnow()).total_seconds()) + 1)
 
     async def _deploy(
-        self, request: NewAgent, progress: Progress, operation: int, agent_id: str
-    ) -> Agent:
+        self, request: NewAgent, progress: Progress, operation: int, agent_id: str,
+        announce: Announce | None,
+    ) -> Agent:  # fmt: skip
         """The deploy itself, with `agent_id`'s lock held (`deploy`). The throttle is
         checked once, in the transaction below: the chat asked just before (`deploy_wait`),
         and a third read here only cost every deploy a statement."""
@@ -301,19 +313,21 @@ class Deployer:
             )
             await repos.operations.concerns(operation, agent.id)
         await self._report(progress, DeployStep.SECRET)
-        await self._finish_deploy(agent, actor_id=request.owner_id, progress=progress)
-        async with self._db.session() as session:  # one transaction: done, and as it is now
-            repos = Repositories(session)
-            await repos.operations.finish(operation, OperationStatus.DONE, "")
-            deployed = await repos.agents.get(agent.id)
-        assert deployed is not None
+        deployed = await self._finish_deploy(agent, actor_id=request.owner_id, progress=progress)
+        if announce is not None:
+            try:
+                await announce(deployed)
+            except Exception:  # the agent is live all the same; its card says so later
+                log.exception("agent %s deployed, but its owner was not told", agent.id)
+        await self._finish_operation(operation, OperationStatus.DONE)
         return deployed
 
-    async def _finish_deploy(self, agent: Agent, *, actor_id: int, progress: Progress) -> None:
-        """Apply, point the webhook, wait until ready; any failure, expected or not, ends
-        in a rollback and a DeployFailed the user is shown (never a half-made agent)."""
+    async def _finish_deploy(self, agent: Agent, *, actor_id: int, progress: Progress) -> Agent:
+        """Apply, point the webhook, wait until ready, set the bot's profile; the agent as
+        stored then. Any failure but the profile's, expected or not, ends in a rollback and
+        a DeployFailed the user is shown (never a half-made agent)."""
         try:
-            await self._start(agent, first_deploy=True, progress=progress)
+            observed = await self._start(agent, first_deploy=True, progress=progress)
         except Exception as error:
             failure = (
                 error
@@ -324,8 +338,20 @@ class Deployer:
                 log.exception("deploy of agent %s failed unexpectedly", agent.id)
             await self._roll_back(agent, actor_id=actor_id, failure=failure)
             raise failure from None
-        await self._audit(actor_id, "deploy", agent.id, "ok")
-        await self._sync_profile(agent)  # never fails the deploy: reconcile retries it
+        synced = await self._push_profile(agent)  # never fails the deploy: reconcile retries
+        # One transaction for what the deploy learnt: a manager killed before it finishes
+        # the deploy again at its next start (the operation is still running).
+        async with self._db.session() as session:
+            repos = Repositories(session)
+            await self._write_observed(repos, observed)
+            if synced:
+                await repos.agents.write(agent.id, profile_synced=True)
+            await repos.audit.record(
+                actor_id=actor_id, action="deploy", agent_id=agent.id, outcome="ok"
+            )
+            stored = await repos.agents.get(agent.id)
+        assert stored is not None  # the agent's lock is held: nobody deleted it meanwhile
+        return stored
 
     async def resume_deploy(self, agent_id: str, *, actor_id: int | None) -> Agent:
         """A deploy the manager did not finish (it died midway): finish it now, or roll it
@@ -338,9 +364,9 @@ class Deployer:
                     "stopped or deleted meanwhile",
                     code=ErrorCode.AGENT_CHANGED,
                 )
-            await self._finish_deploy(agent, actor_id=actor_id or agent.owner_id,
-                                      progress=no_progress)  # fmt: skip
-        return await self._reload(agent_id)
+            return await self._finish_deploy(
+                agent, actor_id=actor_id or agent.owner_id, progress=no_progress
+            )
 
     @staticmethod
     async def _report(progress: Progress, step: DeployStep) -> None:
@@ -372,8 +398,9 @@ class Deployer:
             raise
         await self._finish_operation(operation, OperationStatus.DONE)
 
-    async def _start(self, agent: Agent, *, first_deploy: bool, progress: Progress) -> None:
-        """Apply, point the webhook, wait for readiness; each failure names its step."""
+    async def _start(self, agent: Agent, *, first_deploy: bool, progress: Progress) -> Observed:
+        """Apply, point the webhook, wait for readiness (what was seen last is returned,
+        for the caller to store); each failure names its step."""
         spec = self.spec_for(agent)
         try:
             await self._backend.apply(spec)
@@ -387,8 +414,8 @@ class Deployer:
         await self.point_webhook(spec, drop_pending_updates=first_deploy)
         await self._report(progress, DeployStep.WEBHOOK)
         observed = await self._wait_until_ready(agent.id)
-        await self._store_observed(observed)
         await self._report(progress, DeployStep.READY)
+        return observed
 
     async def _roll_back(self, agent: Agent, *, actor_id: int, failure: DeployFailed) -> None:
         """Leave nothing half-made: remove objects, clear the webhook, forget the agent."""
@@ -643,6 +670,15 @@ class Deployer:
         as stored; True if it all went through. A failure (a 429, Telegram away, a revoked
         token) never fails the action that asked: it is logged with the agent's id and the
         row stays unsynced for reconcile. Called with the agent's lock held."""
+        if not await self._push_profile(agent):
+            return False
+        async with self._db.session() as session:
+            await Repositories(session).agents.write(agent.id, profile_synced=True)
+        agent.profile_synced = True
+        return True
+
+    async def _push_profile(self, agent: Agent) -> bool:
+        """_sync_profile's calls to Telegram, without storing that they went through."""
         profile = profile_of(agent)
         token = self._vault.decrypt(agent.token_encrypted)
         try:
@@ -658,9 +694,6 @@ class Deployer:
                 agent.id, error,
             )  # fmt: skip
             return False
-        async with self._db.session() as session:
-            await Repositories(session).agents.write(agent.id, profile_synced=True)
-        agent.profile_synced = True
         return True
 
     async def _set_managed_access(self, agent: Agent) -> None:
@@ -899,12 +932,16 @@ class Deployer:
 
     async def _store_observed(self, observed: Observed) -> None:
         async with self._db.session() as session:
-            await Repositories(session).agents.write(
-                observed.agent_id,
-                observed_state=observed.state.value,
-                observed_reason=observed.reason,
-                observed_at=utcnow(),
-            )
+            await self._write_observed(Repositories(session), observed)
+
+    @staticmethod
+    async def _write_observed(repos: Repositories, observed: Observed) -> None:
+        await repos.agents.write(
+            observed.agent_id,
+            observed_state=observed.state.value,
+            observed_reason=observed.reason,
+            observed_at=utcnow(),
+        )
 
     async def _identify(self, token: str) -> BotIdentity:
         try:

@@ -132,9 +132,11 @@ class Recovery:
                     OperationStatus.DONE,
                     texts.RECOVERED.format(action=operation.kind, username=username),
                 )
+        # Told first, closed after: a manager killed in between tells again at its next
+        # start (twice is better than never).
+        await self._tell(operation, text)
         async with self._db.session() as session:
             await Repositories(session).operations.finish(operation.id, status, "after a restart")
-        await self._tell(operation, text)
 
     async def _tell(self, operation: Operation, text: str) -> None:
         """Edit the progress message if there is one, else write; never raise."""

@@ -32,11 +32,15 @@ def stop_agents(data: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-# Where the deploy is held: (Bot API method, whose bot) slowed down long enough to kill.
+# Where the deploy is held: (Bot API method, whose bot, calls let through first) slowed
+# down long enough to kill.
 HOLDS = {
-    "after the agent is stored": ("editMessageText", "manager"),  # the first progress edit
-    "at the webhook step": ("deleteWebhook", "agent"),  # local agents poll: it is cleared
-    "while waiting for readiness": ("getMe", "agent"),  # the runtime's first getMe
+    "after the agent is stored": ("editMessageText", "manager", 0),  # the first progress edit
+    "at the webhook step": ("deleteWebhook", "agent", 0),  # local agents poll: it is cleared
+    "while waiting for readiness": ("getMe", "agent", 0),  # the runtime's first getMe
+    # The agent runs and the progress shows every step done: the "is live" message (after
+    # the progress message itself) is what is held, and it is lost with the process.
+    "before saying it is live": ("sendMessage", "manager", 1),
 }
 
 
@@ -56,10 +60,12 @@ async def test_a_deploy_killed_midway_is_finished_at_the_next_start(
         await fill_wizard(user, telegram, "phoenix_bot")
         agent_bot = telegram.bot("phoenix_bot")
 
-        method, whose = HOLDS[hold]
+        method, whose, after = HOLDS[hold]
         held: FakeBot = manager if whose == "manager" else agent_bot
         if method == "getMe":  # the manager's own check first, then the runtime's: both
             telegram.inject_fault(method, status=None, delay=6.0, bot=held, times=3)
+        elif method == "sendMessage":  # never delivered: the request died with the process
+            telegram.inject_fault(method, status=500, delay=15.0, bot=held, after=after)
         else:
             telegram.inject_fault(method, status=None, delay=15.0, bot=held)
         calls_before = len(telegram.calls(method, bot=held))
@@ -67,7 +73,7 @@ async def test_a_deploy_killed_midway_is_finished_at_the_next_start(
 
         async def is_held() -> bool:
             # getMe: held once the runtime asks who it is (the manager asked first).
-            wanted = calls_before + (2 if method == "getMe" else 1)
+            wanted = calls_before + (2 if method == "getMe" else 1) + after
             return len(telegram.calls(method, bot=held)) >= wanted
 
         await wait_until(is_held, timeout=30)
@@ -85,3 +91,50 @@ async def test_a_deploy_killed_midway_is_finished_at_the_next_start(
     finally:
         await stop_process(process)
         stop_agents(tmp_path / "data")
+
+
+async def test_a_restart_killed_before_it_said_the_deploy_was_finished_says_it_at_the_next(
+    telegram: FakeTelegram, openai_server: FakeOpenAI, tmp_path: Path
+) -> None:
+    """Recovery tells first and closes the operation after: a second manager killed
+    while telling (its edit lost with it) leaves the operation open for a third."""
+    manager = telegram.add_bot(username="hatchbot_manager_bot")
+    env = {
+        "OPENAI_API_KEY": "sk-platformkeyplatformkey00", "OPENAI_BASE_URL": openai_server.url,
+        "METRICS_PORT": "0", "GATEWAY_PORT": str(free_port()),
+    }  # fmt: skip
+    process = await start_manager_process(telegram, manager, tmp_path, **env)
+    user = telegram.user(manager)
+
+    async def killed_once_called(method: str, count: int) -> None:
+        await wait_until(lambda: _called(telegram, manager, method, count), timeout=60)
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+
+    try:
+        await wait_until(lambda: polling(telegram, manager), timeout=60)
+        await fill_wizard(user, telegram, "phoenix_bot")
+        # The first manager dies saying "is live" (after the progress message).
+        sends = len(telegram.calls("sendMessage", bot=manager))
+        telegram.inject_fault("sendMessage", status=500, delay=15.0, bot=manager, after=1)
+        await user.press("Deploy")
+        await killed_once_called("sendMessage", sends + 2)
+
+        # The second finishes the deploy and dies editing the progress message to say so.
+        edits = len(telegram.calls("editMessageText", bot=manager))
+        telegram.inject_fault("editMessageText", status=500, delay=15.0, bot=manager)
+        process = await start_manager_process(telegram, manager, tmp_path, **env)
+        await killed_once_called("editMessageText", edits + 1)
+
+        process = await start_manager_process(telegram, manager, tmp_path, **env)
+        await user.wait_for(text_contains="@phoenix_bot is live", timeout=90)
+        texts = [m["text"] for m in user.messages()]
+        assert len([t for t in texts if "is live" in t]) == 1
+        assert not [t for t in texts if t.startswith("Deploying")]
+    finally:
+        await stop_process(process)
+        stop_agents(tmp_path / "data")
+
+
+async def _called(telegram: FakeTelegram, bot: FakeBot, method: str, count: int) -> bool:
+    return len(telegram.calls(method, bot=bot)) >= count

@@ -125,6 +125,7 @@ class Fault:
     bot: FakeBot | None
     description: str | None
     chat_id: int | None = None
+    after: int = 0  # matching calls let through before the fault applies
 
 
 @dataclass(eq=False)
@@ -348,12 +349,14 @@ class FakeTelegram:
         bot: FakeBot | None = None,
         description: str | None = None,
         chat_id: int | None = None,
+        after: int = 0,
     ) -> None:
         """The next `times` calls of `method` (optionally of one bot, to one chat) fail or
-        are delayed. `status=None` only delays. A 429 carries `retry_after` like Telegram's.
+        are delayed, once `after` such calls have gone through. `status=None` only delays.
+        A 429 carries `retry_after` like Telegram's.
         """
         self._faults.append(
-            Fault(method, status, retry_after, delay, times, bot, description, chat_id)
+            Fault(method, status, retry_after, delay, times, bot, description, chat_id, after)
         )
 
     def set_rate_limit(self, bot: FakeBot, per_second: float = 30.0) -> None:
@@ -436,6 +439,9 @@ class FakeTelegram:
             if fault.bot is not None and fault.bot is not bot:
                 continue
             if fault.chat_id is not None and str(params.get("chat_id")) != str(fault.chat_id):
+                continue
+            if fault.after > 0:
+                fault.after -= 1
                 continue
             fault.times -= 1
             if fault.delay:
