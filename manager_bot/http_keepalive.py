@@ -7,7 +7,9 @@ sequential POSTs of a sendMessage-sized JSON, uvloop): 165-215 µs of CPU per ca
 through `ClientSession`, 62-87 µs through a bare stream; the manager makes ~22 Bot
 API calls per user's /deploy. File uploads still go through aiogram's own session.
 
-What it does: POST (or any method) to one or more origins; answers with a
+Also the Kubernetes API's calls where no proxy stands between (backends/kubernetes.py).
+
+What it does: any method, to one or more origins, with headers; answers with a
 Content-Length, chunked, or read to the end; connections kept for the next call
 (at most `limit` in use at once, idle ones closed after IDLE_SECONDS); TLS with
 certifi's roots, as aiogram's session. What it does not: proxies, redirects,
@@ -23,6 +25,7 @@ import asyncio
 import contextlib
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import urlsplit
@@ -40,6 +43,10 @@ class TransportError(Exception):
 
 class ConnectError(TransportError):
     """No connection could be made; the request was never sent."""
+
+
+class TlsRefused(ConnectError):
+    """The TLS handshake failed (an unknown CA, a wrong name): trying again changes nothing."""
 
 
 class ProtocolError(TransportError):
@@ -83,10 +90,14 @@ class KeepAliveClient:
         *,
         limit: int = 100,
         ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
         user_agent: str = "hatchbot",
     ) -> None:
-        """`limit`: connections in use at once, over all origins (aiogram's default)."""
+        """`limit`: connections in use at once, over all origins (aiogram's default).
+        `server_hostname`: the name TLS expects, where it is not the URL's host (a
+        kubeconfig's tls-server-name)."""
         self._tls = ssl_context
+        self._server_hostname = server_hostname
         self._slots = asyncio.Semaphore(limit)
         self._idle: dict[Origin, list[_Connection]] = {}
         self._origins: dict[str, Origin] = {}
@@ -100,28 +111,37 @@ class KeepAliveClient:
         *,
         body: bytes = b"",
         content_type: str | None = None,
+        headers: Mapping[str, str] | None = None,
         timeout: float,
+        connect_timeout: float | None = None,
     ) -> tuple[int, bytes]:
         """The answer's status and body; TimeoutError after `timeout` seconds in all
-        (waiting for a free connection included); TransportError for anything else."""
+        (waiting for a free connection included) or `connect_timeout` for a new
+        connection; TransportError for anything else."""
         if self._closed:
             raise TransportError("the client is closed")
         origin, path = self._split(url)
         head = [f"{method} {path} HTTP/1.1", f"Host: {origin.authority}"]
-        head.append(f"User-Agent: {self._user_agent}")
+        extra = headers or {}
+        if not any(name.lower() == "user-agent" for name in extra):
+            head.append(f"User-Agent: {self._user_agent}")
         if content_type is not None:
             head.append(f"Content-Type: {content_type}")
+        for name, value in extra.items():
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+                raise TransportError(f"a line break in the header {name.strip()[:40]!r}")
+            head.append(f"{name}: {value}")
         if body or method not in ("GET", "HEAD"):
             head.append(f"Content-Length: {len(body)}")
         message = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
         async with asyncio.timeout(timeout), self._slots:
-            connection = await self._connection(origin)
+            connection = await self._connection(origin, connect_timeout)
             try:
                 status, answer, keep = await self._exchange(connection, message, method)
             except _Stale:
                 # A kept connection the server closed while it was idle (a race no check
                 # before sending rules out): the request did not reach it; a new one.
-                connection = await self._connection(origin, fresh=True)
+                connection = await self._connection(origin, connect_timeout, fresh=True)
                 status, answer, keep = await self._exchange(connection, message, method)
         if keep and not self._closed:
             connection.idle_since = time.monotonic()
@@ -157,7 +177,9 @@ class KeepAliveClient:
             )
         return origin, slash + path if slash else "/"
 
-    async def _connection(self, origin: Origin, *, fresh: bool = False) -> _Connection:
+    async def _connection(
+        self, origin: Origin, connect_timeout: float | None, *, fresh: bool = False
+    ) -> _Connection:
         pool = self._idle.get(origin)
         now = time.monotonic()
         while pool and not fresh:
@@ -169,14 +191,14 @@ class KeepAliveClient:
         if origin.tls:
             tls = self._tls or _default_tls()
         try:
-            reader, writer = await asyncio.open_connection(
-                origin.host, origin.port, ssl=tls, limit=MAX_HEAD_BYTES,
-                server_hostname=origin.host if tls else None,
-            )  # fmt: skip
+            async with asyncio.timeout(connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    origin.host, origin.port, ssl=tls, limit=MAX_HEAD_BYTES,
+                    server_hostname=(self._server_hostname or origin.host) if tls else None,
+                )  # fmt: skip
         except OSError as error:  # refused, unreachable, no such host, TLS refused
-            raise ConnectError(
-                f"cannot connect to {origin.authority} ({type(error).__name__})"
-            ) from error
+            kind = TlsRefused if isinstance(error, ssl.SSLError) else ConnectError
+            raise kind(f"cannot connect to {origin.authority} ({type(error).__name__})") from error
         return _Connection(origin, reader, writer)
 
     @staticmethod

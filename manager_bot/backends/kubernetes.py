@@ -1,11 +1,12 @@
-"""KubernetesBackend: agents as Deployments, reached over HTTP with aiohttp.
+"""KubernetesBackend: agents as Deployments, reached over HTTP on the event loop.
 
 Only I/O lives here; objects come from `manifests`. The official `kubernetes`
 package only loads the configuration (in-cluster account or kubeconfig); the
-calls themselves are aiohttp requests on the event loop, with that
-configuration's host, credentials, TLS, proxy and timeouts: the official
-client's threads (urllib3, its serialisation, the hand-offs) cost the manager
-more CPU than the calls. Writes are server-side apply with one field manager,
+calls themselves are made on the event loop, with that configuration's host,
+credentials, TLS, proxy and timeouts: the official client's threads (urllib3,
+its serialisation, the hand-offs) cost the manager more CPU than the calls.
+Direct calls go over `KeepAliveClient` (manager_bot/http_keepalive.py: a third of
+aiohttp's CPU per call); through a proxy, aiohttp's client, which tunnels. Writes are server-side apply with one field manager,
 so re-applying the same spec is a no-op on the API server and an edit is a
 rolling update. Reads for health cost a constant number of list calls
 whatever the number of agents.
@@ -22,7 +23,7 @@ import ssl
 import time
 from datetime import UTC, datetime
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 from kubernetes import client as k8s
@@ -47,6 +48,12 @@ from manager_bot.backends.manifests import (
     config_hash,
 )
 from manager_bot.config import ManagerSettings
+from manager_bot.http_keepalive import (
+    ConnectError,
+    KeepAliveClient,
+    TlsRefused,
+    TransportError,
+)
 
 log = logging.getLogger(__name__)
 JsonDict = dict[str, Any]
@@ -142,6 +149,7 @@ class KubernetesBackend:
                 # start-up must be able to say the cluster is unreachable.
                 self._tls_failure = type(error).__name__
         self._sessions: dict[bool, aiohttp.ClientSession] = {}  # by `dedicated`
+        self._direct: dict[bool, KeepAliveClient] = {}  # by `dedicated`
         self._credentials: dict[str, dict[str, Any]] = {}  # auth_settings(), as last asked
         self._credentials_at = -CREDENTIALS_FRESH_FOR  # monotonic; none asked yet
         self._credentials_renewal = asyncio.Lock()
@@ -174,6 +182,9 @@ class KubernetesBackend:
         sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
             await session.close()
+        direct, self._direct = list(self._direct.values()), {}
+        for client in direct:
+            await client.close()
         self._api.close()  # type: ignore[no-untyped-call]  # its pool was never used
 
     # -- Backend ---------------------------------------------------------------------
@@ -473,13 +484,34 @@ class KubernetesBackend:
             payload = json.dumps(body).encode()
             headers["Content-Type"] = content_type or "application/json"
         connect, read = timeout or self._timeout
+        retries = _connect_retries(self._config)
+        if self._proxy is None:
+            client = self._direct_client(dedicated=dedicated)
+            target = self._base + path
+            if query:
+                target += "?" + urlencode(query, quote_via=quote)
+            while True:
+                try:
+                    # The total bounds a response that trickles in and the wait for a
+                    # free connection, as with aiohttp below.
+                    return await client.request(
+                        method, target, body=payload or b"", headers=headers,
+                        timeout=connect + 2 * read, connect_timeout=connect,
+                    )  # fmt: skip
+                except ConnectError as error:
+                    # Never sent: try again, as urllib3 did (not when TLS refused).
+                    if retries > 0 and not isinstance(error, TlsRefused):
+                        retries -= 1
+                        continue
+                    raise _unreachable(error) from None
+                except (TransportError, OSError, TimeoutError) as error:
+                    raise _unreachable(error) from None
         # sock_read bounds each wait for bytes, as urllib3's read timeout did; the total
         # bounds a response that trickles in, and the wait for a free connection.
         limits = aiohttp.ClientTimeout(
             total=connect + 2 * read, sock_connect=connect, sock_read=read
         )
         session = self._session(dedicated=dedicated)
-        retries = _connect_retries(self._config)
         while True:
             try:
                 async with session.request(
@@ -547,8 +579,21 @@ class KubernetesBackend:
             headers["Cookie"] = "; ".join(cookies)
         return headers
 
+    def _direct_client(self, *, dedicated: bool) -> KeepAliveClient:
+        """Made on first use; `dedicated` ones for the Lease. It sends no Accept-Encoding,
+        as the official client sent none."""
+        client = self._direct.get(dedicated)
+        if client is None:
+            client = self._direct[dedicated] = KeepAliveClient(
+                limit=LEASE_CONNECTIONS if dedicated else CONNECTIONS,
+                ssl_context=self._tls,
+                server_hostname=self._server_hostname,
+            )
+        return client
+
     def _session(self, *, dedicated: bool) -> aiohttp.ClientSession:
-        """Made on first use, on the running loop; `dedicated` ones for the Lease."""
+        """Made on first use, on the running loop; `dedicated` ones for the Lease; only
+        with a proxy (aiohttp tunnels HTTPS through it)."""
         session = self._sessions.get(dedicated)
         if session is None or session.closed:
             connector = aiohttp.TCPConnector(
@@ -590,7 +635,10 @@ def _api_error(method: str, path: str, status: int, body: Any) -> KubernetesErro
 
 
 def _unreachable(error: BaseException) -> KubernetesError:
-    """Only the exception's type: its text may name the URL with its query."""
+    """Only the exception's type (a failed connection's: ConnectionRefusedError, an
+    SSLCertVerificationError): its text may name the URL with its query."""
+    if isinstance(error, ConnectError) and error.__cause__ is not None:
+        error = error.__cause__
     return KubernetesError(f"cannot reach the Kubernetes API ({type(error).__name__})", status=0)
 
 

@@ -167,7 +167,7 @@ async def test_missing_permissions_unmigrated_database_and_unreachable_cluster(
     dead.write_text(kubeconfig.read_text().replace(kube.url, f"http://127.0.0.1:{free_port()}"))
     code, checks, _ = await doctor(tmp_path, {**env, "KUBECONFIG": str(dead)})
     assert code == 1
-    assert checks["cluster"] == "FAIL cannot reach the Kubernetes API (ClientConnectorError)"
+    assert checks["cluster"] == "FAIL cannot reach the Kubernetes API (ConnectionRefusedError)"
     assert "namespace" not in checks
 
 

@@ -112,6 +112,28 @@ async def test_a_server_signed_by_another_ca_is_unreachable_and_nothing_secret_i
     assert secure_kube.requests == []  # nothing got past the handshake
 
 
+@pytest.mark.parametrize(("name", "reached"), [("localhost", True), ("kube.elsewhere", False)])
+async def test_the_kubeconfig_tls_server_name_is_the_name_checked(
+    secure_kube: FakeKubernetes, tmp_path: Path, backends: list[KubernetesBackend],
+    name: str, reached: bool,
+) -> None:  # fmt: skip
+    """The fake's certificate names 127.0.0.1 and localhost: by IP, any name but those
+    fails, so the call's success says which name TLS checked."""
+    kubeconfig = edited(
+        secure_kube.write_kubeconfig(tmp_path / "kubeconfig"),
+        tmp_path / "named",
+        cluster={"tls-server-name": name},
+    )
+    backend = backend_for(configuration_from(kubeconfig))
+    backends.append(backend)
+    if reached:
+        assert await backend.observe(AGENT) is None
+        return
+    with pytest.raises(KubernetesError, match=r"\(SSLCertVerificationError\)"):
+        await backend.observe(AGENT)
+    assert secure_kube.requests == []  # nothing got past the handshake
+
+
 async def test_a_rotated_token_is_read_again_when_the_old_one_is_refused(
     secure_kube: FakeKubernetes, tmp_path: Path, backends: list[KubernetesBackend]
 ) -> None:

@@ -328,3 +328,29 @@ async def test_a_closed_client_refuses_calls() -> None:
     await client.close()
     with pytest.raises(TransportError, match="closed"):
         await client.request("GET", "http://127.0.0.1:1/", timeout=1)
+
+
+async def test_headers_are_sent_and_one_with_a_line_break_is_refused_unsent(
+    client: KeepAliveClient,
+) -> None:
+    async with raw_server(_echo_heads) as (url, heads):
+        await client.request(
+            "GET", url + "/", headers={"Authorization": "Bearer abc", "User-Agent": "kube/1"},
+            timeout=5,
+        )  # fmt: skip
+        with pytest.raises(TransportError, match="line break"):
+            await client.request(
+                "GET", url + "/", headers={"X-Injected": "a\r\nHost: evil"}, timeout=5
+            )
+    assert len(heads) == 1
+    lines = heads[0].decode().split("\r\n")
+    assert "Authorization: Bearer abc" in lines
+    assert [line for line in lines if line.lower().startswith("user-agent:")] == [
+        "User-Agent: kube/1"
+    ]  # the caller's, not a second one of ours
+
+
+async def _echo_heads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+    while await read_request(reader) is not None:
+        writer.write(answer(b"{}"))
+        await writer.drain()
