@@ -210,6 +210,8 @@ class Deployer:
         at any point (even before the agent is stored) tells the user at its next start.
         `announce` tells the user the agent is live; the operation is closed only after
         it, so a manager that dies before it has told them tells them at its next start.
+        If `announce` raises, the operation is closed all the same (the agent is live)
+        and its error is raised, for the caller to apologise.
         The new agent's lock is held from before its row exists until the operation is
         closed: a new leader looking for abandoned operations waits for it, then finds
         this one closed, and never finishes it a second time (recovery.finish_abandoned)."""
@@ -222,9 +224,8 @@ class Deployer:
             )  # fmt: skip
         async with self.locks.hold(agent_id):
             try:
-                agent = await self._deploy(request, progress, operation, agent_id, announce)
+                agent = await self._deploy(request, progress, operation, agent_id)
                 outcome = "ok"
-                return agent
             except DeployFailed as failure:
                 outcome = "failed"
                 await self._finish_operation(operation, OperationStatus.FAILED, failure.hint)
@@ -236,6 +237,14 @@ class Deployer:
                 raise
             finally:
                 DEPLOYS.labels(outcome).inc()
+            if announce is not None:
+                try:
+                    await announce(agent)
+                except Exception:
+                    await self._finish_operation(operation, OperationStatus.DONE, "not told")
+                    raise
+            await self._finish_operation(operation, OperationStatus.DONE)
+        return agent
 
     async def deploy_wait(self, owner_id: int, *, locked: Repositories | None = None) -> int:
         """Seconds until this user may start another deploy (0: now).
@@ -256,9 +265,8 @@ class Deployer:
         return max(1, int((oldest + self._config.deploy_window - utcnow()).total_seconds()) + 1)
 
     async def _deploy(
-        self, request: NewAgent, progress: Progress, operation: int, agent_id: str,
-        announce: Announce | None,
-    ) -> Agent:  # fmt: skip
+        self, request: NewAgent, progress: Progress, operation: int, agent_id: str
+    ) -> Agent:
         """The deploy itself, with `agent_id`'s lock held (`deploy`). The throttle is
         checked once, in the transaction below: the chat asked just before (`deploy_wait`),
         and a third read here only cost every deploy a statement."""
@@ -313,14 +321,7 @@ class Deployer:
             )
             await repos.operations.concerns(operation, agent.id)
         await self._report(progress, DeployStep.SECRET)
-        deployed = await self._finish_deploy(agent, actor_id=request.owner_id, progress=progress)
-        if announce is not None:
-            try:
-                await announce(deployed)
-            except Exception:  # the agent is live all the same; its card says so later
-                log.exception("agent %s deployed, but its owner was not told", agent.id)
-        await self._finish_operation(operation, OperationStatus.DONE)
-        return deployed
+        return await self._finish_deploy(agent, actor_id=request.owner_id, progress=progress)
 
     async def _finish_deploy(self, agent: Agent, *, actor_id: int, progress: Progress) -> Agent:
         """Apply, point the webhook, wait until ready, set the bot's profile; the agent as

@@ -333,6 +333,24 @@ async def test_a_failed_deploy_is_told_through_flood_control(
     assert not apologies(user)
 
 
+async def test_is_live_lost_to_a_telegram_error_ends_in_an_apology_on_the_progress(
+    local_manager: Manager, telegram: FakeTelegram
+) -> None:
+    """The agent is live but "is live" cannot be sent (a 500): the progress message says
+    something went wrong, with a reference, instead of staying as it was."""
+    user = telegram.user(local_manager.fake)
+    await fill_wizard(user, telegram, "unannounced_bot")
+    telegram.inject_fault("sendMessage", status=500, times=1, chat_id=user.chat_id, after=1)
+    await user.press("Deploy")
+    (apology,) = await until(lambda: apologies(user), timeout=40)
+    assert "Reference:" in apology
+    texts_seen = [m["text"] for m in user.messages()]
+    assert not [text for text in texts_seen if text.startswith("Deploying")]  # edited away
+    assert not [text for text in texts_seen if "is live" in text]
+    (agent,) = await local_manager.deployer.queries.agents_of(user.id)  # live all the same
+    assert (agent.bot_username, agent.desired_state) == ("unannounced_bot", "running")
+
+
 async def test_is_live_refused_with_429_is_sent_once_flood_control_allows(
     local_manager: Manager, telegram: FakeTelegram
 ) -> None:

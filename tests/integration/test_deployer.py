@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client, config
+from sqlalchemy import select
 
 from manager_bot.backends.kubernetes import KubernetesBackend
 from manager_bot.backends.local import LocalBackend
 from manager_bot.backends.manifests import ClusterConfig
-from manager_bot.db.models import DesiredState
+from manager_bot.db.models import Agent, DesiredState, Operation, OperationStatus
 from manager_bot.db.repositories import Repositories
 from manager_bot.services.deployer import DeployStep, NewAgent
 from manager_bot.services.errors import (
@@ -90,6 +91,42 @@ async def test_deploy_on_kubernetes_reports_steps_and_sets_the_webhook(
     async with kube_world.database.session() as session:
         entries = await Repositories(session).audit.recent()
     assert [(e.action, e.outcome) for e in entries][:2] == [("deploy", "ok"), ("deploy", "started")]
+
+
+async def deploy_operations(world: World) -> list[tuple[str, str | None]]:
+    async with world.database.session() as session:
+        rows = await session.scalars(select(Operation).where(Operation.kind == "deploy"))
+        return [(row.status, row.detail) for row in rows]
+
+
+async def test_the_deploy_stays_open_until_its_owner_is_told_it_is_live(
+    kube_world: World,
+) -> None:
+    seen_while_telling: list[list[tuple[str, str | None]]] = []
+
+    async def announce(agent: Agent) -> None:
+        assert agent.observed_state == "running" and agent.profile_synced
+        seen_while_telling.append(await deploy_operations(kube_world))
+
+    agent = await kube_world.deployer.deploy(request(kube_world.telegram), announce=announce)
+    assert seen_while_telling == [[(OperationStatus.RUNNING.value, None)]]
+    assert await deploy_operations(kube_world) == [(OperationStatus.DONE.value, None)]
+    assert agent.observed_state == "running"
+
+
+async def test_a_failure_to_tell_the_owner_is_raised_and_the_live_agent_kept(
+    kube_world: World, kube: FakeKubernetes
+) -> None:
+    async def announce(agent: Agent) -> None:
+        raise ConnectionError("Telegram went away")
+
+    with pytest.raises(ConnectionError):  # the chat apologises (handlers/deploy.py)
+        await kube_world.deployer.deploy(request(kube_world.telegram), announce=announce)
+    assert await deploy_operations(kube_world) == [(OperationStatus.DONE.value, "not told")]
+    async with kube_world.database.session() as session:
+        agents = await Repositories(session).agents.owned_by(OWNER)
+    assert [(a.desired_state, a.observed_state) for a in agents] == [("running", "running")]
+    assert labelled(kube) == {kind: [f"agent-{agents[0].id}"] for kind in KINDS}
 
 
 async def test_edit_revert_restart_stop_resume_delete(
