@@ -32,6 +32,14 @@ def stop_agents(data: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+def manager_env(openai_server: FakeOpenAI) -> dict[str, str]:
+    """The platform key and free ports: the same for every manager a test starts."""
+    return {
+        "OPENAI_API_KEY": "sk-platformkeyplatformkey00", "OPENAI_BASE_URL": openai_server.url,
+        "METRICS_PORT": "0", "GATEWAY_PORT": str(free_port()),
+    }  # fmt: skip
+
+
 # Where the deploy is held: (Bot API method, whose bot, calls let through first) slowed
 # down long enough to kill.
 HOLDS = {
@@ -49,10 +57,7 @@ async def test_a_deploy_killed_midway_is_finished_at_the_next_start(
     telegram: FakeTelegram, openai_server: FakeOpenAI, tmp_path: Path, hold: str
 ) -> None:
     manager = telegram.add_bot(username="hatchbot_manager_bot")
-    env = {
-        "OPENAI_API_KEY": "sk-platformkeyplatformkey00", "OPENAI_BASE_URL": openai_server.url,
-        "METRICS_PORT": "0", "GATEWAY_PORT": str(free_port()),
-    }  # fmt: skip
+    env = manager_env(openai_server)
     process = await start_manager_process(telegram, manager, tmp_path, **env)
     user = telegram.user(manager)
     try:
@@ -99,10 +104,7 @@ async def test_a_restart_killed_before_it_said_the_deploy_was_finished_says_it_a
     """Recovery tells first and closes the operation after: a second manager killed
     while telling (its edit lost with it) leaves the operation open for a third."""
     manager = telegram.add_bot(username="hatchbot_manager_bot")
-    env = {
-        "OPENAI_API_KEY": "sk-platformkeyplatformkey00", "OPENAI_BASE_URL": openai_server.url,
-        "METRICS_PORT": "0", "GATEWAY_PORT": str(free_port()),
-    }  # fmt: skip
+    env = manager_env(openai_server)
     process = await start_manager_process(telegram, manager, tmp_path, **env)
     user = telegram.user(manager)
 

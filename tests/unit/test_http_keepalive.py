@@ -88,6 +88,19 @@ async def read_request(reader: asyncio.StreamReader) -> bytes | None:
     return await reader.readexactly(length)
 
 
+def replying(raw: bytes) -> Conversation:
+    """Reads one request, writes `raw` (whatever it is) and closes."""
+
+    async def conversation(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
+    ) -> None:
+        await read_request(reader)
+        writer.write(raw)
+        await writer.drain()
+
+    return conversation
+
+
 def answer(body: bytes, *extra: str) -> bytes:
     head = ["HTTP/1.1 200 OK", f"Content-Length: {len(body)}", *extra]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
@@ -157,13 +170,7 @@ async def test_an_error_status_is_an_answer_not_an_exception(client: KeepAliveCl
 async def test_an_answer_without_a_length_ends_with_the_connection(
     client: KeepAliveClient,
 ) -> None:
-    async def old_server(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
-    ) -> None:
-        await read_request(reader)
-        writer.write(b'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{"ok": true}')
-        await writer.drain()
-
+    old_server = replying(b'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{"ok": true}')
     async with raw_server(old_server) as (url, heads):
         first = await client.request("POST", url + TOKEN_PATH, timeout=5)
         second = await client.request("POST", url + TOKEN_PATH, timeout=5)
@@ -220,11 +227,7 @@ async def test_a_new_connection_closed_before_any_answer_is_an_error_not_a_retry
 
 
 async def test_an_answer_cut_short_is_an_error(client: KeepAliveClient) -> None:
-    async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
-        await read_request(reader)
-        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"ok": tr')
-        await writer.drain()
-
+    short = replying(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"ok": tr')
     async with raw_server(short) as (url, _):
         with pytest.raises(TransportError, match="mid-answer"):
             await client.request("POST", url + TOKEN_PATH, timeout=5)
@@ -263,12 +266,7 @@ async def test_a_refused_connection_names_the_host_never_the_path(
 
 
 async def test_garbage_instead_of_http_is_a_protocol_error(client: KeepAliveClient) -> None:
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
-        await read_request(reader)
-        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
-        await writer.drain()
-
-    async with raw_server(garbage) as (url, _):
+    async with raw_server(replying(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")) as (url, _):
         with pytest.raises(ProtocolError):
             await client.request("POST", url + "/", timeout=5)
 
