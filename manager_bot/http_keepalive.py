@@ -61,8 +61,9 @@ class Origin:
 
     @property
     def authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address
         default = 443 if self.tls else 80
-        return self.host if self.port == default else f"{self.host}:{self.port}"
+        return host if self.port == default else f"{host}:{self.port}"
 
 
 @dataclass(eq=False)
@@ -73,11 +74,11 @@ class _Connection:
     idle_since: float = field(default_factory=time.monotonic)
     reused: bool = False
 
-    def usable(self, now: float) -> bool:
+    def usable(self, now: float, idle_seconds: float) -> bool:
         return (
             not self.reader.at_eof()
             and not self.writer.is_closing()
-            and now - self.idle_since < IDLE_SECONDS
+            and now - self.idle_since < idle_seconds
         )
 
     def close(self) -> None:
@@ -92,6 +93,7 @@ class KeepAliveClient:
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         user_agent: str = "hatchbot",
+        idle_seconds: float = IDLE_SECONDS,
     ) -> None:
         """`limit`: connections in use at once, over all origins (aiogram's default).
         `server_hostname`: the name TLS expects, where it is not the URL's host (a
@@ -102,6 +104,7 @@ class KeepAliveClient:
         self._idle: dict[Origin, list[_Connection]] = {}
         self._origins: dict[str, Origin] = {}
         self._user_agent = user_agent
+        self._idle_seconds = idle_seconds
         self._closed = False
 
     async def request(
@@ -144,12 +147,20 @@ class KeepAliveClient:
                 connection = await self._connection(origin, connect_timeout, fresh=True)
                 status, answer, keep = await self._exchange(connection, message, method)
         if keep and not self._closed:
-            connection.idle_since = time.monotonic()
-            connection.reused = True
-            self._idle.setdefault(origin, []).append(connection)
+            self._keep(connection)
         else:
             connection.close()
         return status, answer
+
+    def _keep(self, connection: _Connection) -> None:
+        """Back to its pool, newest last; the oldest, idle too long, closed: after a
+        burst, calls one at a time reuse the newest and the rest would stay open."""
+        now = connection.idle_since = time.monotonic()
+        connection.reused = True
+        pool = self._idle.setdefault(connection.origin, [])
+        while pool and now - pool[0].idle_since >= self._idle_seconds:
+            pool.pop(0).close()
+        pool.append(connection)
 
     async def close(self) -> None:
         self._closed = True
@@ -184,7 +195,7 @@ class KeepAliveClient:
         now = time.monotonic()
         while pool and not fresh:
             connection = pool.pop()  # the most recently used: the likeliest still open
-            if connection.usable(now):
+            if connection.usable(now, self._idle_seconds):
                 return connection
             connection.close()
         tls = None

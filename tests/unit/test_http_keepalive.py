@@ -15,6 +15,7 @@ from aiohttp import web
 from manager_bot.http_keepalive import (
     ConnectError,
     KeepAliveClient,
+    Origin,
     ProtocolError,
     TransportError,
 )
@@ -352,3 +353,46 @@ async def _echo_heads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     while await read_request(reader) is not None:
         writer.write(answer(b"{}"))
         await writer.drain()
+
+
+async def test_after_a_burst_connections_idle_too_long_are_closed_though_never_reused() -> None:
+    """Three calls at once open three connections; then calls one at a time, each soon
+    after the last, keep reusing the newest: the two others, never picked again, are
+    closed once idle longer than idle_seconds, while the newest stays open."""
+    ended: list[int] = []
+    gate = asyncio.Event()
+
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while (body := await read_request(reader)) is not None:
+            if body == b"burst":
+                await gate.wait()
+            writer.write(answer(b"%d" % n))
+            await writer.drain()
+        ended.append(n)
+
+    client = KeepAliveClient(idle_seconds=0.5)
+    try:
+        async with raw_server(held) as (url, heads):
+            burst = [
+                asyncio.create_task(client.request("POST", url + "/", body=b"burst", timeout=5))
+                for _ in range(3)
+            ]
+            await until(lambda: len(heads) == 3)
+            gate.set()
+            await asyncio.gather(*burst)
+            answered_by = set()
+            for _ in range(10):  # a second in all, never 0.5 s between two calls
+                _, body = await client.request("POST", url + "/", body=b"one", timeout=5)
+                answered_by.add(body)
+                await asyncio.sleep(0.1)
+            await until(lambda: len(ended) == 2, timeout=5)
+            assert len(answered_by) == 1 and int(answered_by.pop()) not in ended
+            assert len(heads) == 13  # no new connection was needed
+    finally:
+        await client.close()
+
+
+def test_the_host_header_brackets_an_ipv6_address_and_omits_a_default_port() -> None:
+    assert Origin(tls=False, host="::1", port=8080).authority == "[::1]:8080"
+    assert Origin(tls=True, host="api.telegram.org", port=443).authority == "api.telegram.org"
+    assert Origin(tls=False, host="127.0.0.1", port=443).authority == "127.0.0.1:443"
