@@ -321,14 +321,19 @@ class Deployer:
             )
             await repos.operations.concerns(operation, agent.id)
         await self._report(progress, DeployStep.SECRET)
-        return await self._finish_deploy(agent, actor_id=request.owner_id, progress=progress)
+        return await self._finish_deploy(
+            agent, actor_id=request.owner_id, progress=progress, first_deploy=True
+        )
 
-    async def _finish_deploy(self, agent: Agent, *, actor_id: int, progress: Progress) -> Agent:
-        """Apply, point the webhook, wait until ready, set the bot's profile; the agent as
-        stored then. Any failure but the profile's, expected or not, ends in a rollback and
-        a DeployFailed the user is shown (never a half-made agent)."""
+    async def _finish_deploy(
+        self, agent: Agent, *, actor_id: int, progress: Progress, first_deploy: bool
+    ) -> Agent:
+        """Apply, point the webhook (`first_deploy`: dropping what the bot had pending),
+        wait until ready, set the bot's profile; the agent as stored then. Any failure but
+        the profile's, expected or not, ends in a rollback and a DeployFailed the user is
+        shown (never a half-made agent)."""
         try:
-            observed = await self._start(agent, first_deploy=True, progress=progress)
+            observed = await self._start(agent, first_deploy=first_deploy, progress=progress)
         except Exception as error:
             failure = (
                 error
@@ -365,9 +370,22 @@ class Deployer:
                     "stopped or deleted meanwhile",
                     code=ErrorCode.AGENT_CHANGED,
                 )
+            # A run that died after the webhook step (even after the agent was live,
+            # before the user was told): what Telegram holds now is the agent's own.
             return await self._finish_deploy(
-                agent, actor_id=actor_id or agent.owner_id, progress=no_progress
-            )
+                agent, actor_id=actor_id or agent.owner_id, progress=no_progress,
+                first_deploy=not await self._webhook_points_at(agent),
+            )  # fmt: skip
+
+    async def _webhook_points_at(self, agent: Agent) -> bool:
+        """Telegram already posts this bot's updates to the agent (webhook mode)."""
+        if self._config.mode == "polling":
+            return False  # nothing to tell by; the agent polls what is pending anyway
+        try:
+            status = await self._telegram.webhook_status(self._vault.decrypt(agent.token_encrypted))
+        except AgentTokenError:
+            return False  # the deploy's own webhook step says what is wrong
+        return status.url == self.webhook_url(agent.id)
 
     @staticmethod
     async def _report(progress: Progress, step: DeployStep) -> None:

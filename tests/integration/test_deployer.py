@@ -129,6 +129,25 @@ async def test_a_failure_to_tell_the_owner_is_raised_and_the_live_agent_kept(
     assert labelled(kube) == {kind: [f"agent-{agents[0].id}"] for kind in KINDS}
 
 
+@pytest.mark.parametrize("webhook_was_set", [True, False])
+async def test_a_resumed_deploy_drops_the_bots_backlog_only_if_the_webhook_was_not_ours(
+    kube_world: World, webhook_was_set: bool
+) -> None:
+    """A deploy resumed after a restart: if the run that died had set the webhook, what
+    Telegram holds is for the live agent (kept); if not, it is the bot's past (dropped,
+    as at a first deploy)."""
+    agent = await kube_world.deployer.deploy(request(kube_world.telegram))
+    bot = kube_world.telegram.bot("helper_bot")
+    if not webhook_was_set:
+        bot.webhook = None  # the run died before its webhook step
+    # Not delivered: the test's public URL reaches nothing, so Telegram keeps it.
+    await kube_world.telegram.user(bot).send("hello, are you up?")
+    assert len(bot.pending) == 1
+    await kube_world.deployer.resume_deploy(agent.id, actor_id=None)
+    assert bot.webhook is not None and bot.webhook.url == f"{PUBLIC_URL}/webhook/{agent.id}"
+    assert len(bot.pending) == (1 if webhook_was_set else 0)
+
+
 async def test_edit_revert_restart_stop_resume_delete(
     kube_world: World, kube: FakeKubernetes
 ) -> None:
