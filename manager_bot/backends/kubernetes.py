@@ -6,10 +6,10 @@ calls themselves are made on the event loop, with that configuration's host,
 credentials, TLS, proxy and timeouts: the official client's threads (urllib3,
 its serialisation, the hand-offs) cost the manager more CPU than the calls.
 Direct calls go over `KeepAliveClient` (manager_bot/http_keepalive.py: a third of
-aiohttp's CPU per call); through a proxy, aiohttp's client, which tunnels. Writes are server-side apply with one field manager,
-so re-applying the same spec is a no-op on the API server and an edit is a
-rolling update. Reads for health cost a constant number of list calls
-whatever the number of agents.
+aiohttp's CPU per call); through a proxy, aiohttp's client, which tunnels. Writes
+are server-side apply with one field manager, so re-applying the same spec is a
+no-op on the API server and an edit is a rolling update. Reads for health cost a
+constant number of list calls whatever the number of agents.
 """
 
 from __future__ import annotations
@@ -484,57 +484,62 @@ class KubernetesBackend:
             payload = json.dumps(body).encode()
             headers["Content-Type"] = content_type or "application/json"
         connect, read = timeout or self._timeout
+        exchange = functools.partial(
+            self._exchange_direct if self._proxy is None else self._exchange_proxied,
+            method, self._base + path, query=query, payload=payload, headers=headers,
+            proxy_headers=proxy_headers, connect=connect, read=read, dedicated=dedicated,
+        )  # fmt: skip
         retries = _connect_retries(self._config)
-        if self._proxy is None:
-            client = self._direct_client(dedicated=dedicated)
-            target = self._base + path
-            if query:
-                target += "?" + urlencode(query, quote_via=quote)
-            while True:
-                try:
-                    # The total bounds a response that trickles in and the wait for a
-                    # free connection, as with aiohttp below.
-                    return await client.request(
-                        method, target, body=payload or b"", headers=headers,
-                        timeout=connect + 2 * read, connect_timeout=connect,
-                    )  # fmt: skip
-                except ConnectError as error:
-                    # Never sent: try again, as urllib3 did (not when TLS refused).
-                    if retries > 0 and not isinstance(error, TlsRefused):
-                        retries -= 1
-                        continue
-                    raise _unreachable(error) from None
-                except (TransportError, OSError, TimeoutError) as error:
-                    raise _unreachable(error) from None
-        # sock_read bounds each wait for bytes, as urllib3's read timeout did; the total
-        # bounds a response that trickles in, and the wait for a free connection.
-        limits = aiohttp.ClientTimeout(
-            total=connect + 2 * read, sock_connect=connect, sock_read=read
-        )
-        session = self._session(dedicated=dedicated)
         while True:
             try:
-                async with session.request(
-                    method,
-                    self._base + path,
-                    params=query or None,
-                    data=payload,
-                    headers=headers,
-                    timeout=limits,
-                    proxy=self._proxy,
-                    proxy_headers=proxy_headers,
-                    server_hostname=self._server_hostname,
-                ) as response:
-                    return response.status, await response.read()
-            except aiohttp.ClientConnectorError as error:
+                return await exchange()
+            except (ConnectError, aiohttp.ClientConnectorError) as error:
                 # The request was never sent: try again, as urllib3 did (not for TLS
                 # failures, which a retry does not change).
-                if retries > 0 and not isinstance(error, aiohttp.ClientSSLError):
+                if retries > 0 and not isinstance(error, TlsRefused | aiohttp.ClientSSLError):
                     retries -= 1
                     continue
                 raise _unreachable(error) from None
-            except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            except (TransportError, aiohttp.ClientError, OSError, TimeoutError) as error:
                 raise _unreachable(error) from None
+
+    async def _exchange_direct(
+        self, method: str, url: str, *, query: list[tuple[str, str]], payload: bytes | None,
+        headers: dict[str, str], proxy_headers: dict[str, str] | None, connect: float,
+        read: float, dedicated: bool,
+    ) -> tuple[int, bytes]:  # fmt: skip
+        """Over the keep-alive client. Its total bounds a response that trickles in and
+        the wait for a free connection, as aiohttp's does below."""
+        if query:
+            url += "?" + urlencode(query, quote_via=quote)
+        return await self._direct_client(dedicated=dedicated).request(
+            method, url, body=payload or b"", headers=headers,
+            timeout=connect + 2 * read, connect_timeout=connect,
+        )  # fmt: skip
+
+    async def _exchange_proxied(
+        self, method: str, url: str, *, query: list[tuple[str, str]], payload: bytes | None,
+        headers: dict[str, str], proxy_headers: dict[str, str] | None, connect: float,
+        read: float, dedicated: bool,
+    ) -> tuple[int, bytes]:  # fmt: skip
+        """Through the proxy, with aiohttp's client. sock_read bounds each wait for bytes,
+        as urllib3's read timeout did; the total bounds a response that trickles in, and
+        the wait for a free connection."""
+        limits = aiohttp.ClientTimeout(
+            total=connect + 2 * read, sock_connect=connect, sock_read=read
+        )
+        async with self._session(dedicated=dedicated).request(
+            method,
+            url,
+            params=query or None,
+            data=payload,
+            headers=headers,
+            timeout=limits,
+            proxy=self._proxy,
+            proxy_headers=proxy_headers,
+            server_hostname=self._server_hostname,
+        ) as response:
+            return response.status, await response.read()
 
     async def _auth_settings(self, *, renew: bool = False) -> dict[str, dict[str, Any]]:
         """The configuration's `auth_settings()`, asked again every CREDENTIALS_FRESH_FOR
