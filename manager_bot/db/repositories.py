@@ -363,6 +363,14 @@ class Audit:
         parameters = {"actor_id": actor_id, "action": action, "outcome": outcome, "since": since}
         return (await self._session.scalars(_AUDIT_TIMES, parameters)).all()
 
+    async def recorded(self, *, action: str, agent_id: str, outcome: str, since: datetime) -> bool:
+        """Whether such an entry for this agent was written since a moment."""
+        query = select(AuditEntry.id).where(
+            AuditEntry.action == action, AuditEntry.agent_id == agent_id,
+            AuditEntry.outcome == outcome, AuditEntry.at >= since,
+        ).limit(1)  # fmt: skip
+        return (await self._session.scalar(query)) is not None
+
     async def outcomes(self, action: str, since: datetime) -> dict[str, int]:
         """How often `action` ended in each outcome since a moment (e.g. deploys this week)."""
         query = (

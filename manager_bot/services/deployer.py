@@ -19,7 +19,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from pydantic import SecretStr
@@ -326,12 +326,14 @@ class Deployer:
         )
 
     async def _finish_deploy(
-        self, agent: Agent, *, actor_id: int, progress: Progress, first_deploy: bool
-    ) -> Agent:
+        self, agent: Agent, *, actor_id: int, progress: Progress, first_deploy: bool,
+        audited: bool = False,
+    ) -> Agent:  # fmt: skip
         """Apply, point the webhook (`first_deploy`: dropping what the bot had pending),
         wait until ready, set the bot's profile; the agent as stored then. Any failure but
         the profile's, expected or not, ends in a rollback and a DeployFailed the user is
-        shown (never a half-made agent)."""
+        shown (never a half-made agent). `audited`: its success is in the audit log
+        already (a run that died after writing it), not to be written twice."""
         try:
             observed = await self._start(agent, first_deploy=first_deploy, progress=progress)
         except Exception as error:
@@ -352,16 +354,17 @@ class Deployer:
             await self._write_observed(repos, observed)
             if synced:
                 await repos.agents.write(agent.id, profile_synced=True)
-            await repos.audit.record(
-                actor_id=actor_id, action="deploy", agent_id=agent.id, outcome="ok"
-            )
+            if not audited:
+                await repos.audit.record(
+                    actor_id=actor_id, action="deploy", agent_id=agent.id, outcome="ok"
+                )
             stored = await repos.agents.get(agent.id)
         assert stored is not None  # the agent's lock is held: nobody deleted it meanwhile
         return stored
 
-    async def resume_deploy(self, agent_id: str, *, actor_id: int | None) -> Agent:
-        """A deploy the manager did not finish (it died midway): finish it now, or roll it
-        back. Raises DeployFailed when rolled back."""
+    async def resume_deploy(self, agent_id: str, *, actor_id: int | None, begun: datetime) -> Agent:
+        """A deploy the manager did not finish (it died midway; it had `begun` then):
+        finish it now, or roll it back. Raises DeployFailed when rolled back."""
         async with self.locks.hold(agent_id):
             agent = await self.stored(agent_id)
             if agent is None or agent.desired_state != DesiredState.RUNNING:
@@ -370,11 +373,16 @@ class Deployer:
                     "stopped or deleted meanwhile",
                     code=ErrorCode.AGENT_CHANGED,
                 )
+            async with self._db.session() as session:
+                # A run that died telling the user had written its success already.
+                audited = await Repositories(session).audit.recorded(
+                    action="deploy", agent_id=agent_id, outcome="ok", since=begun
+                )
             # A run that died after the webhook step (even after the agent was live,
             # before the user was told): what Telegram holds now is the agent's own.
             return await self._finish_deploy(
                 agent, actor_id=actor_id or agent.owner_id, progress=no_progress,
-                first_deploy=not await self._webhook_points_at(agent),
+                first_deploy=not await self._webhook_points_at(agent), audited=audited,
             )  # fmt: skip
 
     async def _webhook_points_at(self, agent: Agent) -> bool:

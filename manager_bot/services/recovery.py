@@ -105,7 +105,11 @@ class Recovery:
             status, text = OperationStatus.FAILED, texts.DEPLOY_INTERRUPTED
         elif operation.kind == "deploy" and operation.agent_id:
             try:
-                await self._deployer.resume_deploy(operation.agent_id, actor_id=operation.actor_id)
+                await self._deployer.resume_deploy(
+                    operation.agent_id,
+                    actor_id=operation.actor_id,
+                    begun=_aware(operation.started_at),
+                )
             except DeployFailed as failure:
                 status, text = (
                     OperationStatus.FAILED,

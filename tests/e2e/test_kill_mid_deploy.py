@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,13 @@ def stop_agents(data: Path) -> None:
         if pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def deploy_audit(data: Path) -> list[str]:
+    """The outcomes of the deploys in the audit log, oldest first."""
+    with contextlib.closing(sqlite3.connect(data / "hatchbot.db")) as database:
+        query = "SELECT outcome FROM audit_log WHERE action = 'deploy' ORDER BY id"
+        return [outcome for (outcome,) in database.execute(query)]
 
 
 def manager_env(openai_server: FakeOpenAI) -> dict[str, str]:
@@ -90,6 +98,7 @@ async def test_a_deploy_killed_midway_is_finished_at_the_next_start(
         texts = [m["text"] for m in user.messages()]
         assert not [t for t in texts if t.startswith("Deploying")]  # none left frozen
         assert len([t for t in texts if "is live" in t]) == 1  # told once
+        assert deploy_audit(tmp_path / "data") == ["started", "ok"]  # recorded once
         friend = telegram.user(agent_bot)
         await friend.send("are you there?")
         await friend.wait_for(text_contains="echo: are you there?", timeout=30)
@@ -133,6 +142,7 @@ async def test_a_restart_killed_before_it_said_the_deploy_was_finished_says_it_a
         texts = [m["text"] for m in user.messages()]
         assert len([t for t in texts if "is live" in t]) == 1
         assert not [t for t in texts if t.startswith("Deploying")]
+        assert deploy_audit(tmp_path / "data") == ["started", "ok"]
     finally:
         await stop_process(process)
         stop_agents(tmp_path / "data")

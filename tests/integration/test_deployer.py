@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client, config
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from manager_bot.backends.kubernetes import KubernetesBackend
 from manager_bot.backends.local import LocalBackend
 from manager_bot.backends.manifests import ClusterConfig
-from manager_bot.db.models import Agent, DesiredState, Operation, OperationStatus
+from manager_bot.db.models import Agent, AuditEntry, DesiredState, Operation, OperationStatus
 from manager_bot.db.repositories import Repositories
 from manager_bot.services.deployer import DeployStep, NewAgent
 from manager_bot.services.errors import (
@@ -143,9 +143,39 @@ async def test_a_resumed_deploy_drops_the_bots_backlog_only_if_the_webhook_was_n
     # Not delivered: the test's public URL reaches nothing, so Telegram keeps it.
     await kube_world.telegram.user(bot).send("hello, are you up?")
     assert len(bot.pending) == 1
-    await kube_world.deployer.resume_deploy(agent.id, actor_id=None)
+    await kube_world.deployer.resume_deploy(agent.id, actor_id=None, begun=await begun(kube_world))
     assert bot.webhook is not None and bot.webhook.url == f"{PUBLIC_URL}/webhook/{agent.id}"
     assert len(bot.pending) == (1 if webhook_was_set else 0)
+
+
+async def begun(world: World) -> datetime:
+    """When the (only) deploy operation started, as Recovery passes it on."""
+    async with world.database.session() as session:
+        started = (await session.scalars(select(Operation.started_at))).one()
+    return started if started.tzinfo else started.replace(tzinfo=UTC)
+
+
+async def deploy_outcomes(world: World) -> list[str]:
+    async with world.database.session() as session:
+        entries = await Repositories(session).audit.recent()
+    return [entry.outcome for entry in entries if entry.action == "deploy"]
+
+
+@pytest.mark.parametrize("died_after_writing_it", [True, False])
+async def test_a_resumed_deploy_writes_its_success_to_the_audit_log_once(
+    kube_world: World, died_after_writing_it: bool
+) -> None:
+    """The run that died may have written "deploy ok" already (it died telling the
+    user): the resumed one does not write it again; else it writes it."""
+    agent = await kube_world.deployer.deploy(request(kube_world.telegram))
+    if not died_after_writing_it:
+        async with kube_world.database.session() as session:
+            await session.execute(delete(AuditEntry).where(AuditEntry.outcome == "ok"))
+    assert await deploy_outcomes(kube_world) == (
+        ["ok", "started"] if died_after_writing_it else ["started"]
+    )
+    await kube_world.deployer.resume_deploy(agent.id, actor_id=None, begun=await begun(kube_world))
+    assert await deploy_outcomes(kube_world) == ["ok", "started"]
 
 
 async def test_edit_revert_restart_stop_resume_delete(
