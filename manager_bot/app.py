@@ -69,6 +69,7 @@ from manager_bot.services.recovery import Recovery
 from manager_bot.services.telegram import AgentTelegram
 from manager_bot.status_server import Startup, StartupStopped, StatusServer, StepPostponed
 from manager_bot.telegram_session import JsonSession
+from runtime.tasks import cancel_all
 
 if TYPE_CHECKING:
     from manager_bot.gateway.server import Gateway
@@ -453,9 +454,7 @@ async def run_manager(settings: ManagerSettings) -> None:
     background: list[asyncio.Task[object]] = []
 
     async def stop_background() -> None:
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        await cancel_all(background)
 
     async with contextlib.AsyncExitStack() as cleanup:
         if settings.metrics_port:  # first: kubelet sees a live process, not yet ready

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from manager_bot.backends.base import BackendError
 from manager_bot.config import ManagerSettings
+from runtime.tasks import cancel_all
 
 if TYPE_CHECKING:
     from manager_bot.backends.kubernetes import KubernetesBackend
@@ -244,9 +245,8 @@ class LeaderElector:
         finally:
             # Before anyone else may lead: the renew deadline is shorter than the lease.
             self._leading = False
-            jobs.cancel()
-            # gather: the jobs' own end is absorbed, a stop arriving meanwhile is not.
-            await asyncio.gather(jobs, return_exceptions=True)
+            # The jobs' own end is absorbed, a stop arriving meanwhile is not.
+            await cancel_all([jobs])
 
     async def _attempt(self) -> bool:
         """client-go's tryAcquireOrRenew: True when this process holds the Lease now."""

@@ -21,6 +21,7 @@ from manager_bot.scheduler import Scheduler
 from manager_bot.services.agent_locks import AgentLocks
 from manager_bot.services.broadcast import Broadcaster
 from manager_bot.services.recovery import Recovery
+from runtime.tasks import cancel_all
 
 if TYPE_CHECKING:
     from manager_bot.app import ManagerParts
@@ -74,11 +75,10 @@ class LeaderJobs:
                         log.info("sending broadcasts %s", resumed)
                 await asyncio.sleep(self._pickup)
         finally:
-            for task in catch_up:
-                task.cancel()
-            await self._scheduler.halt()
-            await self._broadcaster.halt()
-            await asyncio.gather(*catch_up, return_exceptions=True)
+            # At once: sends stop now, however long the catch-up takes to end.
+            await asyncio.gather(
+                cancel_all(catch_up), self._scheduler.halt(), self._broadcaster.halt()
+            )
 
     async def wind_down(self) -> None:
         """Stopping while leading: the broadcast's sends in flight finish (see leader.py)."""

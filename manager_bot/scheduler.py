@@ -22,7 +22,7 @@ from manager_bot.services.health import HealthMonitor, SweepReport
 from manager_bot.services.notices import NoticeSender
 from manager_bot.services.notifications import Notifier
 from manager_bot.services.reconciler import Reconciler
-from runtime.tasks import cancel_and_wait
+from runtime.tasks import cancel_all, cancel_and_wait
 
 log = logging.getLogger(__name__)
 RECONCILE_INTERVAL = 600  # orphans and drift the health sweep does not cover
@@ -91,11 +91,8 @@ class Scheduler:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         await asyncio.sleep(0)  # a run submitted just before has begun (and is tracked)
-        running = self._running - {asyncio.current_task()}
-        for task in running:
-            task.cancel()
-        # gather: the runs' ends are absorbed, a cancellation of the caller is not.
-        await asyncio.gather(*running, return_exceptions=True)
+        # The runs' ends are absorbed, a cancellation of the caller is not.
+        await cancel_all(self._running - {asyncio.current_task()})
 
     async def health_check(self) -> SweepReport | None:
         """One sweep and its notifications; what the scheduler runs every HEALTH_INTERVAL."""

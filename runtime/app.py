@@ -28,7 +28,7 @@ from runtime.memory import GatewayMemory, Memory
 from runtime.metrics import Metrics
 from runtime.redaction import install_redaction
 from runtime.settings_loading import EXIT_BAD_CONFIG
-from runtime.tasks import wait_out
+from runtime.tasks import cancel_and_wait
 from runtime.telegram import BotApi, TelegramApiError
 from runtime.tools import toolbox_for
 
@@ -115,9 +115,7 @@ class Runtime:
         """Stop taking updates, finish replies in flight (bounded), release clients."""
         self.draining = True
         for task in self._background:
-            task.cancel()
-        for task in self._background:
-            await wait_out(task)
+            await cancel_and_wait(task)
         await self.conversations.drain(DRAIN_SECONDS)
         if self.tools is not None:
             await self.tools.close()

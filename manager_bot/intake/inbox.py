@@ -35,7 +35,7 @@ from typing import Any
 from aiogram.types import Update
 from redis.asyncio import Redis
 
-from runtime.tasks import cancel_and_wait
+from runtime.tasks import cancel_all, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +238,7 @@ class UpdateInbox:
         running = [task for task in self._draining.values() if not task.done()]
         if running:
             _, late = await asyncio.wait(running, timeout=grace)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+            await cancel_all(late)
 
     async def held(self, lane: str) -> bool:
         """Whether some replica holds the lane's lock (is draining it) right now."""

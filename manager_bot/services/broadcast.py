@@ -40,7 +40,7 @@ from manager_bot.db.session import Database
 from manager_bot.flood_control import paced_by_caller
 from manager_bot.i18n import Languages, language_of, speaking_to
 from manager_bot.metrics import BROADCAST_MESSAGES, BROADCAST_REMAINING
-from runtime.tasks import cancel_and_wait, wait_out
+from runtime.tasks import cancel_all, cancel_and_wait, wait_out
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # transient errors (5xx, no connection) per recipient
@@ -157,11 +157,8 @@ class Broadcaster:
     async def halt(self) -> None:
         """Leadership lost: sending stops at once, before the next leader resumes. A row
         cut off in "sending" turns uncertain there, so nobody gets a copy twice."""
-        running = [task for task in self._tasks.values() if not task.done()]
-        for task in running:
-            task.cancel()
-        # gather: the sends' ends are absorbed, a cancellation of the caller is not.
-        await asyncio.gather(*running, return_exceptions=True)
+        # The sends' ends are absorbed, a cancellation of the caller is not.
+        await cancel_all(task for task in self._tasks.values() if not task.done())
         self._tasks.clear()
         self._pausing = False
 
