@@ -396,3 +396,14 @@ def test_the_host_header_brackets_an_ipv6_address_and_omits_a_default_port() -> 
     assert Origin(tls=False, host="::1", port=8080).authority == "[::1]:8080"
     assert Origin(tls=True, host="api.telegram.org", port=443).authority == "api.telegram.org"
     assert Origin(tls=False, host="127.0.0.1", port=443).authority == "127.0.0.1:443"
+
+
+async def test_a_host_by_name_is_reached_on_whichever_of_its_addresses_answers(
+    client: KeepAliveClient,
+) -> None:
+    """ "localhost" names ::1 and 127.0.0.1 where both exist; the server listens on
+    127.0.0.1 only, so any IPv6 attempt is refused and the IPv4 one answers."""
+    async with raw_server(_echo_heads) as (url, heads):
+        by_name = url.replace("127.0.0.1", "localhost")
+        assert await client.request("GET", by_name + "/", timeout=5) == (200, b"{}")
+    assert b"Host: localhost:" in heads[0]
