@@ -55,22 +55,53 @@ async def postgres_url() -> AsyncIterator[str]:
         await admin.close()
 
 
+# Databases a test may take, highest first; their claims live in TEST_REDIS_URL's own.
+SCRATCH_DATABASES = range(15, 0, -1)
+CLAIM_SECONDS = 600  # longer than any test (pytest-timeout: 120 s); a killed run's lapse
+
+
 @pytest.fixture
 async def redis_url() -> AsyncIterator[str]:
-    """A Redis URL to database 15, emptied before and after the test."""
+    """A Redis URL to a database nobody else uses now, emptied before and after the test.
+
+    Two test runs on one machine (a developer's beside CI) would otherwise empty each
+    other's database midway: each test claims a free one (SET NX in the base database,
+    released after)."""
     url = _require("TEST_REDIS_URL").rstrip("/")
-    scratch = url.rsplit("/", 1)[0] + "/15" if url.count("/") > 2 else url + "/15"
+    base = url.rsplit("/", 1)[0] if url.count("/") > 2 else url
+    claims = redis_asyncio.from_url(url)
+    token = uuid.uuid4().hex
+    try:
+        number = await _claim(claims, token)
+    except (OSError, redis_asyncio.ConnectionError) as error:
+        await claims.aclose()
+        pytest.fail(f"Redis at TEST_REDIS_URL is unreachable: {error}")
+    scratch = f"{base}/{number}"
     client = redis_asyncio.from_url(scratch)
     try:
         await client.flushdb()
-    except (OSError, redis_asyncio.ConnectionError) as error:
-        await client.aclose()
-        pytest.fail(f"Redis at TEST_REDIS_URL is unreachable: {error}")
-    try:
         yield scratch
     finally:
         await client.flushdb()
         await client.aclose()
+        # Only our own claim: one that lapsed may be another run's by now.
+        if await claims.get(_claim_key(number)) == token.encode():
+            await claims.delete(_claim_key(number))
+        await claims.aclose()
+
+
+async def _claim(claims: redis_asyncio.Redis, token: str) -> int:
+    own = int(claims.connection_pool.connection_kwargs.get("db", 0))  # it holds the claims
+    for number in SCRATCH_DATABASES:
+        if number == own:
+            continue
+        if await claims.set(_claim_key(number), token, nx=True, ex=CLAIM_SECONDS):
+            return number
+    pytest.fail("every scratch Redis database (1-15) is claimed by other test runs")
+
+
+def _claim_key(number: int) -> str:
+    return f"hatchbot-tests:scratch-db:{number}"
 
 
 async def raw_database_bytes(url: str) -> bytes:

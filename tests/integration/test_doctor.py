@@ -173,7 +173,7 @@ async def test_missing_permissions_unmigrated_database_and_unreachable_cluster(
 
 async def test_webhook_mode_checks_the_leader_lease_rights(
     telegram: FakeTelegram, kube: FakeKubernetes, kubeconfig: Path, stored: tuple[str, str],
-    public_endpoint: int, tmp_path: Path,
+    public_endpoint: int, tmp_path: Path, redis_url: str,
 ) -> None:  # fmt: skip
     """Several replicas elect a leader: the Lease in the manager's namespace must be theirs."""
     manager = telegram.add_bot(username="hatchbot_bot", can_manage_bots=True)
@@ -181,7 +181,7 @@ async def test_webhook_mode_checks_the_leader_lease_rights(
         **base_env(manager, telegram, kubeconfig, *stored, public_endpoint),
         "MANAGER_WEBHOOK": "true",
         "MANAGER_WEBHOOK_SECRET": "doctor-webhook-secret",
-        "REDIS_URL": "redis://127.0.0.1:6379/15",
+        "REDIS_URL": redis_url,
         "K8S_MANAGER_NAMESPACE": "hatchbot-system",
     }
     _, checks, output = await doctor(tmp_path, env)
