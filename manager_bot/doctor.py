@@ -108,7 +108,8 @@ class Doctor:
     async def _guard(self, name: str, check: Callable[[], Awaitable[Check]]) -> Check:
         """A check that crashes is a failed check, named, without the traceback's secrets."""
         try:
-            return await asyncio.wait_for(check(), timeout=30)
+            async with asyncio.timeout(30):
+                return await check()
         except TimeoutError:
             return Check(name, False, "no answer within 30 s")
         except Exception as error:
@@ -287,7 +288,8 @@ class Doctor:
             )
         host, port = parts.hostname or "", parts.port or 443
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                _, writer = await asyncio.open_connection(host, port)
         except TimeoutError:
             return Check("public URL", False, f"{host}:{port} did not answer within 5 s")
         except OSError as error:

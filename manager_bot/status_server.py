@@ -82,7 +82,9 @@ class StatusServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         if self.agent_counts is not None:
             try:
-                set_agent_counts(await asyncio.wait_for(self.agent_counts(), COUNT_TIMEOUT))
+                async with asyncio.timeout(COUNT_TIMEOUT):
+                    counts = await self.agent_counts()
+                set_agent_counts(counts)
             except Exception:  # a slow or failing database must not break the scrape
                 log.warning("agent counts unavailable for /metrics", exc_info=True)
         body = generate_latest()
@@ -230,6 +232,7 @@ class Startup:
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
         if self.stopping:
             raise StartupStopped

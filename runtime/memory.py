@@ -191,7 +191,8 @@ class Memory:
         if self._store is None:
             return True
         try:
-            await asyncio.wait_for(asyncio.shield(done), timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(done)
         except (TimeoutError, MemoryStoreError):
             return False
         return True
@@ -200,7 +201,8 @@ class Memory:
         """Write what is still unwritten (bounded), then release the store."""
         if self._writer is not None and not self._writer.done():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._writes.join(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._writes.join()
             await cancel_and_wait(self._writer)
         if self._store is not None:
             await self._store.close()

@@ -442,7 +442,8 @@ class LocalBackend:
                 agent.ready = await self._probe(agent)
             agent.wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(agent.wake.wait(), POLL_SECONDS)
+                async with asyncio.timeout(POLL_SECONDS):
+                    await agent.wake.wait()
 
     def _record_death(self, agent: _Agent) -> None:
         code = agent.process.returncode if agent.process is not None else None

@@ -115,7 +115,8 @@ class Database:
     async def _turn(self, gate: asyncio.Lock | asyncio.Semaphore) -> AsyncIterator[None]:
         if gate.locked():
             try:
-                await asyncio.wait_for(gate.acquire(), self.connection_wait_seconds)
+                async with asyncio.timeout(self.connection_wait_seconds):
+                    await gate.acquire()
             except TimeoutError:
                 raise TimeoutError(
                     f"no database connection free after {self.connection_wait_seconds:g} s"

@@ -137,7 +137,8 @@ class UsageLedger:
     async def _flush_forever(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
+                async with asyncio.timeout(self._interval):
+                    await self._stopping.wait()
             try:
                 await self.flush()
             except Exception:  # the counts stay pending; the next flush tries again

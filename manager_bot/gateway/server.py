@@ -525,7 +525,8 @@ class Gateway:
         if self._ready is None:
             return web.Response(text="ready")
         try:
-            await asyncio.wait_for(self._ready(), timeout=2)
+            async with asyncio.timeout(2):
+                await self._ready()
         except Exception:
             return web.Response(status=503, text="database unreachable")
         return web.Response(text="ready")

@@ -24,7 +24,8 @@ async def webhook_checks(settings: ManagerSettings) -> list[Check]:
 
 async def _guarded(name: str, check: Coroutine[Any, Any, Check]) -> Check:
     try:
-        return await asyncio.wait_for(check, TIMEOUT)
+        async with asyncio.timeout(TIMEOUT):
+            return await check
     except TimeoutError:
         return Check(name, False, f"no answer within {TIMEOUT:.0f} s")
     except Exception as error:  # a driver's message may hold a URL: the type only

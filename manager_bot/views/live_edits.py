@@ -54,7 +54,8 @@ class LiveEdits:
             if self._last_sent is not None and not self._hurry.is_set():
                 wait = self._last_sent + PACE_SECONDS - loop.time()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._hurry.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await self._hurry.wait()
             text, self._newest = self._newest, None
             self._last_sent = loop.time()
             try:
