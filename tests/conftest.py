@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fakes.openai_api",
     "tests.fakes.kubernetes_api",
     "tests.fakes.agent_pods",
+    "tests.fakes.task_dump",
 ]
