@@ -25,12 +25,13 @@ class BanRefresh:
         self._database = database
         self._every = every
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:  # as UpdateInbox's sweep: a lost cancel ends it too
             await asyncio.sleep(self._every)
             try:
                 await self._bans.load(self._database)
@@ -38,5 +39,6 @@ class BanRefresh:
                 log.warning("bans not refreshed: %s", type(error).__name__)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             await cancel_and_wait(self._task)

@@ -222,7 +222,9 @@ class UpdateInbox:
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def _sweep_forever(self) -> None:
-        while True:
+        # The flag too: a cancel lost inside redis-py (runtime/tasks.py) ends the loop at
+        # its next turn rather than at the re-cancel.
+        while not self._stopping:
             try:
                 await self.sweep()
             except Exception as error:  # Redis away for a moment: next time
